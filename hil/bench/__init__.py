@@ -1,0 +1,1 @@
+"""Benchmarks behind ``hil bench``: each prints ``key: value`` lines (figures and ratios)."""

@@ -1,0 +1,1 @@
+"""One module per ``hil`` sub-command (see :mod:`hil.cli`)."""
