@@ -1,0 +1,1 @@
+"""Putting things into guests: kernel modules (kmod), drivers, files."""
