@@ -1,0 +1,262 @@
+"""Naming a Linux crash report: header matching, stack frames, guilty function, title.
+
+The rows live in :mod:`hil.crash.linux_table`; this module only interprets them.  Collecting
+the lines of a report from a console stream is :mod:`hil.crash.stream`'s job.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from functools import lru_cache
+
+from hil.crash import linux_table as table
+from hil.crash.normalize import function_name, normalize_text
+
+_LEADS = re.compile(table.HEADER_LEADS)
+_MIDLINE_TS = re.compile(r"\[ *\d+\.\d+\](?:\[ *[CT]\d+\])? ")
+_STACK_START = re.compile(table.STACK_START)
+_END = re.compile(table.END_MARKERS)
+_FOLLOW_UPS = re.compile("|".join(table.FOLLOW_UPS))
+_SEPARATOR = re.compile(r"^={20,}\s*$")
+
+_FN = r"[A-Za-z_][\w.]*"
+_FRAME = re.compile(
+    r"^\s*(?:\[<?[0-9a-fx]+>?\]\s*){0,2}(?:[0-9]+:)?(?P<func>" + _FN + r")"
+    r"(?:\+0x[0-9a-f]+/0x[0-9a-f]+|\s+\S+\.[chsS]:\d+(?::\d+)?\s+\[inline\])"
+)
+_ARM_FRAME = re.compile(r"^\s*\[<[0-9a-f]+>\] \((?P<func>" + _FN + r")(?:\+0x[0-9a-f]+/0x[0-9a-f]+)?\) from")
+_QUESTIONABLE = re.compile(r"^\s*(?:\[<[0-9a-f]+>\]\s*)?\?\s")
+_RIP = re.compile(
+    r"(?:^RIP: [0-9a-f]{4}:|^EIP: (?:[0-9a-f]{4}:)?|^IP: |PC is at |^pc : |^NIP \[[0-9a-f]+\] |^epc\s*: )"
+    r"(?:\[<[0-9a-f]+>\]\s*){0,2}(?:[0-9]+:)?(?P<func>" + _FN + r")(?:\+0x| )"
+)
+_TOKEN = re.compile(r"(?:\[<[0-9a-f]+>\] +)?(?P<func>" + _FN + r")\+0x[0-9a-f]+/0x[0-9a-f]+|\[<[0-9a-f]+>\] +(?P<func2>" + _FN + r")")
+_NEUTRAL = re.compile(
+    r"^\s*(?:</?(?:IRQ|TASK|NMI|EOI|SOFTIRQ)>|Code:|R[A-Z0-9]{1,2}: |[A-Z]S: |CR\d: |DR\d: |E?FLAGS|ORIG_RAX|"
+    r"irq event stamp|hardirqs last|softirqs last|lr : |sp : |x\d+ : |\? |Exception stack|Modules linked in)"
+)
+_TIMESTAMP_IN_TITLE = re.compile(r"\[ *\d+\.\d+\]")
+
+
+@dataclass(frozen=True)
+class Description:
+    """What :func:`describe` found: the title and where it came from."""
+
+    title: str
+    kind: str
+    function: str
+    corrupted: bool
+    fmt: table.Format
+
+
+@lru_cache(maxsize=None)
+def _re(pattern: str, flags: int = 0) -> re.Pattern:
+    return re.compile(pattern, flags)
+
+
+def _skip_re(extra: tuple[str, ...]) -> re.Pattern:
+    return _re("|".join(table.SKIP_FRAMES + extra))
+
+
+def match_header(message: str) -> tuple[table.Oops, str] | None:
+    """The crash header that starts ``message`` (after a console prefix), and the message
+    from the header on; also tries headers glued after another line's timestamp."""
+    starts = [_LEADS.match(message).end()]
+    starts += [m.end() for m in _MIDLINE_TS.finditer(message)]
+    for start in starts:
+        text = message[start:]
+        for oops in table.OOPSES:
+            if _re(oops.header).match(text) and not any(_re(i).search(text) for i in oops.ignores):
+                return oops, text.rstrip()
+    return None
+
+
+def is_follow_up(message: str) -> bool:
+    """A header that belongs to the report before it (``Kernel panic`` after an oops)."""
+    return bool(_FOLLOW_UPS.search(message))
+
+
+def is_end(message: str, lines_so_far: int) -> bool:
+    """The line closes a report (``---[ end trace``, KASAN's closing ``====`` line)."""
+    return bool(_END.search(message)) or (lines_so_far > 3 and bool(_SEPARATOR.match(message)))
+
+
+def frame_of(message: str) -> str | None:
+    """The function of a stack-frame line, or None (questionable ``? f`` frames are None)."""
+    if _QUESTIONABLE.match(message):
+        return None
+    m = _FRAME.match(message) or _ARM_FRAME.match(message)
+    if m:
+        return m.group("func")
+    m = _RIP.search(message)
+    return m.group("func") if m else None
+
+
+def is_neutral(message: str) -> bool:
+    """Lines that may sit inside a stack trace without ending it (registers, markers)."""
+    return bool(_NEUTRAL.match(message)) or not message.strip()
+
+
+def _trace_frames(lines: list[str]) -> list[str]:
+    for i, line in enumerate(lines):
+        if _STACK_START.search(line):
+            return _frames_from(lines[i + 1:])
+    # KMSAN, KFENCE: the stack follows the header without a "Call Trace:" line.
+    if len(lines) > 1 and _FRAME.match(lines[1]) and not _QUESTIONABLE.match(lines[1]):
+        return _frames_from(lines[1:])
+    return []
+
+
+def _frames_from(lines: list[str]) -> list[str]:
+    frames: list[str] = []
+    misses = 0
+    for line in lines:
+        func = frame_of(line)
+        if func:
+            frames.append(func)
+            misses = 0
+            continue
+        if _QUESTIONABLE.match(line) or is_neutral(line):
+            continue
+        if frames and _STACK_START.search(line):
+            break
+        # Tolerate one foreign line inside a trace (another printk cut in).
+        misses += 1
+        if misses > (1 if frames else 5):
+            break
+    return frames
+
+
+def has_trace(lines: list[str]) -> bool:
+    return bool(_trace_frames(lines))
+
+
+def _after(lines: list[str], trigger: str) -> list[str]:
+    rx = _re(trigger)
+    out: list[str] = []
+    for i, line in enumerate(lines):
+        m = rx.search(line)
+        if not m:
+            continue
+        first = line[m.end():]
+        for text in [first] + lines[i + 1:]:
+            if _QUESTIONABLE.match(text):
+                continue
+            func = frame_of(text)
+            if func:
+                out.append(func)
+                continue
+            for t in _TOKEN.finditer(text):
+                out.append(t.group("func") or t.group("func2"))
+        return out
+    return out
+
+
+def _rip(lines: list[str]) -> list[str]:
+    for line in lines:
+        m = _RIP.search(line)
+        if m:
+            return [m.group("func")]
+    return []
+
+
+def _candidates(fmt: table.Format, groups: dict, lines: list[str]) -> list[str]:
+    frames: list[str] = []
+    sources = fmt.guilty or (("header",) if groups.get("func") else ())
+    for source in sources:
+        if source in ("header", "report"):
+            if groups.get("func"):
+                frames.append(groups["func"])
+        elif source == "rip":
+            frames += _rip(lines)
+        elif source == "trace":
+            frames += _trace_frames(lines)
+        elif source.startswith("after:"):
+            frames += _after(lines, source[len("after:"):])
+    return [function_name(f) for f in frames]
+
+
+def _stall(frames: list[str]) -> str:
+    if not frames:
+        return ""
+    prev = frames[0]
+    for frame in frames:
+        if any(_re(a).search(frame) for a in table.STALL_ANCHORS):
+            for prefix in table.STALL_STRIP_PREFIXES:
+                if prev.startswith(prefix):
+                    prev = prev[len(prefix):]
+            return prev
+        prev = frame
+    return ""
+
+
+def _hang(frames: list[str]) -> str:
+    for frame in frames:
+        for anchor, name in table.HANG_ANCHORS:
+            if frame.startswith(anchor):
+                return name
+    kept = [f for f in frames if not any(s in f for s in table.HANG_SKIP)]
+    if not kept:
+        return ""
+    first = kept[0]
+    # A public wrapper right above its implementation (do_foo / __foo called by foo) names it.
+    following = frames[frames.index(first) + 1:]
+    for prefix in ("do_", "__"):
+        if first.startswith(prefix) and following and following[0] == first[len(prefix):]:
+            return following[0]
+    return first
+
+
+def guilty_function(fmt: table.Format, groups: dict, lines: list[str]) -> str:
+    """The guilty function of a report matched by ``fmt``, or ``""`` if none is found."""
+    skip = _skip_re(fmt.skip)
+    frames = [f for f in _candidates(fmt, groups, lines) if f and not skip.search(f)]
+    if fmt.extractor == "stall":
+        return _stall(frames)
+    if fmt.extractor == "hang":
+        return _hang(frames)
+    return frames[0] if frames else ""
+
+
+def describe(oops: table.Oops, lines: list[str]) -> Description | None:
+    """Name the report whose (prefix-free) lines are ``lines``, ``lines[0]`` the header.
+
+    Returns None when no row applies (e.g. an unknown ``WARNING:`` line without a stack trace:
+    user space prints those too).
+    """
+    header = lines[0]
+    text = "\n".join(lines)
+    for fmt in oops.formats:
+        m = _re(fmt.title).match(header)
+        if not m:
+            continue
+        groups = {k: v for k, v in m.groupdict().items() if v is not None}
+        if fmt.report:
+            rm = _re(fmt.report).search(text)
+            if not rm:
+                continue
+            groups.update({k: v for k, v in rm.groupdict().items() if v is not None})
+        traced = has_trace(lines)
+        if fmt.needs_trace and not traced:
+            continue
+        corrupted = fmt.corrupted or (not fmt.no_stack and not traced)
+        func = ""
+        if "{func}" in fmt.fmt:
+            func = guilty_function(fmt, groups, lines)
+            if not func:
+                corrupted = True
+        values = {}
+        for key, value in groups.items():
+            if key == "func":
+                continue
+            value = normalize_text(value) if key != "rest" else normalize_text(value)
+            if key in fmt.lower:
+                value = "-".join(value.lower().split())
+            values[key] = value
+        title = fmt.fmt.format(func=func or "corrupted", **values)
+        title = " ".join(title.split())
+        if _TIMESTAMP_IN_TITLE.search(header):
+            corrupted = True
+        return Description(title, fmt.kind, func, corrupted, fmt)
+    return None

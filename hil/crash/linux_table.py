@@ -1,0 +1,362 @@
+"""The Linux crash table: which console lines start a crash report and how each is named.
+
+Data only.  Each :class:`Oops` is a header (a regex matched at the start of a console message)
+with a list of :class:`Format` rows tried in order; the first row whose ``title`` regex (and
+``report`` regex, if any) matches names the crash.  Adding a crash kind is adding a row.
+
+Guilty-function sources (``Format.guilty``), tried in order, their frames concatenated; the first
+frame not matched by :data:`SKIP_FRAMES` (or the row's own ``skip``) is the guilty function:
+
+- ``"header"``: the ``func`` group of the ``title`` regex;
+- ``"report"``: the ``func`` group of the ``report`` regex;
+- ``"rip"``: the faulting instruction line (``RIP: 0010:f+0x1/0x2``, ``pc : f+...``, ``PC is at f``);
+- ``"trace"``: the frames of the first stack trace (after ``Call Trace:`` / ``backtrace:``);
+- ``"after:REGEX"``: every frame from the first line matching REGEX on.
+
+``extractor`` replaces "first frame not skipped" by a smarter rule: ``"stall"`` (the caller of
+the first dispatch anchor, e.g. the syscall) or ``"hang"`` (what a blocked task waits in).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+FUNC = r"(?P<func>[A-Za-z_][\w.]*)"
+# Title templates use str.format: {func} is the guilty function, other names are regex groups.
+
+
+@dataclass(frozen=True)
+class Format:
+    title: str
+    fmt: str
+    kind: str
+    report: str | None = None
+    guilty: tuple[str, ...] = ()
+    skip: tuple[str, ...] = ()
+    extractor: str = ""
+    no_stack: bool = False
+    corrupted: bool = False
+    needs_trace: bool = False
+    lower: tuple[str, ...] = ()  # groups to lower-case and hyphenate ("Undefined behaviour")
+
+
+@dataclass(frozen=True)
+class Oops:
+    header: str
+    formats: tuple[Format, ...]
+    ignores: tuple[str, ...] = field(default=())
+
+
+RIP_TRACE = ("rip", "trace")
+WARN_STACK = ("rip", "trace")
+HEADER_TRACE = ("header", "trace")
+
+# Frames that are never the bug: reporting machinery, sanitizer runtimes, locking and string
+# helpers.  Regexes searched in the function name.
+SKIP_FRAMES: tuple[str, ...] = (
+    r"__sanitizer", r"__asan", r"kasan", r"__msan", r"kmsan", r"kfence", r"__tsan", r"kcsan",
+    r"__ubsan", r"^ubsan_", r"__hwasan", r"check_memory_region", r"read_word_at_a_time",
+    r"print_address_description", r"print_report", r"^print_", r"^report_", r"_report$",
+    r"panic", r"invalid_op", r"report_bug", r"fixup_bug", r"handle_bug", r"do_error", r"_trap$",
+    r"^do_trap", r"dump_stack", r"show_stack", r"^show_regs", r"^__show_regs", r"^die$",
+    r"^__die", r"^oops_", r"^bad_area", r"^no_context", r"page_fault", r"^exc_", r"^asm_exc_",
+    r"^do_kern_addr_fault", r"^do_user_addr_fault", r"^kernelmode_fixup", r"^__bad_area",
+    r"warn_slowpath", r"warn_alloc", r"__warn", r"^warn_", r"debug_object", r"_is_static_object$",
+    r"lockdep", r"perf_trace", r"lock_acquire", r"lock_release", r"lock_class", r"__lock_",
+    r"reacquire_held_locks", r"spin_lock", r"spin_trylock", r"spin_unlock", r"raw_read_lock",
+    r"raw_read_trylock", r"raw_write_lock", r"raw_write_trylock", r"^_raw_", r"^queued_",
+    r"^do_raw_", r"^down$", r"^down_read", r"^down_write", r"^up_read", r"^up_write", r"^up$",
+    r"^rwsem_", r"mutex_lock", r"mutex_trylock", r"mutex_unlock", r"mutex_remove_waiter",
+    r"^__mutex_", r"osq_lock", r"osq_unlock", r"^lock_sock", r"^release_sock", r"^__wake_up",
+    r"^refcount_", r"^__refcount_",
+    r"^_*mem(?:cpy|cmp|set|chr|move)", r"^_*str(?:n?cmp|n?cpy|lcpy|scpy|n?len|r?chr|n?str|cat)",
+    r"copy_to_user", r"copy_from_user", r"^_*put_user", r"^_*get_user", r"might_fault",
+    r"might_sleep", r"__might_resched", r"^__?list_add", r"^__?list_del", r"^list_replace",
+    r"^list_move", r"^list_splice", r"_list_.*_valid", r"_indirect_thunk_", r"^string",
+    r"^pointer$", r"snprintf", r"scnprintf", r"kasprintf", r"kvasprintf", r"printk",
+    r"^dev_(?:info|notice|warn|err|alert|crit|emerg|printk)", r"should_fail",
+    r"program_check_exception", r"program_check_common", r"^_?del_timer", r"^flush_work",
+    r"__cancel_work_timer", r"cancel_work_sync", r"try_to_grab_pending", r"flush_workqueue",
+    r"drain_workqueue", r"destroy_workqueue", r"^finish_wait", r"kthread_stop", r"^kobject_del",
+    r"^kobject_put", r"kobject_uevent_env", r"add_uevent_var", r"^rust_helper_BUG",
+    r"^instrument_", r"^_copy_", r"^check_preemption_disabled", r"^__this_cpu_preempt_check",
+    r"^debug_smp_processor_id", r"^__cfi_", r"^fortify_", r"^__fortify", r"^__stack_chk_fail",
+    r"^stack_trace_", r"^arch_stack_walk", r"^trace_hardirqs", r"^nmi_", r"^arch_trigger_cpumask",
+    r"^el1_", r"^el1h_", r"^__do_kernel_fault", r"^do_translation_fault", r"^do_mem_abort",
+    r"^do_bad_area", r"^die_kernel_fault", r"^dump_backtrace", r"^arm64_serror_panic",
+    # Driver-core and USB plumbing: the driver that called them is the one to name.
+    r"^get_device_parent", r"^device_add$", r"^device_del$", r"^device_unregister",
+    r"^device_destroy", r"^hwrng_unregister", r"^i2c_del_adapter", r"^__unregister_client",
+    r"^device_for_each_child", r"^rollback_registered", r"^unregister_netdev", r"^sysfs_remove",
+    r"^device_remove_file", r"^tty_unregister_device", r"^dummy_urb_enqueue", r"^usb_kill_urb",
+    r"^usb_kill_anchored_urbs", r"^usb_control_msg", r"^usb_hcd_submit_urb", r"^usb_submit_urb",
+)
+
+# Syscall and dispatch entry points for stalls: the frame just above the first anchor names
+# the stall (e.g. the syscall, or the device's ioctl handler).
+STALL_ANCHORS: tuple[str, ...] = (
+    r"process_one_work", r"do_syscall_", r"do_fast_syscall_", r"sysenter_dispatch",
+    r"tracesys_phase2", r"netif_receive_skb", r"do_softirq", r"call_timer_fn", r"_run_timers",
+    r"run_timer_softirq", r"run_ksoftirqd", r"smpboot_thread_fn", r"^kthread$", r"start_secondary",
+    r"cpu_startup_entry", r"ret_from_fork", r"vfs_write", r"vfs_read", r"vfs_iter_read",
+    r"vfs_iter_write", r"do_iter_read", r"do_iter_write", r"vfs_ioctl", r"blkdev_driver_ioctl",
+    r"blkdev_ioctl", r"^call_read_iter", r"^call_write_iter", r"do_iter_readv_writev",
+    r"^call_mmap", r"mmap_region", r"do_mmap", r"do_dentry_open", r"vfs_open", r"^sock_sendmsg",
+    r"^sock_recvmsg", r"^sock_release", r"^__sock_release", r"__sys_setsockopt",
+    r"kernel_setsockopt", r"sock_common_setsockopt", r"__sys_listen", r"kernel_listen",
+    r"sk_common_release", r"^sock_mmap", r"__sys_accept", r"kernel_accept", r"^sock_do_ioctl",
+    r"^sock_ioctl", r"^compat_sock_ioctl", r"^nfnetlink_rcv_msg",
+    r"^(?:compat_)?(?:SYSC|SyS|__sys|___sys|__do_sys|__se_sys|__x64_sys|__arm64_sys)_(?:socketpair|connect|ioctl)",
+    r"__do_fault", r"handle_mm_fault", r"do_page_fault", r"^page_fault$", r"__fput",
+    r"task_work_run", r"exit_to_usermode", r"el0_svc_common", r"invoke_syscall",
+)
+STALL_STRIP_PREFIXES: tuple[str, ...] = (
+    "__x64_", "__ia32_", "__arm64_", "__riscv_", "__se_", "__do_", "compat_SYSC_", "compat_SyS_",
+    "SYSC_", "SyS_",
+)
+
+# Blocked tasks: these callees mean "the whole system is stuck on X", grouped under one name.
+HANG_ANCHORS: tuple[tuple[str, str], ...] = (
+    ("rtnl_lock", "rtnl_lock"), ("synchronize_rcu", "synchronize_rcu"),
+    ("synchronize_srcu", "synchronize_rcu"), ("synchronize_net", "synchronize_rcu"),
+    ("synchronize_sched", "synchronize_rcu"),
+)
+HANG_SKIP: tuple[str, ...] = (
+    "sched", "_lock", "_slowlock", "down", "completion", "kthread", "wait", "synchronize",
+    "context_switch", "__switch_to", "cancel_delayed_work", "rwsem", "mutex", "_killable",
+)
+
+STACK_START = r"Call Trace:|Call trace:|(?<!stack )backtrace(?: \(crc [0-9a-f]+\))?:|^Backtrace:"
+# Lines that end a report.
+END_MARKERS = r"---\[ end trace|---\[ end Kernel panic|^Kernel Offset:|^Rebooting in \d+"
+# Headers that do not start a second report when they follow a first one (they belong to it).
+FOLLOW_UPS = (
+    r"invalid opcode:", r"Kernel panic - not syncing", r"unregister_netdevice: waiting for",
+    r"PANIC: double fault", r"Oops: ", r"Internal error:", r"kernel BUG at",
+)
+# Console messages that precede a header ("watchdog: BUG: soft lockup").
+HEADER_LEADS = r"(?:\d{4}/\d\d/\d\d \d\d:\d\d:\d\d |\[ |Oops: |watchdog: |NMI watchdog: |rcu: |\s+)*"
+
+IRQ_ENTRY = r"apic_timer_interrupt|</IRQ>|gic_handle_irq|el1_interrupt|el1h_64_irq_handler"
+
+OOPSES: tuple[Oops, ...] = (
+    Oops(r"BUG:", (
+        Format(r"BUG: KASAN: double-free or invalid-free in " + FUNC, "KASAN: invalid-free in {func}", "KASAN",
+               guilty=HEADER_TRACE, skip=("kmem_", "slab_", "kfree", "vunmap", "vfree")),
+        Format(r"BUG: KASAN: (?P<bug>[a-z\-]+) in " + FUNC, "KASAN: {bug} {access} in {func}", "KASAN",
+               report=r"(?P<access>Read|Write) of size", guilty=HEADER_TRACE),
+        Format(r"BUG: KASAN: (?P<bug>[a-z\-]+) on address", "KASAN: {bug} {access}", "KASAN",
+               report=r"(?P<access>Read|Write) of size"),
+        Format(r"BUG: KASAN: (?P<bug>[a-z\-]+) in " + FUNC, "KASAN: {bug} in {func}", "KASAN",
+               guilty=HEADER_TRACE, corrupted=True),
+        Format(r"BUG: KASAN: (?P<bug>.*)", "KASAN: {bug}", "KASAN", corrupted=True),
+        Format(r"BUG: KMSAN: kernel-usb-infoleak", "KMSAN: kernel-usb-infoleak in {func}", "KMSAN",
+               guilty=WARN_STACK, skip=("usb_submit_urb", "usb_start_wait_urb", "usb_bulk_msg",
+                                        "usb_interrupt_msg", "usb_control_msg")),
+        Format(r"BUG: KMSAN: (?P<bug>[a-z\-]+)", "KMSAN: {bug} in {func}", "KMSAN", guilty=("trace",),
+               skip=("copy_to_user", "copyout", "_copy_to_iter", "copy_to_iter", "iterate_")),
+        Format(r"BUG: KFENCE: (?P<bug>[a-z\- ]+?) in " + FUNC, "KFENCE: {bug} in {func}", "KFENCE",
+               guilty=("header", "after:^(?:Use-after-free|Out-of-bounds|Invalid|Corrupted)")),
+        Format(r"BUG: KCSAN: (?P<bug>[a-z\-: ]+?) in " + FUNC, "KCSAN: {bug} in {func}", "KCSAN",
+               guilty=("header",), no_stack=True),
+        Format(r"BUG: (?:unable to handle kernel NULL pointer dereference|kernel NULL pointer dereference|Kernel NULL pointer dereference)",
+               "BUG: unable to handle kernel NULL pointer dereference in {func}", "BUG", guilty=RIP_TRACE),
+        Format(r"BUG: (?:unable to handle kernel paging request|unable to handle page fault for address|Unable to handle kernel data access)",
+               "BUG: unable to handle kernel paging request in {func}", "BUG", guilty=RIP_TRACE),
+        Format(r"BUG: (?:unable to handle kernel|Unable to handle kernel)", "BUG: unable to handle kernel",
+               "BUG", corrupted=True),
+        Format(r"BUG: spinlock (?P<what>lockup suspected|already unlocked|recursion|bad magic|wrong owner|wrong CPU)",
+               "BUG: spinlock {what} in {func}", "LOCKDEP", guilty=("trace",), skip=("spin_",)),
+        Format(r"BUG: soft lockup", "BUG: soft lockup in {func}", "LOCKUP", guilty=RIP_TRACE,
+               extractor="stall"),
+        Format(r"BUG: .*still has locks held!", "BUG: still has locks held in {func}", "LOCKDEP",
+               guilty=("after:still has locks held",)),
+        Format(r"BUG: lock held when returning to user space", "BUG: lock held when returning to user space in {func}",
+               "LOCKDEP", guilty=("after:leaving the kernel with locks still held",), no_stack=True),
+        Format(r"BUG: bad unlock balance detected!", "BUG: bad unlock balance in {func}", "LOCKDEP",
+               guilty=("after:is trying to release lock",)),
+        Format(r"BUG: held lock freed!", "BUG: held lock freed in {func}", "LOCKDEP",
+               guilty=("after:with a lock still held there",)),
+        Format(r"BUG: (?P<what>Bad rss-counter state|non-zero nr_ptes on freeing mm|non-zero nr_pmds on freeing mm|MAX_STACK_TRACE_ENTRIES too low!|workqueue lockup)",
+               "BUG: {what}", "BUG", no_stack=True),
+        Format(r"BUG: Dentry .* still in use \(\d+\) \[unmount of (?P<fs>[^\]]+)\]",
+               "BUG: Dentry still in use [unmount of {fs}]", "BUG", no_stack=True),
+        Format(r"BUG: Bad page (?P<what>state|map)", "BUG: Bad page {what} in {func}", "BUG", guilty=("trace",),
+               skip=("free_", "page", "folio", "bad_page", "put_", "release_pages", "^__", "_free")),
+        Format(r"BUG: sleeping function called from invalid context", "BUG: sleeping function called from invalid context in {func}",
+               "ATOMIC_SLEEP", guilty=("trace",)),
+        Format(r"BUG: scheduling while atomic", "BUG: scheduling while atomic in {func}", "ATOMIC_SLEEP",
+               guilty=("trace",), skip=("schedule", "preempt")),
+        Format(r"BUG: using (?P<what>__this_cpu_[a-z_]+\(\)|smp_processor_id\(\)) in preemptible",
+               "BUG: using {what} in preemptible code in {func}", "LOCKDEP", guilty=("trace",),
+               skip=("preempt", "this_cpu")),
+        Format(r"BUG: workqueue leaked lock or atomic", "BUG: workqueue leaked lock or atomic in {func}", "LOCKDEP",
+               report=r"last function: " + FUNC, guilty=("report",), no_stack=True),
+        Format(r"BUG: memory leak", "memory leak in {func}", "LEAK", guilty=("trace",),
+               skip=("kmemleak", "kmalloc", "kcalloc", "kzalloc", "vmalloc", "mmap", "kmem", "slab", "alloc",
+                     "create_object", "idr_get", "list_lru_init", "kasprintf", "kvasprintf", "pcpu_create",
+                     "strdup", "strndup", "memdup")),
+        Format(r"BUG: (?:TASK )?stack guard page was hit at", "BUG: stack guard page was hit in {func}", "BUG",
+               guilty=RIP_TRACE),
+        Format(r"BUG: (?P<what>.*\S)", "BUG: {what}", "BUG", needs_trace=True),
+        Format(r"BUG:\s*$", "BUG: corrupted", "BUG", corrupted=True),
+    ), ignores=(r"BUG: no syscalls can create resource",)),
+    Oops(r"WARNING:", (
+        Format(r"WARNING: .*lib/debugobjects\.c.* (?:debug_print|debug_check)", "WARNING: ODEBUG bug in {func}", "WARNING",
+               guilty=WARN_STACK, skip=("debug_", "rcu", "hrtimer_", "timer_", "work_", "percpu_", "kmem_", "slab_",
+                                        "kfree", "vunmap", "vfree", "__free_", "debug_check", "kobject_")),
+        Format(r"WARNING: .*mm/usercopy\.c.* usercopy_warn", "WARNING: bad usercopy in {func}", "WARNING",
+               guilty=WARN_STACK, skip=("usercopy", "__check")),
+        Format(r"WARNING: .*lib/kobject\.c", "WARNING: kobject bug in {func}", "WARNING", guilty=WARN_STACK,
+               skip=("kobject_",)),
+        Format(r"WARNING: .*fs/proc/generic\.c.* proc_register", "WARNING: proc registration bug in {func}",
+               "WARNING", guilty=WARN_STACK, skip=("proc_",)),
+        Format(r"WARNING: .*lib/refcount\.c", "WARNING: refcount bug in {func}", "REFCOUNT_WARNING",
+               guilty=WARN_STACK, skip=("refcount", "kobject_")),
+        Format(r"WARNING: .*kernel/locking/lockdep\.c", "WARNING: locking bug in {func}", "LOCKDEP",
+               guilty=WARN_STACK, skip=("lock_sock", "release_sock")),
+        Format(r"WARNING: .*mm/.*\.c.* k?.?malloc", "WARNING: kmalloc bug in {func}", "WARNING", guilty=WARN_STACK,
+               skip=("kmalloc", "kcalloc", "kzalloc", "krealloc", "vmalloc", "slab", "kmem")),
+        Format(r"WARNING: .* usb_submit_urb", "WARNING in {func}/usb_submit_urb", "WARNING", guilty=WARN_STACK,
+               skip=("usb_submit_urb", "usb_start_wait_urb", "usb_bulk_msg", "usb_interrupt_msg", "usb_control_msg")),
+        Format(r"WARNING: lock held when returning to user space", "WARNING: lock held when returning to user space in {func}",
+               "LOCKDEP", guilty=("after:leaving the kernel with locks still held",), no_stack=True),
+        Format(r"WARNING: (?:possible circular locking dependency|possible recursive locking) detected",
+               "possible deadlock in {func}", "LOCKDEP", guilty=("after:is trying to acquire lock",)),
+        Format(r"WARNING: possible irq lock inversion dependency detected", "possible deadlock in {func}", "LOCKDEP",
+               guilty=("after:just changed the state of lock",)),
+        Format(r"WARNING: (?:SOFT|HARD)IRQ-safe -> (?:SOFT|HARD)IRQ-unsafe lock order detected",
+               "possible deadlock in {func}", "LOCKDEP", guilty=("after:is trying to acquire",)),
+        Format(r"WARNING: inconsistent lock state", "inconsistent lock state in {func}", "LOCKDEP",
+               guilty=("after:takes:",)),
+        Format(r"WARNING: suspicious RCU usage", "WARNING: suspicious RCU usage in {func}", "LOCKDEP",
+               guilty=("trace",), skip=("rcu", "kmem", "slab", "kmalloc", "vmalloc", "kcalloc", "kzalloc")),
+        Format(r"WARNING: suspicious RCU usage", "WARNING: suspicious RCU usage", "WARNING", corrupted=True),
+        Format(r"WARNING: kernel stack regs at .* has bad '(?P<reg>[^']+)' value",
+               "WARNING: kernel stack regs has bad '{reg}' value", "WARNING", no_stack=True),
+        Format(r"WARNING: kernel stack frame pointer at .* has bad value",
+               "WARNING: kernel stack frame pointer has bad value", "WARNING", no_stack=True),
+        Format(r"WARNING: bad unlock balance detected!", "WARNING: bad unlock balance in {func}", "LOCKDEP",
+               guilty=("after:is trying to release lock",)),
+        Format(r"WARNING: held lock freed!", "WARNING: held lock freed in {func}", "LOCKDEP",
+               guilty=("after:with a lock still held there",)),
+        Format(r"WARNING: .*still has locks held!", "WARNING: still has locks held in {func}", "LOCKDEP",
+               guilty=("after:still has locks held",)),
+        # Kernels before 6.16: "WARNING: CPU: 0 PID: 1 at fs/x.c:12 f+0x1/0x2"; after:
+        # "WARNING: fs/x.c:12 at f+0x1/0x2, CPU#0: comm/1".
+        Format(r"WARNING: (?:CPU: \d+ PID: \d+ at )?\S+:\d+ (?:at )?" + FUNC + r"\+0x", "WARNING in {func}",
+               "WARNING", guilty=("header",) + WARN_STACK),
+        Format(r"WARNING: (?:CPU: \d+ PID: \d+ at )?\S+:\d+ ", "WARNING in {func}", "WARNING", guilty=WARN_STACK),
+        Format(r"WARNING: (?P<what>.*\S)", "WARNING: {what}", "WARNING", needs_trace=True),
+        Format(r"WARNING:\s*$", "WARNING: corrupted", "WARNING", corrupted=True),
+    ), ignores=(r"WARNING: /etc/ssh/moduli does not exist",
+                r"WARNING: workqueue cpumask: online intersect > possible intersect")),
+    Oops(r"INFO:", (
+        Format(r"INFO: (?:possible circular locking dependency|possible recursive locking) detected",
+               "possible deadlock in {func}", "LOCKDEP", guilty=("after:is trying to acquire lock",)),
+        Format(r"INFO: possible irq lock inversion dependency detected", "possible deadlock in {func}", "LOCKDEP",
+               guilty=("after:just changed the state of lock",)),
+        Format(r"INFO: (?:SOFT|HARD)IRQ-safe -> (?:SOFT|HARD)IRQ-unsafe lock order detected",
+               "possible deadlock in {func}", "LOCKDEP", guilty=("after:is trying to acquire",)),
+        Format(r"INFO: inconsistent lock state", "inconsistent lock state in {func}", "LOCKDEP",
+               guilty=("after:takes:",)),
+        Format(r"INFO: rcu_(?:preempt|sched|bh) (?:self-)?detected(?: expedited)? stall", "INFO: rcu detected stall in {func}",
+               "HANG", guilty=("after:" + IRQ_ENTRY,),
+               skip=("apic_timer_interrupt", "rcu"), extractor="stall"),
+        Format(r"INFO: trying to register non-static key", "INFO: trying to register non-static key in {func}",
+               "LOCKDEP", guilty=("trace",), skip=("stack", "lock", "IRQ")),
+        Format(r"INFO: suspicious RCU usage", "INFO: suspicious RCU usage in {func}", "LOCKDEP", guilty=("trace",),
+               skip=("rcu", "kmem", "slab", "kmalloc", "vmalloc", "kcalloc", "kzalloc")),
+        Format(r"INFO: task .* blocked (?:in I/O wait )?for more than \d+ seconds", "INFO: task hung in {func}",
+               "HANG", guilty=("trace",), extractor="hang"),
+        Format(r"INFO: task .* can't die for more than \d+ seconds", "INFO: task can't die in {func}", "HANG",
+               guilty=("trace",), extractor="hang"),
+        Format(r"INFO: (?P<what>Freed|Allocated) in " + FUNC + r"(?P<rest>.*)", "INFO: {what} in {func}{rest}",
+               "KASAN", corrupted=True),
+        Format(r"INFO:\s*$", "INFO: corrupted", "INFO", corrupted=True),
+    ), ignores=(r"INFO: lockdep is turned off", r"INFO: Stall ended before state dump start", r"INFO: NMI handler",
+                r"INFO: recovery required on readonly filesystem", r"(?:handler|interrupt).*took too long",
+                r"INFO: sys_.* is not present in /proc/kallsyms", r"INFO: no syscalls can create resource")),
+    Oops(r"UBSAN:", (
+        Format(r"UBSAN: (?P<bug>[\w\- ]+?) in ", "UBSAN: {bug} in {func}", "UBSAN", guilty=("trace",),
+               lower=("bug",)),
+        Format(r"UBSAN: (?P<bug>.*\S)", "UBSAN: {bug}", "UBSAN", corrupted=True, lower=("bug",)),
+    )),
+    Oops(r"general protection fault", (
+        Format(r"general protection fault.*:", "general protection fault in {func}", "GPF", guilty=RIP_TRACE),
+    )),
+    Oops(r"stack segment: ", (
+        Format(r"stack segment: ", "stack segment fault in {func}", "GPF", guilty=RIP_TRACE),
+    )),
+    Oops(r"Kernel panic - not syncing", (
+        Format(r"Kernel panic - not syncing: stack-protector: Kernel stack is corrupted in: " + FUNC,
+               "kernel panic: stack is corrupted in {func}", "PANIC", guilty=("header", "trace"),
+               skip=("stack_chk",), no_stack=True),
+        Format(r"Kernel panic - not syncing: stack-protector:", "kernel panic: stack is corrupted in {func}", "PANIC",
+               guilty=("trace",), skip=("stack_chk",)),
+        Format(r"Kernel panic - not syncing: corrupted stack end", "kernel panic: corrupted stack end in {func}",
+               "PANIC", guilty=("trace",), skip=("schedule", "retint_kernel"), extractor="stall"),
+        Format(r"Kernel panic - not syncing: Attempted to kill init!", "kernel panic: Attempted to kill init!", "PANIC",
+               no_stack=True),
+        Format(r"Kernel panic - not syncing: Couldn't open N_TTY ldisc", "kernel panic: Couldn't open N_TTY ldisc",
+               "PANIC", no_stack=True),
+        Format(r"Kernel panic - not syncing: (?:Oops: )?(?P<what>Fatal exception|panic_on_warn set|hung_task: blocked tasks)",
+               "kernel panic: {what}", "PANIC", corrupted=True),
+        Format(r"Kernel panic - not syncing: (?P<what>.*\S)", "kernel panic: {what}", "PANIC", no_stack=True),
+    )),
+    Oops(r"PANIC: double fault", (
+        Format(r"PANIC: double fault", "PANIC: double fault in {func}", "PANIC", guilty=("rip",)),
+    )),
+    Oops(r"kernel BUG at ", (
+        Format(r"kernel BUG at mm/usercopy\.c", "BUG: bad usercopy in {func}", "BUG", guilty=("trace",),
+               skip=("usercopy", "__check")),
+        Format(r"kernel BUG at lib/list_debug\.c", "BUG: corrupted list in {func}", "BUG", guilty=RIP_TRACE),
+        Format(r"kernel BUG at ", "kernel BUG in {func}", "BUG", guilty=RIP_TRACE),
+    )),
+    Oops(r"Kernel BUG ", (
+        Format(r"Kernel BUG (?P<what>.*\S)", "kernel BUG {what}", "BUG", no_stack=True),
+    )),
+    Oops(r"BUG kmalloc-", (
+        Format(r"BUG kmalloc-.*: Object already free", "BUG: Object already free", "BUG", no_stack=True),
+    )),
+    Oops(r"divide error:", (
+        Format(r"divide error: ", "divide error in {func}", "DIVIDE", guilty=("rip",)),
+    )),
+    Oops(r"invalid opcode:", (
+        Format(r"invalid opcode: ", "invalid opcode in {func}", "BUG", guilty=("rip",)),
+    )),
+    Oops(r"(?:NMI )?[Ww]atchdog(?::)? [Ww]atchdog detected hard LOCKUP|Watchdog detected hard LOCKUP", (
+        Format(r".*hard LOCKUP", "BUG: hard lockup in {func}", "LOCKUP", guilty=RIP_TRACE, extractor="stall"),
+    )),
+    Oops(r"Unable to handle kernel ", (
+        Format(r"Unable to handle kernel NULL pointer dereference", "BUG: unable to handle kernel NULL pointer dereference in {func}",
+               "BUG", guilty=RIP_TRACE),
+        Format(r"Unable to handle kernel (?:paging request|access to user memory|execute from non-executable memory|write to read-only memory)",
+               "BUG: unable to handle kernel paging request in {func}", "BUG", guilty=RIP_TRACE),
+    )),
+    Oops(r"Internal error:", (
+        Format(r"Internal error:", "Internal error in {func}", "BUG", guilty=RIP_TRACE),
+    )),
+    Oops(r"Unhandled fault:", (
+        Format(r"Unhandled fault:", "Unhandled fault in {func}", "BUG", guilty=RIP_TRACE),
+    )),
+    Oops(r"Alignment trap:", (
+        Format(r"Alignment trap:", "Alignment trap in {func}", "BUG", guilty=RIP_TRACE),
+    )),
+    Oops(r"VFS: Busy inodes after unmount", (
+        Format(r"VFS: Busy inodes after unmount", "VFS: Busy inodes after unmount (use-after-free)", "BUG",
+               no_stack=True),
+    )),
+    Oops(r"trusty: panic", (
+        Format(r"trusty: panic .* ASSERT FAILED at \([^)]*\): (?P<what>.*\S)", "trusty: ASSERT FAILED: {what}", "PANIC",
+               no_stack=True),
+        Format(r"trusty: panic", "trusty: ASSERT FAILED:", "PANIC", corrupted=True),
+    )),
+    Oops(r"attempt to \w+ with overflow", (
+        Format(r"(?P<what>attempt to \w+ with overflow)", "{what} in {func}", "BUG", guilty=("trace",),
+               skip=("rust_begin_unwind", "panicking", "^_RNvNtCs\\w*4core")),
+    )),
+    Oops(r"SYZFAIL:|.*SYZFATAL:", (
+        Format(r"(?:.*)?(?P<what>SYZFAIL:.*\S|SYZFATAL:.*\S)", "{what}", "SYZ_FAILURE", no_stack=True),
+    )),
+)
