@@ -1,0 +1,371 @@
+"""Frame encoder and incremental stream decoder for protocol v1 (PROTOCOL.md, sections 2-4).
+
+Decoding speed matters (the collector must keep up with a kernel agent flushing a full
+buffer): a RECORDS payload is walked with one ``struct.unpack_from`` of the fixed 56-byte
+process-record prefix and one slice per record; anything unusual (unknown record types,
+future fields) falls to a slower, fully checked path.
+"""
+
+from __future__ import annotations
+
+import struct
+from collections.abc import Iterable, Iterator
+from typing import NamedTuple
+
+from hil.protocol.errors import (
+    BadMagic,
+    FrameTooLarge,
+    MalformedFrame,
+    MalformedRecord,
+    TruncatedFrame,
+    UnknownFrameType,
+    UnsupportedVersion,
+)
+from hil.protocol.records import MAX_PATH, PROCESS_CREATED, PROCESS_EXITED
+
+MAGIC = b"KH"
+VERSION = 1
+HEADER = struct.Struct("<2sBBI")
+HEADER_LEN = HEADER.size  # 8
+MAX_FRAME = 65536
+MAX_PAYLOAD = MAX_FRAME - HEADER_LEN
+MAX_HELLO_STRING = 255
+
+HELLO = 1
+REQUEST = 2
+RECORDS = 3
+END = 4
+FRAME_NAMES = {HELLO: "HELLO", REQUEST: "REQUEST", RECORDS: "RECORDS", END: "END"}
+
+_U16 = struct.Struct("<H")
+_U32 = struct.Struct("<I")
+_END = struct.Struct("<III")
+_REC_HDR = struct.Struct("<HH")
+# the 56-byte process prefix with the values we do not need on the hot path skipped
+_FAST = struct.Struct("<HHH4xH8xH32xH")
+_FULL = struct.Struct("<HHHIHQH32sH")
+
+
+class Hello(NamedTuple):
+    kind: str
+    os: str
+    host: str
+    protocol_version: int = VERSION
+
+    def encode(self) -> bytes:
+        return encode_hello(self.kind, self.os, self.host, self.protocol_version)
+
+
+class Request(NamedTuple):
+    request_id: int
+
+    def encode(self) -> bytes:
+        return encode_request(self.request_id)
+
+
+class Records(NamedTuple):
+    """A RECORDS frame: ``records`` are raw process records (see :mod:`hil.protocol.records`),
+    ``skipped`` the (type, body_len) of records of unknown types."""
+
+    records: list[bytes]
+    skipped: list[tuple[int, int]]
+
+    @property
+    def count(self) -> int:
+        return len(self.records) + len(self.skipped)
+
+
+class End(NamedTuple):
+    request_id: int
+    count: int
+    dropped: int = 0
+
+    def encode(self) -> bytes:
+        return encode_end(self.request_id, self.count, self.dropped)
+
+
+Frame = Hello | Request | Records | End
+
+
+# --------------------------------------------------------------------------- encoding
+
+
+def encode_frame(ftype: int, payload: bytes = b"") -> bytes:
+    if len(payload) > MAX_PAYLOAD:
+        raise ValueError(f"payload of {len(payload)} bytes exceeds the {MAX_PAYLOAD}-byte limit")
+    return HEADER.pack(MAGIC, VERSION, ftype, len(payload)) + payload
+
+
+def _str16(value: str, what: str, minimum: int) -> bytes:
+    raw = value.encode("utf-8")
+    if not minimum <= len(raw) <= MAX_HELLO_STRING:
+        raise ValueError(f"HELLO {what} must be {minimum}..{MAX_HELLO_STRING} UTF-8 bytes: {value!r}")
+    return _U16.pack(len(raw)) + raw
+
+
+def encode_hello(kind: str, os: str, host: str, protocol_version: int = VERSION) -> bytes:
+    payload = (
+        _U16.pack(protocol_version)
+        + _str16(kind, "kind", 1)
+        + _str16(os, "os", 0)
+        + _str16(host, "host", 1)
+    )
+    return encode_frame(HELLO, payload)
+
+
+def encode_request(request_id: int) -> bytes:
+    return encode_frame(REQUEST, _U32.pack(request_id))
+
+
+def encode_end(request_id: int, count: int, dropped: int = 0) -> bytes:
+    return encode_frame(END, _END.pack(request_id, count, dropped))
+
+
+def encode_records_frames(records: Iterable[bytes]) -> list[bytes]:
+    """Pack encoded records into as few RECORDS frames (<= 64 KiB each) as possible."""
+    frames: list[bytes] = []
+    chunk: list[bytes] = []
+    size = 0
+    for rec in records:
+        if size + len(rec) > MAX_PAYLOAD and chunk:
+            frames.append(encode_frame(RECORDS, b"".join(chunk)))
+            chunk, size = [], 0
+        chunk.append(rec)
+        size += len(rec)
+    if chunk:
+        frames.append(encode_frame(RECORDS, b"".join(chunk)))
+    return frames
+
+
+def encode_batch(request_id: int, records: list[bytes], dropped: int = 0) -> bytes:
+    """The full reply to a REQUEST: RECORDS frames holding ``records``, then END."""
+    return b"".join(encode_records_frames(records)) + encode_end(request_id, len(records), dropped)
+
+
+# --------------------------------------------------------------------------- decoding
+
+
+def decode_records(buf: bytes, off: int, end: int,
+                   out: list[bytes], skipped: list[tuple[int, int]]) -> None:
+    """Validate the records in ``buf[off:end]``, appending raw process records to ``out``.
+
+    ``buf`` must be a ``bytes`` object (slices of it become the stored records).
+    """
+    unpack = _FAST.unpack_from
+    append = out.append
+    while off < end:
+        if end - off >= 56:
+            t, blen, lp, ls, lh, ln = unpack(buf, off)
+            if blen - ln == 52 and lp == 4 and ls == 8 and lh == 32 and ln <= MAX_PATH \
+                    and (t == 1 or t == 2):
+                nxt = off + 56 + ln
+                if nxt <= end:
+                    append(buf[off:nxt])
+                    off = nxt
+                    continue
+        off = _decode_record_slow(buf, off, end, out, skipped)
+
+
+def _decode_record_slow(buf: bytes, off: int, end: int,
+                        out: list[bytes], skipped: list[tuple[int, int]]) -> int:
+    left = end - off
+    if left < 4:
+        raise MalformedRecord(
+            f"record header at payload offset {off} needs 4 bytes, only {left} left"
+        )
+    rtype, blen = _REC_HDR.unpack_from(buf, off)
+    nxt = off + 4 + blen
+    if nxt > end:
+        raise MalformedRecord(
+            f"record of type {rtype} at payload offset {off} has body_len {blen}, "
+            f"only {left - 4} bytes left in the payload"
+        )
+    if rtype != PROCESS_CREATED and rtype != PROCESS_EXITED:
+        skipped.append((rtype, blen))
+        return nxt
+    if blen < 52:
+        raise MalformedRecord(
+            f"process record at payload offset {off} has body_len {blen}; at least 52 needed"
+        )
+    _, _, lp, _, ls, _, lh, _, ln = _FULL.unpack_from(buf, off)
+    if (lp, ls, lh) != (4, 8, 32):
+        raise MalformedRecord(
+            f"process record at payload offset {off}: field lengths pid={lp} image_size={ls} "
+            f"sha256={lh}; protocol v1 requires 4, 8 and 32"
+        )
+    if ln > MAX_PATH:
+        raise MalformedRecord(
+            f"process record at payload offset {off}: image path of {ln} bytes exceeds "
+            f"the {MAX_PATH}-byte limit"
+        )
+    if 52 + ln > blen:
+        raise MalformedRecord(
+            f"process record at payload offset {off}: image path of {ln} bytes overruns "
+            f"body_len {blen}"
+        )
+    out.append(buf[off:nxt])
+    return nxt
+
+
+def _decode_str16(payload: bytes, off: int, what: str, minimum: int) -> tuple[str, int]:
+    if off + 2 > len(payload):
+        raise MalformedFrame(f"HELLO payload ends before the length of {what}")
+    (n,) = _U16.unpack_from(payload, off)
+    off += 2
+    if not minimum <= n <= MAX_HELLO_STRING:
+        raise MalformedFrame(f"HELLO {what} is {n} bytes; allowed {minimum}..{MAX_HELLO_STRING}")
+    if off + n > len(payload):
+        raise MalformedFrame(f"HELLO {what} of {n} bytes overruns the payload")
+    return payload[off:off + n].decode("utf-8", "replace"), off + n
+
+
+def decode_payload(ftype: int, payload: bytes) -> Frame:
+    """Decode one frame's payload (``payload`` must be ``bytes``)."""
+    if ftype == RECORDS:
+        out: list[bytes] = []
+        skipped: list[tuple[int, int]] = []
+        decode_records(payload, 0, len(payload), out, skipped)
+        return Records(out, skipped)
+    if ftype == REQUEST:
+        if len(payload) < 4:
+            raise MalformedFrame(f"REQUEST payload is {len(payload)} bytes; 4 needed")
+        return Request(_U32.unpack_from(payload, 0)[0])
+    if ftype == END:
+        if len(payload) < 12:
+            raise MalformedFrame(f"END payload is {len(payload)} bytes; 12 needed")
+        return End(*_END.unpack_from(payload, 0))
+    if ftype == HELLO:
+        if len(payload) < 2:
+            raise MalformedFrame(f"HELLO payload is {len(payload)} bytes; at least 8 needed")
+        (version,) = _U16.unpack_from(payload, 0)
+        kind, off = _decode_str16(payload, 2, "kind", 1)
+        os_, off = _decode_str16(payload, off, "os", 0)
+        host, off = _decode_str16(payload, off, "host", 1)
+        return Hello(kind, os_, host, version)
+    raise UnknownFrameType(f"frame type {ftype} is not defined in protocol v1")
+
+
+def _check_header(magic: bytes, version: int, ftype: int, length: int, where: int) -> None:
+    if magic != MAGIC:
+        raise BadMagic(
+            f"frame at stream offset {where} starts with {magic.hex()} instead of 4b48 ('KH'): "
+            "the peer is not a kernel-hil agent or the stream lost sync"
+        )
+    if version != VERSION:
+        raise UnsupportedVersion(
+            f"frame at stream offset {where} is protocol version {version}; "
+            f"this side speaks {VERSION}"
+        )
+    if ftype not in FRAME_NAMES:
+        raise UnknownFrameType(f"frame at stream offset {where} has unknown type {ftype}")
+    if length > MAX_PAYLOAD:
+        raise FrameTooLarge(
+            f"frame at stream offset {where} announces a {length}-byte payload; "
+            f"the limit is {MAX_PAYLOAD}"
+        )
+
+
+def _check_magic_prefix(partial: bytes | bytearray, where: int) -> None:
+    """Reject garbage as soon as its first bytes arrive, before a whole header is there."""
+    head = bytes(partial[:2])
+    if not MAGIC.startswith(head):
+        raise BadMagic(
+            f"frame at stream offset {where} starts with {head.hex()} instead of 4b48 ('KH'): "
+            "the peer is not a kernel-hil agent or the stream lost sync"
+        )
+
+
+class StreamDecoder:
+    """Incremental decoder: feed bytes as they arrive, iterate over complete frames.
+
+    Buffers at most one incomplete frame (< 64 KiB). A bad frame raises a
+    :class:`~hil.protocol.errors.ProtocolError` subclass from the iteration *after* every
+    earlier frame has been yielded; the decoder is unusable afterwards.
+    """
+
+    __slots__ = ("_buf", "offset", "frames")
+
+    def __init__(self) -> None:
+        self._buf = bytearray()
+        self.offset = 0  # stream offset of the first byte not yet consumed
+        self.frames = 0
+
+    @property
+    def pending(self) -> int:
+        """Bytes of an incomplete frame held in the buffer."""
+        return len(self._buf)
+
+    def feed(self, data: bytes) -> Iterator[Frame]:
+        buf = self._buf
+        unpack_header = HEADER.unpack_from
+        if buf:
+            # Only copy the buffer out once a whole frame is there: a peer trickling bytes
+            # one at a time costs O(1) per byte, not O(buffer).
+            buf += data
+            if len(buf) < HEADER_LEN:
+                _check_magic_prefix(buf, self.offset)
+                return
+            magic, version, ftype, length = unpack_header(buf, 0)
+            if magic != MAGIC or version != VERSION or length > MAX_PAYLOAD \
+                    or ftype not in FRAME_NAMES:
+                _check_header(magic, version, ftype, length, self.offset)
+            if len(buf) < HEADER_LEN + length:
+                return
+            data = bytes(buf)
+            buf.clear()
+        end = len(data)
+        off = 0
+        try:
+            while end - off >= HEADER_LEN:
+                magic, version, ftype, length = unpack_header(data, off)
+                if magic != MAGIC or version != VERSION or length > MAX_PAYLOAD \
+                        or ftype not in FRAME_NAMES:
+                    _check_header(magic, version, ftype, length, self.offset + off)
+                p = off + HEADER_LEN
+                nxt = p + length
+                if nxt > end:
+                    break
+                if ftype == RECORDS:
+                    out: list[bytes] = []
+                    skipped: list[tuple[int, int]] = []
+                    try:
+                        decode_records(data, p, nxt, out, skipped)
+                    except MalformedRecord as exc:
+                        exc.problem = (
+                            f"{exc.problem} (RECORDS frame at stream offset {self.offset + off})"
+                        )
+                        exc.args = (exc.problem,)
+                        raise
+                    frame: Frame = Records(out, skipped)
+                else:
+                    frame = decode_payload(ftype, data[p:nxt])
+                self.frames += 1
+                self.offset += nxt - off
+                off = nxt
+                yield frame
+            if off < end < off + HEADER_LEN:
+                _check_magic_prefix(data[off:end], self.offset)
+        finally:
+            if off < end:
+                buf += memoryview(data)[off:]
+
+    def feed_all(self, data: bytes) -> list[Frame]:
+        return list(self.feed(data))
+
+    def close(self) -> None:
+        """Declare end of stream: raises TruncatedFrame if a frame was left incomplete."""
+        if self._buf:
+            n = len(self._buf)
+            self._buf.clear()
+            raise TruncatedFrame(
+                f"stream ended inside a frame at stream offset {self.offset} "
+                f"({n} bytes of an incomplete frame)"
+            )
+
+
+def decode_stream(data: bytes) -> list[Frame]:
+    """Decode a complete byte string; raises on bad or truncated input."""
+    dec = StreamDecoder()
+    frames = list(dec.feed(data))
+    dec.close()
+    return frames

@@ -1,0 +1,54 @@
+"""hil_proto.c compiles as freestanding C for each target it must serve.
+
+Each target is skipped (with the package to install) when its toolchain is absent.
+"""
+
+from __future__ import annotations
+
+import glob
+import os
+import shutil
+import subprocess
+from pathlib import Path
+
+import pytest
+
+PROTO_DIR = Path(__file__).resolve().parents[2] / "drivers" / "protocol"
+STRICT = ["-std=c99", "-Wall", "-Wextra", "-Werror", "-pedantic", "-ffreestanding", "-nostdlib"]
+
+
+def _compile(cmd: list[str]) -> None:
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 0, f"{' '.join(cmd)}\n{proc.stderr}"
+
+
+def test_host_freestanding(tmp_path):
+    cc = shutil.which("cc") or pytest.skip("no host cc (install build-essential)")
+    _compile([cc, *STRICT, "-c", str(PROTO_DIR / "hil_proto.c"), "-o", str(tmp_path / "p.o")])
+
+
+def test_windows_kernel_mingw(tmp_path):
+    cc = shutil.which("x86_64-w64-mingw32-gcc") or pytest.skip(
+        "no mingw-w64 (apt-get install gcc-mingw-w64-x86-64)")
+    _compile([cc, *STRICT, "-D_KERNEL_MODE", "-c", str(PROTO_DIR / "hil_proto.c"),
+              "-o", str(tmp_path / "p.obj")])
+
+
+def test_linux_kernel_module(tmp_path):
+    builds = sorted(glob.glob("/lib/modules/*/build/Makefile"))
+    running = f"/lib/modules/{os.uname().release}/build/Makefile"
+    build = running if running in builds else (builds[-1] if builds else None)
+    if build is None or shutil.which("make") is None:
+        pytest.skip("no kernel headers (apt-get install linux-headers-amd64)")
+    for name in ("hil_proto.c", "hil_proto.h"):
+        shutil.copy(PROTO_DIR / name, tmp_path / name)
+    (tmp_path / "main.c").write_text(
+        '#include <linux/module.h>\n#include "hil_proto.h"\n'
+        "static int __init t_init(void) { u8 b[16]; "
+        "return hil_encode_request(b, sizeof b, 1) == 12 ? 0 : -EINVAL; }\n"
+        "static void __exit t_exit(void) {}\n"
+        'module_init(t_init);\nmodule_exit(t_exit);\nMODULE_LICENSE("GPL");\n')
+    (tmp_path / "Kbuild").write_text(
+        "obj-m := hilproto_test.o\nhilproto_test-y := main.o hil_proto.o\nccflags-y := -Werror\n")
+    _compile(["make", "-s", "-C", str(Path(build).parent), f"M={tmp_path}", "modules"])
+    assert (tmp_path / "hilproto_test.ko").exists()
