@@ -8,7 +8,8 @@ Figures:
 - ``kind_accuracy``: among crash files, the title's kind (text before ``" in "``) equals the
   kind of ``TITLE`` or of an ``ALT``;
 - ``function_accuracy``: among crash files whose expected title names a function (other than
-  syzkaller's placeholder ``corrupted``), the guilty function equals one named by ``TITLE``/``ALT``.
+  syzkaller's placeholder ``corrupted``), the guilty function equals one named by ``TITLE``/``ALT``
+  (the first word after ``" in "``).
 """
 
 from __future__ import annotations
@@ -69,7 +70,8 @@ def _kind(title: str) -> str:
 
 
 def _func(title: str) -> str:
-    return title.split(" in ", 1)[1] if " in " in title else ""
+    # The function is the first word after " in " ("f at addr ADDR", "f age=NUM" name f).
+    return title.split(" in ", 1)[1].split(" ")[0] if " in " in title else ""
 
 
 @dataclass

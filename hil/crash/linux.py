@@ -26,15 +26,19 @@ _FRAME = re.compile(
     r"(?:\+0x[0-9a-f]+/0x[0-9a-f]+|\s+\S+\.[chsS]:\d+(?::\d+)?\s+\[inline\])"
 )
 _ARM_FRAME = re.compile(r"^\s*\[<[0-9a-f]+>\] \((?P<func>" + _FN + r")(?:\+0x[0-9a-f]+/0x[0-9a-f]+)?\) from")
-_QUESTIONABLE = re.compile(r"^\s*(?:\[<[0-9a-f]+>\]\s*)?\?\s")
+_QUESTIONABLE = re.compile(r"^\s*(?:\[<[0-9a-f]+>\]\s*)?\?\s|\(unreliable\)\s*$")
 _RIP = re.compile(
     r"(?:^RIP: [0-9a-f]{4}:|^EIP: (?:[0-9a-f]{4}:)?|^IP: |PC is at |^pc : |^NIP \[[0-9a-f]+\] |^epc\s*: )"
-    r"(?:\[<[0-9a-f]+>\]\s*){0,2}(?:[0-9]+:)?(?P<func>" + _FN + r")(?:\+0x| )"
+    r"(?:\[<[0-9a-f]+>\]\s*){0,2}(?:[0-9]+:)?(?P<func>" + _FN + r")\+0x"
 )
-_TOKEN = re.compile(r"(?:\[<[0-9a-f]+>\] +)?(?P<func>" + _FN + r")\+0x[0-9a-f]+/0x[0-9a-f]+|\[<[0-9a-f]+>\] +(?P<func2>" + _FN + r")")
+_TOKEN = re.compile(
+    r"(?:\[<[0-9a-f]+>\] +)?(?P<func>" + _FN + r")\+0x[0-9a-f]+/0x[0-9a-f]+|\[<[0-9a-f]+>\] +(?P<func2>" + _FN + r")"
+    r"|at: (?P<func3>" + _FN + r") \S+:\d+"
+)
 _NEUTRAL = re.compile(
     r"^\s*(?:</?(?:IRQ|TASK|NMI|EOI|SOFTIRQ)>|Code:|R[A-Z0-9]{1,2}: |[A-Z]S: |CR\d: |DR\d: |E?FLAGS|ORIG_RAX|"
-    r"irq event stamp|hardirqs last|softirqs last|lr : |sp : |x\d+ : |\? |Exception stack|Modules linked in)"
+    r"irq event stamp|hardirqs last|softirqs last|lr : |sp : |x\d+ : |r\d+ ?: ?[0-9a-f]|\? |Exception stack|Modules linked in|"
+    r"LR = |--- interrupt:)"
 )
 _TIMESTAMP_IN_TITLE = re.compile(r"\[ *\d+\.\d+\]")
 
@@ -121,9 +125,9 @@ def _frames_from(lines: list[str]) -> list[str]:
             continue
         if frames and _STACK_START.search(line):
             break
-        # Tolerate one foreign line inside a trace (another printk cut in).
+        # Tolerate two foreign lines inside a trace (another printk cut in).
         misses += 1
-        if misses > (1 if frames else 5):
+        if misses > (2 if frames else 5):
             break
     return frames
 
@@ -148,7 +152,7 @@ def _after(lines: list[str], trigger: str) -> list[str]:
                 out.append(func)
                 continue
             for t in _TOKEN.finditer(text):
-                out.append(t.group("func") or t.group("func2"))
+                out.append(t.group("func") or t.group("func2") or t.group("func3"))
         return out
     return out
 
@@ -181,8 +185,15 @@ def _stall(frames: list[str]) -> str:
     if not frames:
         return ""
     prev = frames[0]
-    for frame in frames:
+    for i, frame in enumerate(frames):
+        for group, name in table.STALL_GROUPS:
+            if frame.startswith(group):
+                return name
         if any(_re(a).search(frame) for a in table.STALL_ANCHORS):
+            # A compat wrapper only translates arguments: name what it wraps.
+            j = frames.index(prev)
+            if "compat" in prev and j > 0 and not prev.startswith(table.STALL_STRIP_PREFIXES):
+                prev = frames[j - 1]
             for prefix in table.STALL_STRIP_PREFIXES:
                 if prev.startswith(prefix):
                     prev = prev[len(prefix):]

@@ -21,7 +21,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-FUNC = r"(?P<func>[A-Za-z_][\w.]*)"
+FUNC = r"(?P<func>(?![0-9a-f]+\b)[A-Za-z_][\w.]*)"
 # Title templates use str.format: {func} is the guilty function, other names are regex groups.
 
 
@@ -90,6 +90,25 @@ SKIP_FRAMES: tuple[str, ...] = (
     r"^device_for_each_child", r"^rollback_registered", r"^unregister_netdev", r"^sysfs_remove",
     r"^device_remove_file", r"^tty_unregister_device", r"^dummy_urb_enqueue", r"^usb_kill_urb",
     r"^usb_kill_anchored_urbs", r"^usb_control_msg", r"^usb_hcd_submit_urb", r"^usb_submit_urb",
+    r"^dpm_sysfs_remove", r"^devres_release", r"^klist_",
+    # Allocators and their wrappers.
+    r"kmalloc", r"^kfree", r"^kvfree", r"^kzalloc", r"^kcalloc", r"^krealloc", r"^_*kmem_cache_",
+    r"alloc_(?:frozen_)?pages", r"^free_large_kmalloc", r"^__free_pages", r"^slab_free",
+    # Generic data structures and library helpers.
+    r"^_*rb_(?:erase|insert|first|next|prev|last|replace)", r"^xas_", r"^xa_", r"^crc",
+    r"^_*(?:test_and_)?(?:set|clear|change)_bit", r"^_*test_bit", r"dec_and_lock", r"^ref_tracker",
+    r"^__?assert_fail", r"assertfail$", r"^__raw_(?:read|write)[bwlq]", r"^(?:read|write)[bwlq]$",
+    r"^io(?:read|write)\d+", r"^copy_user_", r"^copyout", r"^copyin", r"copy_page_(?:to|from)_iter",
+    r"^_*copy_(?:to|from)_iter", r"^walk_stackframe", r"^unwind_", r"^arch_stack_walk", r"^return_address",
+    r"^__?mutex_", r"^mutex_", r"rq_lock", r"local_bh_enable", r"^wait_for_completion", r"^complete$",
+    # Networking, VFS and page-cache helpers that check their callers' arguments.
+    r"^skb_(?:put|push|pull|over_panic|under_panic)$", r"^kfree_skb", r"^memdup", r"kvmalloc", r"^kvzalloc", r"^logic_(?:in|out)[bwl]$",
+    r"^device_release$", r"_(?:write|read)_lock$",
+    r"^_*iput$", r"^dput$", r"^fast_dput$", r"^(?:drop|inc|clear|set)_nlink$", r"^mark_buffer_dirty",
+    r"^_*folio_(?:unlock|lock|wait|put|get)", r"^(?:un)?lock_page", r"^put_page",
+    # Workqueue and timer internals.
+    r"^insert_work", r"queue_work", r"queue_delayed_work", r"lock_timer_base", r"^_*mod_timer",
+    r"^add_timer", r"^do_tag_check_fault", r"^el1_abort", r"^el1h_64_sync", r"^el1_da",
 )
 
 # Syscall and dispatch entry points for stalls: the frame just above the first anchor names
@@ -107,9 +126,12 @@ STALL_ANCHORS: tuple[str, ...] = (
     r"sk_common_release", r"^sock_mmap", r"__sys_accept", r"kernel_accept", r"^sock_do_ioctl",
     r"^sock_ioctl", r"^compat_sock_ioctl", r"^nfnetlink_rcv_msg",
     r"^(?:compat_)?(?:SYSC|SyS|__sys|___sys|__do_sys|__se_sys|__x64_sys|__arm64_sys)_(?:socketpair|connect|ioctl)",
-    r"__do_fault", r"handle_mm_fault", r"do_page_fault", r"^page_fault$", r"__fput",
-    r"task_work_run", r"exit_to_usermode", r"el0_svc_common", r"invoke_syscall",
+    r"^ksys_ioctl", r"^do_vfs_ioctl", r"^new_sync_read", r"^new_sync_write", r"^rtnetlink_rcv_msg",
+    r"^tasklet_action", r"__fput",
+    r"task_work_run", r"exit_to_usermode", r"el0_svc_common", r"invoke_syscall", r"^el0_svc_handler",
 )
+# Stalls inside these are named after the group, wherever the stack comes from.
+STALL_GROUPS: tuple[tuple[str, str], ...] = (("smp_call_function", "smp_call_function"),)
 STALL_STRIP_PREFIXES: tuple[str, ...] = (
     "__x64_", "__ia32_", "__arm64_", "__riscv_", "__se_", "__do_", "compat_SYSC_", "compat_SyS_",
     "SYSC_", "SyS_",
@@ -123,7 +145,7 @@ HANG_ANCHORS: tuple[tuple[str, str], ...] = (
 )
 HANG_SKIP: tuple[str, ...] = (
     "sched", "_lock", "_slowlock", "down", "completion", "kthread", "wait", "synchronize",
-    "context_switch", "__switch_to", "cancel_delayed_work", "rwsem", "mutex", "_killable",
+    "context_switch", "__switch_to", "cancel_delayed_work", "rwsem", "mutex", "_killable", "flush",
 )
 
 STACK_START = r"Call Trace:|Call trace:|(?<!stack )backtrace(?: \(crc [0-9a-f]+\))?:|^Backtrace:"
@@ -135,16 +157,16 @@ FOLLOW_UPS = (
     r"PANIC: double fault", r"Oops: ", r"Internal error:", r"kernel BUG at",
 )
 # Console messages that precede a header ("watchdog: BUG: soft lockup").
-HEADER_LEADS = r"(?:\d{4}/\d\d/\d\d \d\d:\d\d:\d\d |\[ |Oops: |watchdog: |NMI watchdog: |rcu: |\s+)*"
+HEADER_LEADS = r"(?:segment-related |\d{4}/\d\d/\d\d \d\d:\d\d:\d\d |\[ |Oops: |watchdog: |NMI watchdog: |rcu: |\s+)*"
 
 IRQ_ENTRY = r"apic_timer_interrupt|</IRQ>|gic_handle_irq|el1_interrupt|el1h_64_irq_handler"
 
 OOPSES: tuple[Oops, ...] = (
     Oops(r"BUG:", (
-        Format(r"BUG: KASAN: double-free or invalid-free in " + FUNC, "KASAN: invalid-free in {func}", "KASAN",
+        Format(r"BUG: KASAN: (?:double-free or invalid-free|double-free|invalid-free) in " + FUNC, "KASAN: invalid-free in {func}", "KASAN",
                guilty=HEADER_TRACE, skip=("kmem_", "slab_", "kfree", "vunmap", "vfree")),
         Format(r"BUG: KASAN: (?P<bug>[a-z\-]+) in " + FUNC, "KASAN: {bug} {access} in {func}", "KASAN",
-               report=r"(?P<access>Read|Write) of size", guilty=HEADER_TRACE),
+               report=r"(?P<access>Read|Write) (?:of size|at addr)", guilty=HEADER_TRACE),
         Format(r"BUG: KASAN: (?P<bug>[a-z\-]+) on address", "KASAN: {bug} {access}", "KASAN",
                report=r"(?P<access>Read|Write) of size"),
         Format(r"BUG: KASAN: (?P<bug>[a-z\-]+) in " + FUNC, "KASAN: {bug} in {func}", "KASAN",
@@ -198,7 +220,8 @@ OOPSES: tuple[Oops, ...] = (
                      "strdup", "strndup", "memdup")),
         Format(r"BUG: (?:TASK )?stack guard page was hit at", "BUG: stack guard page was hit in {func}", "BUG",
                guilty=RIP_TRACE),
-        Format(r"BUG: (?P<what>.*\S)", "BUG: {what}", "BUG", needs_trace=True),
+        Format(r"BUG: Invalid wait context", "WARNING: locking bug in {func}", "LOCKDEP", guilty=("trace",)),
+        Format(r"BUG: (?P<what>.*[^\s\]])\s*$", "BUG: {what}", "BUG", needs_trace=True),
         Format(r"BUG:\s*$", "BUG: corrupted", "BUG", corrupted=True),
     ), ignores=(r"BUG: no syscalls can create resource",)),
     Oops(r"WARNING:", (
@@ -226,7 +249,7 @@ OOPSES: tuple[Oops, ...] = (
         Format(r"WARNING: possible irq lock inversion dependency detected", "possible deadlock in {func}", "LOCKDEP",
                guilty=("after:just changed the state of lock",)),
         Format(r"WARNING: (?:SOFT|HARD)IRQ-safe -> (?:SOFT|HARD)IRQ-unsafe lock order detected",
-               "possible deadlock in {func}", "LOCKDEP", guilty=("after:is trying to acquire",)),
+               "possible deadlock in {func}", "LOCKDEP", guilty=("after:which became \w+-irq-safe at:",)),
         Format(r"WARNING: inconsistent lock state", "inconsistent lock state in {func}", "LOCKDEP",
                guilty=("after:takes:",)),
         Format(r"WARNING: suspicious RCU usage", "WARNING: suspicious RCU usage in {func}", "LOCKDEP",
@@ -247,6 +270,9 @@ OOPSES: tuple[Oops, ...] = (
         Format(r"WARNING: (?:CPU: \d+ PID: \d+ at )?\S+:\d+ (?:at )?" + FUNC + r"\+0x", "WARNING in {func}",
                "WARNING", guilty=("header",) + WARN_STACK),
         Format(r"WARNING: (?:CPU: \d+ PID: \d+ at )?\S+:\d+ ", "WARNING in {func}", "WARNING", guilty=WARN_STACK),
+        Format(r"WARNING: (?P<what>possible circular locking dependency detected|possible recursive locking detected|"
+               r"inconsistent lock state|possible irq lock inversion dependency detected)",
+               "WARNING: {what}", "WARNING", corrupted=True),
         Format(r"WARNING: (?P<what>.*\S)", "WARNING: {what}", "WARNING", needs_trace=True),
         Format(r"WARNING:\s*$", "WARNING: corrupted", "WARNING", corrupted=True),
     ), ignores=(r"WARNING: /etc/ssh/moduli does not exist",
@@ -260,7 +286,7 @@ OOPSES: tuple[Oops, ...] = (
                "possible deadlock in {func}", "LOCKDEP", guilty=("after:is trying to acquire",)),
         Format(r"INFO: inconsistent lock state", "inconsistent lock state in {func}", "LOCKDEP",
                guilty=("after:takes:",)),
-        Format(r"INFO: rcu_(?:preempt|sched|bh) (?:self-)?detected(?: expedited)? stall", "INFO: rcu detected stall in {func}",
+        Format(r"INFO: rcu_(?:preempt|sched|bh|tasks\w*) (?:self-)?detected(?: expedited)? stall", "INFO: rcu detected stall in {func}",
                "HANG", guilty=("after:" + IRQ_ENTRY,),
                skip=("apic_timer_interrupt", "rcu"), extractor="stall"),
         Format(r"INFO: trying to register non-static key", "INFO: trying to register non-static key in {func}",
@@ -271,7 +297,7 @@ OOPSES: tuple[Oops, ...] = (
                "HANG", guilty=("trace",), extractor="hang"),
         Format(r"INFO: task .* can't die for more than \d+ seconds", "INFO: task can't die in {func}", "HANG",
                guilty=("trace",), extractor="hang"),
-        Format(r"INFO: (?P<what>Freed|Allocated) in " + FUNC + r"(?P<rest>.*)", "INFO: {what} in {func}{rest}",
+        Format(r"INFO: (?P<what>Freed|Allocated) in " + FUNC + r"(?:\+0x[0-9a-f]+/0x[0-9a-f]+)?(?P<rest>.*)", "INFO: {what} in {func} {rest}",
                "KASAN", corrupted=True),
         Format(r"INFO:\s*$", "INFO: corrupted", "INFO", corrupted=True),
     ), ignores=(r"INFO: lockdep is turned off", r"INFO: Stall ended before state dump start", r"INFO: NMI handler",
@@ -319,8 +345,8 @@ OOPSES: tuple[Oops, ...] = (
     Oops(r"BUG kmalloc-", (
         Format(r"BUG kmalloc-.*: Object already free", "BUG: Object already free", "BUG", no_stack=True),
     )),
-    Oops(r"divide error:", (
-        Format(r"divide error: ", "divide error in {func}", "DIVIDE", guilty=("rip",)),
+    Oops(r"divide[ _]error:", (
+        Format(r"divide[ _]error: ", "divide error in {func}", "DIVIDE", guilty=("rip",)),
     )),
     Oops(r"invalid opcode:", (
         Format(r"invalid opcode: ", "invalid opcode in {func}", "BUG", guilty=("rip",)),

@@ -68,7 +68,9 @@ class _Candidate:
             return None
         if "Sending NMI from CPU" in msg or "NMI backtrace for cpu" in msg:
             self.cpu_traceback = True
-        if linux.match_header(msg) and not linux.is_follow_up(msg):
+        # Without printk caller ids, a new header ends the report; with them, another
+        # report's lines are filtered out already and a header of ours is a follow-up.
+        if self.ctx in ("", "console") and linux.match_header(msg) and not linux.is_follow_up(msg):
             return "next"
         self.lines.append(msg.rstrip())
         self.end = line.end
