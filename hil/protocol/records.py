@@ -29,7 +29,7 @@ PROCESS_BODY_FIXED = PROCESS_PREFIX_LEN - 4  # 52: body bytes before the path
 assert PROCESS_PREFIX_LEN == 56
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(frozen=True, slots=True, repr=False)
 class Record:
     """One process record as a test sees it.
 
@@ -48,6 +48,17 @@ class Record:
     agent: Any = None
     mono: float | None = field(default=None, repr=False)
     wall: float | None = None
+
+    def __repr__(self) -> str:
+        when = ""
+        if self.wall is not None:
+            import time
+
+            when = time.strftime(" at %H:%M:%S", time.gmtime(self.wall)) + f".{int(self.wall * 1000) % 1000:03d}Z"
+        who = f" from {self.agent.host}" if self.agent is not None else ""
+        sha = "0" if self.sha256 == NO_SHA256 else self.sha256.hex()[:16] + "..."
+        return (f"Record({self.kind} pid={self.pid} image_path={self.image_path!r} "
+                f"image_size={self.image_size} sha256={sha}{who}{when})")
 
     @property
     def host(self) -> str | None:

@@ -1,0 +1,13 @@
+"""Host-side collector for the kernel agents' wire protocol (drivers/protocol/PROTOCOL.md)."""
+
+from hil.collector.collector import Collector
+from hil.collector.store import (
+    AgentId,
+    AgentStats,
+    ProtocolErrorEvent,
+    RecordTimeout,
+    UnexpectedRecord,
+)
+
+__all__ = ["AgentId", "AgentStats", "Collector", "ProtocolErrorEvent", "RecordTimeout",
+           "UnexpectedRecord"]

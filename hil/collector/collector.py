@@ -1,0 +1,380 @@
+"""The host-side reference collector: an asyncio TCP server in a background thread.
+
+    with Collector(capture_dir=tmp_path) as collector:
+        ...  # guest agent connects to 10.0.2.2:collector.port (127.0.0.1 on the host)
+        rec = collector.wait_for(kind="created", image_path=r"C:\\x\\t.exe", timeout=10)
+        collector.assert_none(kind="created", pid=4)
+        assert collector.stats(rec.agent).protocol_errors == 0
+
+It polls every agent each ``interval`` seconds (and at once after HELLO, and on
+:meth:`Collector.flush`), keeps every raw byte per connection in a capture file, and every
+decoded record with its receive times (``time.monotonic`` and wall clock).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import threading
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from hil.errors import EnvironmentProblem, HilError
+from hil.protocol.records import Record
+
+from hil.collector.connection import AgentConnection
+from hil.collector.store import (
+    AgentId,
+    AgentStats,
+    ProtocolErrorEvent,
+    RecordStore,
+    RecordTimeout,
+    UnexpectedRecord,
+    describe_query,
+    field_matches,
+    normalize_fields,
+)
+
+log = logging.getLogger("hil.collector")
+_TICK = 0.1
+
+
+class Collector:
+    """Collector server. Arguments (all optional):
+
+    host, port -- where to listen (default 127.0.0.1 and a free port; see ``.port``)
+    interval -- seconds between polls (REQUEST to every agent), default 1.0
+    capture_dir -- folder for one raw capture file per connection (None: no capture)
+    max_capture_bytes -- per connection capture cap (default 256 MiB)
+    max_records -- records kept in memory over all agents (default 5,000,000; oldest evicted)
+    hello_timeout, frame_timeout, reply_timeout -- stalled-peer limits in seconds (10, 10, 60)
+    """
+
+    def __init__(
+        self,
+        host: str = "127.0.0.1",
+        port: int = 0,
+        *,
+        interval: float = 1.0,
+        capture_dir: str | Path | None = None,
+        max_capture_bytes: int = 256 << 20,
+        max_records: int | None = 5_000_000,
+        hello_timeout: float = 10.0,
+        frame_timeout: float = 10.0,
+        reply_timeout: float = 60.0,
+    ):
+        if interval <= 0:
+            raise HilError(f"collector poll interval must be > 0, got {interval}",
+                           "pass interval in seconds, e.g. 0.5")
+        self.host = host
+        self.port = port
+        self.interval = interval
+        self.capture_dir = Path(capture_dir) if capture_dir is not None else None
+        self.max_capture_bytes = max_capture_bytes
+        self.hello_timeout = hello_timeout
+        self.frame_timeout = frame_timeout
+        self.reply_timeout = reply_timeout
+        self._store = RecordStore(max_records)
+        self._conns: set[AgentConnection] = set()
+        self._capture_files: list[Path] = []
+        self._error_count = 0
+        self._seq = 0
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._thread: threading.Thread | None = None
+        self._server: asyncio.base_events.Server | None = None
+        self._started = threading.Event()
+        self._start_error: BaseException | None = None
+
+    # ------------------------------------------------------------------ lifecycle
+
+    @property
+    def address(self) -> tuple[str, int]:
+        return (self.host, self.port)
+
+    def start(self) -> Collector:
+        if self._thread is not None:
+            return self
+        if self.capture_dir is not None:
+            self.capture_dir.mkdir(parents=True, exist_ok=True)
+        self._thread = threading.Thread(target=self._run, name="hil-collector", daemon=True)
+        self._thread.start()
+        self._started.wait(30)
+        if self._start_error is not None or not self._started.is_set():
+            self._thread.join(5)
+            self._thread = None
+            raise EnvironmentProblem(
+                f"collector could not listen on {self.host}:{self.port}: {self._start_error}",
+                "pick another --port (or 0 for a free one), or stop what holds this one",
+            )
+        log.info("collector listening on %s:%d", self.host, self.port)
+        return self
+
+    def stop(self) -> None:
+        if self._thread is None or self._loop is None:
+            return
+        try:
+            fut = asyncio.run_coroutine_threadsafe(self._shutdown(), self._loop)
+            fut.result(10)
+        except Exception:  # loop already gone
+            pass
+        self._loop.call_soon_threadsafe(self._loop.stop)
+        self._thread.join(10)
+        self._thread = None
+
+    def __enter__(self) -> Collector:
+        return self.start()
+
+    def __exit__(self, *exc) -> None:
+        self.stop()
+
+    def _run(self) -> None:
+        loop = asyncio.new_event_loop()
+        self._loop = loop
+        try:
+            self._server = loop.run_until_complete(
+                loop.create_server(self._new_connection, self.host, self.port))
+        except OSError as exc:
+            self._start_error = exc
+            self._started.set()
+            loop.close()
+            return
+        self.port = self._server.sockets[0].getsockname()[1]
+        housekeeping = loop.create_task(self._housekeeping())
+        self._started.set()
+        try:
+            loop.run_forever()
+        finally:
+            housekeeping.cancel()
+            loop.run_until_complete(asyncio.gather(housekeeping, return_exceptions=True))
+            loop.close()
+
+    def _new_connection(self) -> AgentConnection:
+        self._seq += 1
+        return AgentConnection(self, self._seq)
+
+    async def _shutdown(self) -> None:
+        self._server.close()
+        for conn in list(self._conns):
+            conn.close()
+        await self._server.wait_closed()
+
+    async def _housekeeping(self) -> None:
+        next_poll = time.monotonic() + self.interval
+        while True:
+            await asyncio.sleep(min(_TICK, self.interval))
+            now = time.monotonic()
+            for conn in list(self._conns):
+                conn.check_deadlines(now)
+            if now >= next_poll:
+                next_poll = now + self.interval
+                for conn in list(self._conns):
+                    if conn.agent is not None and not conn.outstanding:
+                        conn.request()
+
+    # ------------------------------------------------------------------ polling
+
+    def flush(self, timeout: float = 10.0) -> None:
+        """Send REQUEST to every connected agent and wait until each answered with its END.
+
+        Agents whose connection ends meanwhile are not waited for. Raises HilError naming the
+        agents that did not answer within ``timeout``.
+        """
+        loop = self._require_loop()
+
+        async def _flush() -> list[AgentId]:
+            waiters = []
+            for conn in list(self._conns):
+                if conn.agent is not None:
+                    fut = loop.create_future()
+                    conn.request(fut)
+                    waiters.append((conn.agent, fut))
+            if not waiters:
+                return []
+            await asyncio.wait([f for _, f in waiters], timeout=timeout)
+            return [agent for agent, fut in waiters if not fut.done()]
+
+        late = asyncio.run_coroutine_threadsafe(_flush(), loop).result(timeout + 5)
+        if late:
+            raise HilError(
+                f"flush: {len(late)} agent(s) did not answer REQUEST within {timeout:g} s: "
+                + ", ".join(map(str, late)),
+                "the agent is hung or its reply path is broken; see the capture file",
+            )
+
+    def _poke(self) -> None:
+        """Ask every idle agent for its records now (non-blocking)."""
+        loop = self._loop
+        if loop is None:
+            return
+
+        def _go():
+            for conn in list(self._conns):
+                if conn.agent is not None and not conn.outstanding:
+                    conn.request()
+        loop.call_soon_threadsafe(_go)
+
+    def _require_loop(self) -> asyncio.AbstractEventLoop:
+        if self._loop is None or self._thread is None:
+            raise HilError("the collector is not running", "call start() or use it in a with block")
+        return self._loop
+
+    # ------------------------------------------------------------------ queries
+
+    def agents(self) -> list[AgentId]:
+        """Every agent identity that said HELLO (connected now or before)."""
+        with self._store.cond:
+            return list(self._store.stats)
+
+    def resolve_agent(self, agent: AgentId | str) -> AgentId:
+        """An AgentId, or a host name that identifies exactly one agent."""
+        if isinstance(agent, AgentId):
+            return agent
+        with self._store.cond:
+            found = [a for a in self._store.stats if a.host == agent]
+            known = list(self._store.stats)
+        if len(found) == 1:
+            return found[0]
+        if not found:
+            raise HilError(
+                f"no agent with host name {agent!r} has connected; known: "
+                + (", ".join(map(str, known)) or "none"),
+                "wait_for_agent(host=...) first, or check the guest reaches the collector at "
+                f"10.0.2.2:{self.port}",
+            )
+        raise HilError(f"host name {agent!r} matches {len(found)} agents: "
+                       + ", ".join(map(str, found)), "pass the AgentId instead of the host name")
+
+    def stats(self, agent: AgentId | str) -> AgentStats:
+        aid = self.resolve_agent(agent)
+        with self._store.cond:
+            st = self._store.stats[aid]
+            return AgentStats(**{**st.__dict__, "capture_files": list(st.capture_files)})
+
+    def errors(self) -> list[ProtocolErrorEvent]:
+        """Protocol errors seen so far (also from peers that never said HELLO)."""
+        with self._store.cond:
+            return list(self._store.errors)
+
+    @property
+    def protocol_errors(self) -> int:
+        return self._error_count
+
+    def capture_files(self) -> list[Path]:
+        with self._store.cond:
+            return list(self._capture_files)
+
+    def records(self, agent: AgentId | str | None = None, **fields: Any) -> list[Record]:
+        """Records received so far (in arrival order), optionally filtered."""
+        aid = self.resolve_agent(agent) if agent is not None else None
+        want = normalize_fields(fields)
+        with self._store.cond:
+            return [r for _, r in self._store.iter_records()
+                    if (aid is None or r.agent == aid)
+                    and all(field_matches(r, k, v) for k, v in want.items())]
+
+    def wait_for(self, predicate: Callable[[Record], bool] | None = None, *,
+                 timeout: float = 10.0, agent: AgentId | str | None = None,
+                 **fields: Any) -> Record:
+        """The first record (oldest first) matching every field (exact value, or a callable
+        applied to the field) and ``predicate``; waits up to ``timeout`` seconds for it.
+
+        Fields: kind ("created"/"exited"), pid, image_path, image_size, sha256 (bytes or hex),
+        host, agent. On timeout raises RecordTimeout listing the nearest records seen.
+        """
+        aid = self.resolve_agent(agent) if isinstance(agent, str) else agent
+        want = normalize_fields(fields)
+        if aid is not None:
+            want["agent"] = aid
+
+        def match(r: Record) -> bool:
+            return all(field_matches(r, k, v) for k, v in want.items()) and (
+                predicate is None or bool(predicate(r)))
+
+        deadline = time.monotonic() + timeout
+        self._poke()
+        start = 0
+        store = self._store
+        with store.cond:
+            while True:
+                for seq, rec in store.iter_records(start):
+                    if match(rec):
+                        return rec
+                start = store.next_batch
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    break
+                store.cond.wait(left)
+            raise RecordTimeout(self._timeout_message(want, predicate, timeout),
+                                self._timeout_fix())
+
+    def assert_none(self, *, agent: AgentId | str | None = None, flush: bool = True,
+                    predicate: Callable[[Record], bool] | None = None, **fields: Any) -> None:
+        """Fail if any record received so far matches (after a flush of every agent)."""
+        if flush:
+            self.flush()
+        found = self.records(agent=agent, **fields)
+        if predicate is not None:
+            found = [r for r in found if predicate(r)]
+        if found:
+            raise UnexpectedRecord(
+                f"{len(found)} record(s) match {describe_query(normalize_fields(fields), predicate)}"
+                ", expected none:\n" + "\n".join(f"  {r}" for r in found[:10]),
+                "the driver reported an event the test says must not happen",
+            )
+
+    def wait_for_agent(self, host: str | None = None, *, kind: str | None = None,
+                       timeout: float = 30.0) -> AgentId:
+        """Wait until an agent (with this host name / kind) is connected; returns its id."""
+        deadline = time.monotonic() + timeout
+        store = self._store
+        with store.cond:
+            while True:
+                for aid, st in store.stats.items():
+                    if st.connected and (host is None or aid.host == host) and (
+                            kind is None or aid.kind == kind):
+                        return aid
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    break
+                store.cond.wait(left)
+            seen = ", ".join(f"{a} ({'connected' if s.connected else 'disconnected'})"
+                             for a, s in store.stats.items()) or "none"
+            errs = len(store.errors)
+        want = " ".join(filter(None, [f"host={host!r}" if host else "",
+                                      f"kind={kind!r}" if kind else ""])) or "any"
+        raise RecordTimeout(
+            f"no agent ({want}) connected within {timeout:g} s; agents seen: {seen}; "
+            f"protocol errors: {errs}",
+            f"check the agent runs and reaches the collector at 10.0.2.2:{self.port} "
+            f"(guest) / {self.host}:{self.port} (host)",
+        )
+
+    # ------------------------------------------------------------------ messages
+
+    def _timeout_message(self, want: dict, predicate, timeout: float) -> str:
+        store = self._store
+        total = store.stored
+        scored = []
+        for _, rec in store.iter_records():
+            score = sum(field_matches(rec, k, v) for k, v in want.items())
+            scored.append((score, rec))
+        scored.sort(key=lambda x: -x[0])
+        nearest = scored[:5]
+        agents = ", ".join(f"{a} ({s.records} records"
+                           f"{', connected' if s.connected else ', disconnected'})"
+                           for a, s in store.stats.items()) or "no agent connected"
+        lines = [f"no record matching {describe_query(want, predicate)} within {timeout:g} s; "
+                 f"{total} records seen from: {agents}"]
+        if store.errors:
+            lines.append(f"protocol errors: {len(store.errors)}, last: "
+                         f"{store.errors[-1].error}: {store.errors[-1].message}")
+        if nearest:
+            lines.append(f"nearest records (fields matched out of {len(want)}):")
+            lines += [f"  [{score}/{len(want)}] {rec}" for score, rec in nearest]
+        return "\n".join(lines)
+
+    def _timeout_fix(self) -> str:
+        return (f"check the driver is loaded and the agent is connected to port {self.port}; "
+                "records arrive when the collector polls (interval) or on flush()")

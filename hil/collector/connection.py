@@ -1,0 +1,297 @@
+"""One agent connection inside the collector's event loop: decode, enforce the session rules
+(PROTOCOL.md 3.2), store records, capture raw bytes, and close on the first protocol error."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import re
+import time
+from collections import deque
+from pathlib import Path
+from typing import TYPE_CHECKING, BinaryIO
+
+from hil.protocol import (
+    End,
+    Hello,
+    ProtocolError,
+    Records,
+    Request,
+    StalledPeer,
+    StreamDecoder,
+    UnexpectedFrame,
+    encode_request,
+)
+
+from hil.collector.store import AgentId, ProtocolErrorEvent
+
+if TYPE_CHECKING:
+    from hil.collector.collector import Collector
+
+log = logging.getLogger("hil.collector")
+_UNSAFE = re.compile(r"[^A-Za-z0-9._-]+")
+
+
+class AgentConnection(asyncio.Protocol):
+    """asyncio protocol for one TCP connection from an agent."""
+
+    def __init__(self, collector: Collector, seq: int):
+        self.c = collector
+        self.seq = seq
+        self.decoder = StreamDecoder()
+        self.transport: asyncio.Transport | None = None
+        self.peer = "?"
+        self.agent: AgentId | None = None
+        self.stats = None  # AgentStats once identified
+        self.nbytes = 0
+        self.opened = time.monotonic()
+        self.partial_since: float | None = None
+        self.outstanding: deque[tuple[int, float, asyncio.Future | None]] = deque()
+        self.next_request_id = 1
+        self.batch_count = 0
+        self.closed = False
+        self.capture: BinaryIO | None = None
+        self.capture_path: Path | None = None
+        self.capture_bytes = 0
+        self.capture_dropped = 0
+
+    # ------------------------------------------------------------------ asyncio callbacks
+
+    def connection_made(self, transport) -> None:
+        self.transport = transport
+        peer = transport.get_extra_info("peername")
+        self.peer = f"{peer[0]}:{peer[1]}" if peer else "?"
+        self.c._conns.add(self)
+        if self.c.capture_dir is not None:
+            self.capture_path = self.c.capture_dir / f"conn{self.seq:04d}-{_safe(self.peer)}.bin"
+            self.capture = open(self.capture_path, "wb")
+            self.c._capture_files.append(self.capture_path)
+        log.debug("connection %d from %s", self.seq, self.peer)
+
+    def data_received(self, data: bytes) -> None:
+        if self.closed:
+            return
+        n = len(data)
+        self.nbytes += n
+        if self.capture is not None:
+            self._capture(data)
+        if self.stats is not None:
+            self.stats.bytes += n
+        decoder = self.decoder
+        before = decoder.frames
+        try:
+            for frame in decoder.feed(data):
+                if type(frame) is Records:
+                    self._on_records(frame)
+                else:
+                    self._on_frame(frame)
+        except ProtocolError as exc:
+            self.fail(exc)
+            return
+        if decoder.frames != before or not decoder.pending:
+            self.partial_since = time.monotonic() if decoder.pending else None
+        elif self.partial_since is None:
+            self.partial_since = time.monotonic()
+
+    def eof_received(self):
+        return False  # close our side too
+
+    def connection_lost(self, exc) -> None:
+        if not self.closed and self.decoder.pending:
+            try:
+                self.decoder.close()
+            except ProtocolError as err:
+                self._count_error(err)
+        self._closed()
+
+    # ------------------------------------------------------------------ frames
+
+    def _on_records(self, frame: Records) -> None:
+        if not self.outstanding:
+            raise UnexpectedFrame(
+                "RECORDS frame with no REQUEST outstanding: agents send records only when asked"
+                if self.agent is not None else
+                "RECORDS frame before HELLO: an agent must say HELLO first"
+            )
+        self.batch_count += frame.count
+        self.c._store.add(self.agent, frame.records, len(frame.skipped),
+                          time.monotonic(), time.time())
+
+    def _on_frame(self, frame) -> None:
+        if self.agent is None:
+            if type(frame) is not Hello:
+                raise UnexpectedFrame(
+                    f"first frame is {type(frame).__name__.upper()}, not HELLO"
+                )
+            self._on_hello(frame)
+            return
+        if type(frame) is End:
+            if not self.outstanding:
+                raise UnexpectedFrame(f"END {frame.request_id} with no REQUEST outstanding")
+            rid, _, fut = self.outstanding[0]
+            if frame.request_id != rid:
+                raise UnexpectedFrame(
+                    f"END answers request {frame.request_id}; the oldest outstanding is {rid}"
+                )
+            if frame.count != self.batch_count:
+                raise UnexpectedFrame(
+                    f"END {rid} says {frame.count} records; {self.batch_count} were received"
+                )
+            self.outstanding.popleft()
+            self.batch_count = 0
+            with self.c._store.cond:
+                self.stats.dropped_by_agent += frame.dropped
+                self.stats.batches += 1
+            if frame.dropped:
+                log.warning("agent %s dropped %d records (its buffer was full)", self.agent,
+                            frame.dropped)
+            if fut is not None and not fut.done():
+                fut.set_result(True)
+            self.c._store.changed()
+            return
+        if type(frame) is Hello:
+            raise UnexpectedFrame("second HELLO on the same connection")
+        if type(frame) is Request:
+            raise UnexpectedFrame("REQUEST sent by an agent: REQUEST goes collector -> agent")
+        raise UnexpectedFrame(f"unexpected {type(frame).__name__} frame")
+
+    def _on_hello(self, hello: Hello) -> None:
+        agent = AgentId(hello.kind, hello.os, hello.host)
+        store = self.c._store
+        with store.cond:
+            from hil.collector.store import AgentStats
+
+            stats = store.stats.get(agent)
+            if stats is None:
+                stats = store.stats[agent] = AgentStats(agent)
+            else:
+                stats.reconnects += 1
+            stats.connections += 1
+            stats.connected = True
+            stats.bytes += self.nbytes
+            self.agent = agent
+            self.stats = stats
+            if self.capture_path is not None:
+                new = self.capture_path.with_name(
+                    f"conn{self.seq:04d}-{_safe(hello.host)}-{_safe(hello.kind)}.bin")
+                try:
+                    self.capture_path.rename(new)
+                    files = self.c._capture_files
+                    files[files.index(self.capture_path)] = new
+                    self.capture_path = new
+                except OSError:
+                    pass
+                stats.capture_files.append(self.capture_path)
+            store.version += 1
+            store.cond.notify_all()
+        log.info("agent %s connected from %s (connection %d%s)", agent, self.peer, self.seq,
+                 ", reconnect" if stats.reconnects and stats.connections > 1 else "")
+        self.request()  # drain what the agent saved while disconnected
+
+    # ------------------------------------------------------------------ actions
+
+    def request(self, waiter: asyncio.Future | None = None) -> int | None:
+        """Send a REQUEST; ``waiter`` resolves when its END arrives (or the connection ends)."""
+        if self.closed or self.agent is None or self.transport is None:
+            if waiter is not None and not waiter.done():
+                waiter.set_result(False)
+            return None
+        rid = self.next_request_id
+        self.next_request_id = (rid + 1) & 0xFFFFFFFF
+        self.outstanding.append((rid, time.monotonic(), waiter))
+        self.transport.write(encode_request(rid))
+        return rid
+
+    def check_deadlines(self, now: float) -> None:
+        c = self.c
+        if self.agent is None and now - self.opened > c.hello_timeout:
+            self.fail(StalledPeer(
+                f"no HELLO within {c.hello_timeout:g} s of connecting",
+                "an agent must send HELLO first; check the agent's connect path",
+            ))
+        elif self.partial_since is not None and now - self.partial_since > c.frame_timeout:
+            self.fail(StalledPeer(
+                f"an incomplete frame ({self.decoder.pending} bytes) stayed incomplete for "
+                f"{c.frame_timeout:g} s",
+                "the agent stops sending in the middle of a frame: check its send loop",
+            ))
+        elif self.outstanding and now - self.outstanding[0][1] > c.reply_timeout:
+            self.fail(StalledPeer(
+                f"REQUEST {self.outstanding[0][0]} not answered within {c.reply_timeout:g} s",
+                "the agent must answer every REQUEST with RECORDS... END",
+            ))
+
+    def fail(self, exc: ProtocolError) -> None:
+        """Count and log a protocol error and close this connection only."""
+        if self.closed:
+            return
+        self._count_error(exc)
+        log.warning("protocol error from %s (%s, connection %d): %s: %s; connection closed",
+                    self.agent or "unidentified peer", self.peer, self.seq, exc.name,
+                    exc.problem)
+        if self.transport is not None:
+            self.transport.abort()
+        self._closed()
+
+    def close(self) -> None:
+        if self.transport is not None:
+            self.transport.close()
+        self._closed()
+
+    # ------------------------------------------------------------------ internals
+
+    def _count_error(self, exc: ProtocolError) -> None:
+        store = self.c._store
+        with store.cond:
+            if self.stats is not None:
+                self.stats.protocol_errors += 1
+            store.errors.append(ProtocolErrorEvent(
+                time.monotonic(), time.time(), self.peer, self.agent, exc.name, exc.problem))
+            if len(store.errors) > 10000:  # bounded under a flood of hostile peers
+                del store.errors[:5000]
+            self.c._error_count += 1
+            store.version += 1
+            store.cond.notify_all()
+
+    def _capture(self, data: bytes) -> None:
+        room = self.c.max_capture_bytes - self.capture_bytes
+        if room >= len(data):
+            self.capture.write(data)
+            self.capture_bytes += len(data)
+            return
+        if room > 0:
+            self.capture.write(data[:room])
+            self.capture_bytes += room
+            log.warning("capture of connection %d (%s) reached %d bytes; further bytes are "
+                        "decoded but not captured", self.seq, self.peer,
+                        self.c.max_capture_bytes)
+        dropped = len(data) - max(room, 0)
+        self.capture_dropped += dropped
+        if self.stats is not None:
+            self.stats.capture_dropped_bytes += dropped
+
+    def _closed(self) -> None:
+        if self.closed:
+            return
+        self.closed = True
+        if self.capture is not None:
+            try:
+                self.capture.close()
+            except OSError:
+                pass
+        for _, _, fut in self.outstanding:
+            if fut is not None and not fut.done():
+                fut.set_result(False)
+        self.outstanding.clear()
+        self.c._conns.discard(self)
+        store = self.c._store
+        with store.cond:
+            if self.stats is not None:
+                self.stats.connected = any(
+                    conn.agent == self.agent for conn in self.c._conns)
+            store.version += 1
+            store.cond.notify_all()
+
+
+def _safe(text: str) -> str:
+    return _UNSAFE.sub("_", text)[:60] or "_"

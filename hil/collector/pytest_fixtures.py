@@ -1,0 +1,33 @@
+"""The ``collector`` pytest fixture. hil.pytest_plugin imports it; any conftest may too:
+
+    from hil.collector.pytest_fixtures import collector  # noqa: F401
+
+One collector per test on 127.0.0.1 and a free port (so each xdist worker has its own); its
+per-connection capture files go to the test's temporary folder and are attached to the test's
+JUnit properties as ``collector_capture``.
+"""
+
+from __future__ import annotations
+
+import os
+
+import pytest
+
+from hil.collector.collector import Collector
+
+
+@pytest.fixture
+def collector(request, tmp_path_factory):
+    worker = os.environ.get("PYTEST_XDIST_WORKER", "main")
+    capture_dir = tmp_path_factory.mktemp(f"collector-{worker}")
+    interval = float(os.environ.get("HIL_COLLECTOR_INTERVAL", "0.5"))
+    with Collector(capture_dir=capture_dir, interval=interval) as c:
+        request.node.user_properties.append(("collector_address", f"{c.host}:{c.port}"))
+        try:
+            yield c
+        finally:
+            for path in c.capture_files():
+                request.node.user_properties.append(("collector_capture", str(path)))
+            if c.protocol_errors:
+                request.node.user_properties.append(
+                    ("collector_protocol_errors", str(c.protocol_errors)))

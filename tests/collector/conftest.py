@@ -1,0 +1,1 @@
+from hil.collector.pytest_fixtures import collector  # noqa: F401
