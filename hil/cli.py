@@ -18,6 +18,7 @@ COMMANDS: dict[str, str] = {
     "image": "hil.commands.image",
     "doctor": "hil.commands.doctor",
     "bench": "hil.commands.bench",
+    "collector": "hil.commands.collector",
     "crash-scan": "hil.commands.crash_scan",
 }
 

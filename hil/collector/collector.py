@@ -17,7 +17,7 @@ import asyncio
 import logging
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -264,6 +264,20 @@ class Collector:
     def capture_files(self) -> list[Path]:
         with self._store.cond:
             return list(self._capture_files)
+
+    def follow(self, stop: threading.Event | None = None,
+               poll: float = 0.5) -> Iterator[Record]:
+        """Yield every record as it arrives (from the first one on) until ``stop`` is set."""
+        start = 0
+        store = self._store
+        while stop is None or not stop.is_set():
+            with store.cond:
+                new = [rec for _, rec in store.iter_records(start)]
+                start = store.next_batch
+                if not new:
+                    store.cond.wait(poll)
+                    continue
+            yield from new
 
     def records(self, agent: AgentId | str | None = None, **fields: Any) -> list[Record]:
         """Records received so far (in arrival order), optionally filtered."""
