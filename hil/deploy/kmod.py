@@ -112,6 +112,29 @@ def build_key(src_dir: Path, kbuild_dir: Path, extra_sources: Iterable[Path] = (
     return h.hexdigest()[:24]
 
 
+def make_arguments(kbuild_dir: Path) -> list[str]:
+    """``make`` arguments that enter ``kbuild_dir``.
+
+    Debian splits headers into an arch tree whose Makefile is one line,
+    ``include /usr/src/linux-headers-<ver>-common/Makefile``, and a common tree. When such a
+    pair was unpacked somewhere else (a guest image's kbuild copy), the absolute include
+    points nowhere; naming the sibling common Makefile with ``-f`` is what the wrapper does.
+    """
+    kbuild_dir = Path(kbuild_dir)
+    args = ["-C", str(kbuild_dir)]
+    text = (kbuild_dir / "Makefile").read_text(errors="replace").strip()
+    m = re.fullmatch(r"include\s+(/\S+/Makefile)", text)
+    if m and not Path(m.group(1)).is_file():
+        sibling = kbuild_dir.parent / Path(m.group(1)).parent.name / "Makefile"
+        if not sibling.is_file():
+            raise EnvironmentProblem(
+                f"{kbuild_dir}/Makefile includes {m.group(1)}, which is missing here and has no sibling copy",
+                "unpack the matching linux-headers-<ver>-common package next to it",
+            )
+        args += ["-f", str(sibling)]
+    return args
+
+
 def _compiler_messages(output: str, limit: int = 60) -> str:
     """The lines of a failed kbuild run a human needs: errors and warnings first."""
     lines = output.splitlines()
@@ -167,7 +190,7 @@ def build_module(
         with step("kmod.build", module=src_dir.name, release=kernel_release(kbuild_dir)):
             try:
                 proc = subprocess.run(
-                    [make, "-C", str(kbuild_dir), f"M={work}", "modules"],
+                    [make, *make_arguments(kbuild_dir), f"M={work}", "modules"],
                     capture_output=True,
                     text=True,
                     timeout=timeout,
@@ -356,3 +379,80 @@ def build_kserver(kbuild_dir: Path) -> Path:
 
 def build_agent(kbuild_dir: Path) -> Path:
     return build_module(drivers_dir() / "linux" / "agent", kbuild_dir, protocol_sources(), name="hil_agent")
+
+
+# ---- kserver client (drivers/linux/kserver/PROTOCOL.md) ---------------------------------------
+
+
+class KServerClient:
+    """A blocking client for the kserver protocol: one request line in, ``OK <len>`` + body
+    or ``ERR <reason>`` out.
+
+    >>> with KServerClient("127.0.0.1", port) as c:
+    ...     assert c.request(b"hi") == ("OK", b"hello from kserver")
+    """
+
+    MAX_HEADER = 64
+
+    def __init__(self, host: str, port: int, timeout: float = 30.0):
+        import socket
+
+        self.sock = socket.create_connection((host, port), timeout=timeout)
+        self._buf = b""
+
+    def __enter__(self) -> "KServerClient":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+    def close(self) -> None:
+        try:
+            self.sock.close()
+        except OSError:
+            pass
+
+    def send(self, data: bytes) -> None:
+        self.sock.sendall(data)
+
+    def _fill(self) -> bool:
+        chunk = self.sock.recv(1 << 16)
+        if not chunk:
+            return False
+        self._buf += chunk
+        return True
+
+    def read_response(self) -> tuple[str, bytes]:
+        """``("OK", body)``, ``("ERR", reason)``; ``("EOF", b"")`` when the server closed first.
+
+        Raises :class:`HilError` when the server breaks the framing (a short body, a bad header).
+        """
+        while b"\n" not in self._buf:
+            if len(self._buf) > self.MAX_HEADER:
+                raise HilError(f"kserver sent a header line longer than {self.MAX_HEADER} bytes: {self._buf[:80]!r}")
+            if not self._fill():
+                if self._buf:
+                    raise HilError(f"kserver closed in the middle of a header: {self._buf!r}")
+                return ("EOF", b"")
+        line, self._buf = self._buf.split(b"\n", 1)
+        kind, _, arg = line.partition(b" ")
+        if kind == b"ERR":
+            return ("ERR", arg)
+        if kind != b"OK" or not arg.isdigit():
+            raise HilError(f"kserver sent a malformed header: {line[:80]!r}")
+        length = int(arg)
+        while len(self._buf) < length:
+            if not self._fill():
+                raise HilError(f"kserver closed after {len(self._buf)} of {length} body bytes")
+        body, self._buf = self._buf[:length], self._buf[length:]
+        return ("OK", body)
+
+    def request(self, line: bytes) -> tuple[str, bytes]:
+        self.send(line + b"\n")
+        return self.read_response()
+
+    def get_file(self, name: str) -> bytes:
+        status, body = self.request(b"FILE:" + name.encode())
+        if status != "OK":
+            raise HilError(f"kserver refused FILE:{name}: {status} {body.decode(errors='replace')}")
+        return body
