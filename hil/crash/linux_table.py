@@ -249,7 +249,7 @@ OOPSES: tuple[Oops, ...] = (
         Format(r"WARNING: possible irq lock inversion dependency detected", "possible deadlock in {func}", "LOCKDEP",
                guilty=("after:just changed the state of lock",)),
         Format(r"WARNING: (?:SOFT|HARD)IRQ-safe -> (?:SOFT|HARD)IRQ-unsafe lock order detected",
-               "possible deadlock in {func}", "LOCKDEP", guilty=("after:which became \w+-irq-safe at:",)),
+               "possible deadlock in {func}", "LOCKDEP", guilty=(r"after:which became \w+-irq-safe at:",)),
         Format(r"WARNING: inconsistent lock state", "inconsistent lock state in {func}", "LOCKDEP",
                guilty=("after:takes:",)),
         Format(r"WARNING: suspicious RCU usage", "WARNING: suspicious RCU usage in {func}", "LOCKDEP",

@@ -16,7 +16,7 @@ _OFFSET_RE = re.compile(r"\+0x[0-9a-f]+(?:/0x[0-9a-f]+)?$")
 
 _HEX_RE = re.compile(r"\b0x[0-9a-fA-F]+\b|\b[0-9a-f]{8,}\b")
 # Digit runs; short ones glued to a word (x86, ipv6, ext4, i2c) are part of a name and stay.
-_NUM_RE = re.compile(r"(?<![A-Za-z_])\d+|(?<=[A-Za-z_])\d{3,}")
+_NUM_RE = re.compile(r"(?<![A-Za-z0-9_])\d+|(?<=[A-Za-z_])\d{3,}")
 
 
 def split_prefix(line: str) -> tuple[str, str]:
