@@ -12,6 +12,7 @@ HELP = "run a benchmark and print its figures (key: value lines)"
 
 BENCHES: dict[str, str] = {
     "provision": "hil.bench.provision",
+    "collector": "hil.bench.collector",
     "crash-corpus": "hil.bench.crash_corpus",
 }
 

@@ -149,21 +149,29 @@ def decode_records(buf: bytes, off: int, end: int,
                    out: list[bytes], skipped: list[tuple[int, int]]) -> None:
     """Validate the records in ``buf[off:end]``, appending raw process records to ``out``.
 
-    ``buf`` must be a ``bytes`` object (slices of it become the stored records).
+    ``buf`` must be a ``bytes`` object (slices of it become the stored records); it may extend
+    beyond ``end`` (the rest of the stream). The hot loop handles well-formed process records
+    with one unpack and no per-record bounds check: a record that runs past ``end`` can only be
+    the last one walked, and is caught after the loop; anything else goes to the slow path.
     """
     unpack = _FAST.unpack_from
     append = out.append
     while off < end:
-        if end - off >= 56:
-            t, blen, lp, ls, lh, ln = unpack(buf, off)
-            if blen - ln == 52 and lp == 4 and ls == 8 and lh == 32 and ln <= MAX_PATH \
-                    and (t == 1 or t == 2):
+        try:
+            while off < end:
+                t, blen, lp, ls, lh, ln = unpack(buf, off)
+                if blen - ln != 52 or lp != 4 or ls != 8 or lh != 32 or ln > MAX_PATH \
+                        or not 0 < t < 3:
+                    break
                 nxt = off + 56 + ln
-                if nxt <= end:
-                    append(buf[off:nxt])
-                    off = nxt
-                    continue
-        off = _decode_record_slow(buf, off, end, out, skipped)
+                append(buf[off:nxt])
+                off = nxt
+        except struct.error:  # fewer than 56 bytes left in buf
+            pass
+        if off > end:  # the last record overran the payload: let the slow path say how
+            off -= len(out.pop())
+        if off < end:
+            off = _decode_record_slow(buf, off, end, out, skipped)
 
 
 def _decode_record_slow(buf: bytes, off: int, end: int,
