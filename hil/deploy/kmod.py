@@ -233,6 +233,26 @@ def _find_ko(directory: Path, name: str | None) -> Path | None:
     return kos[0] if kos else None
 
 
+def build_host_tool(source: Path, *, cc: str = "gcc", flags: Iterable[str] = ("-O2", "-static", "-Wall")) -> Path:
+    """Compile a one-file C helper for the guest (statically, so it runs whatever the guest's
+    libc); cached like modules, keyed by the source, the flags and the compiler version."""
+    source = Path(source)
+    if shutil.which(cc) is None:
+        raise EnvironmentProblem(f"'{cc}' not found", "apt-get install -y gcc libc6-dev")
+    version = subprocess.run([cc, "--version"], capture_output=True, text=True).stdout
+    h = hashlib.sha256(source.read_bytes() + "\0".join([cc, version, *flags]).encode()).hexdigest()[:24]
+    out = cache_root() / "kmod" / "tools" / h / source.stem
+    if out.is_file():
+        return out
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = out.with_name(f".{out.name}.{os.getpid()}")
+    proc = subprocess.run([cc, *flags, "-o", str(tmp), str(source)], capture_output=True, text=True)
+    if proc.returncode != 0:
+        raise HilError(f"compiling {source.name} failed:\n{_compiler_messages(proc.stdout + proc.stderr)}")
+    os.replace(tmp, out)
+    return out
+
+
 # ---- loading into a guest ---------------------------------------------------------------------
 
 
@@ -371,6 +391,11 @@ def protocol_sources() -> list[Path]:
     """The shared agent protocol codec compiled into the Linux agent module."""
     d = drivers_dir() / "protocol"
     return [d / "hil_proto.c", d / "hil_proto.h"]
+
+
+def build_storm_tool() -> Path:
+    """``hil_storm COUNT TARGET [RATE]``: the exec storm generator (drivers/linux/tools)."""
+    return build_host_tool(drivers_dir() / "linux" / "tools" / "hil_storm.c")
 
 
 def build_kserver(kbuild_dir: Path) -> Path:
