@@ -59,8 +59,12 @@ def _re(pattern: str, flags: int = 0) -> re.Pattern:
     return re.compile(pattern, flags)
 
 
-def _skip_re(extra: tuple[str, ...]) -> re.Pattern:
-    return _re("|".join(table.SKIP_FRAMES + extra))
+_SKIP = re.compile("|".join(table.SKIP_FRAMES))
+_ANCHORS = re.compile("|".join(table.STALL_ANCHORS))
+
+
+def _skipped(func: str, extra: tuple[str, ...]) -> bool:
+    return bool(_SKIP.search(func)) or bool(extra and _re("|".join(extra)).search(func))
 
 
 def match_header(message: str) -> tuple[table.Oops, str] | None:
@@ -102,14 +106,12 @@ def is_neutral(message: str) -> bool:
     return bool(_NEUTRAL.match(message)) or not message.strip()
 
 
-def _trace_frames(lines: list[str]) -> list[str]:
+def _trace_frames(lines: list[str], implicit: bool = False) -> list[str]:
     for i, line in enumerate(lines):
         if _STACK_START.search(line):
             return _frames_from(lines[i + 1:])
     # KMSAN, KFENCE: the stack follows the header without a "Call Trace:" line.
-    if len(lines) > 1 and _FRAME.match(lines[1]) and not _QUESTIONABLE.match(lines[1]):
-        return _frames_from(lines[1:])
-    return []
+    return _frames_from(lines[1:]) if implicit else []
 
 
 def _frames_from(lines: list[str]) -> list[str]:
@@ -132,8 +134,8 @@ def _frames_from(lines: list[str]) -> list[str]:
     return frames
 
 
-def has_trace(lines: list[str]) -> bool:
-    return bool(_trace_frames(lines))
+def has_trace(lines: list[str], implicit: bool = False) -> bool:
+    return bool(_trace_frames(lines, implicit))
 
 
 def _after(lines: list[str], trigger: str) -> list[str]:
@@ -175,7 +177,7 @@ def _candidates(fmt: table.Format, groups: dict, lines: list[str]) -> list[str]:
         elif source == "rip":
             frames += _rip(lines)
         elif source == "trace":
-            frames += _trace_frames(lines)
+            frames += _trace_frames(lines, fmt.implicit_stack)
         elif source.startswith("after:"):
             frames += _after(lines, source[len("after:"):])
     return [function_name(f) for f in frames]
@@ -189,7 +191,7 @@ def _stall(frames: list[str]) -> str:
         for group, name in table.STALL_GROUPS:
             if frame.startswith(group):
                 return name
-        if any(_re(a).search(frame) for a in table.STALL_ANCHORS):
+        if _ANCHORS.search(frame):
             # A compat wrapper only translates arguments: name what it wraps.
             j = frames.index(prev)
             if "compat" in prev and j > 0 and not prev.startswith(table.STALL_STRIP_PREFIXES):
@@ -221,8 +223,7 @@ def _hang(frames: list[str]) -> str:
 
 def guilty_function(fmt: table.Format, groups: dict, lines: list[str]) -> str:
     """The guilty function of a report matched by ``fmt``, or ``""`` if none is found."""
-    skip = _skip_re(fmt.skip)
-    frames = [f for f in _candidates(fmt, groups, lines) if f and not skip.search(f)]
+    frames = [f for f in _candidates(fmt, groups, lines) if f and not _skipped(f, fmt.skip)]
     if fmt.extractor == "stall":
         return _stall(frames)
     if fmt.extractor == "hang":
@@ -248,7 +249,7 @@ def describe(oops: table.Oops, lines: list[str]) -> Description | None:
             if not rm:
                 continue
             groups.update({k: v for k, v in rm.groupdict().items() if v is not None})
-        traced = has_trace(lines)
+        traced = has_trace(lines, fmt.implicit_stack)
         if fmt.needs_trace and not traced:
             continue
         corrupted = fmt.corrupted or (not fmt.no_stack and not traced)

@@ -38,6 +38,7 @@ class Format:
     corrupted: bool = False
     needs_trace: bool = False
     lower: tuple[str, ...] = ()  # groups to lower-case and hyphenate ("Undefined behaviour")
+    implicit_stack: bool = False  # the stack follows the header without a "Call Trace:" line
 
 
 @dataclass(frozen=True)
@@ -145,7 +146,7 @@ HANG_ANCHORS: tuple[tuple[str, str], ...] = (
 )
 HANG_SKIP: tuple[str, ...] = (
     "sched", "_lock", "_slowlock", "down", "completion", "kthread", "wait", "synchronize",
-    "context_switch", "__switch_to", "cancel_delayed_work", "rwsem", "mutex", "_killable", "flush",
+    "context_switch", "__switch_to", "cancel_delayed_work", "rwsem", "mutex", "_killable", "flush_work",
 )
 
 STACK_START = r"Call Trace:|Call trace:|(?<!stack )backtrace(?: \(crc [0-9a-f]+\))?:|^Backtrace:"
@@ -176,9 +177,9 @@ OOPSES: tuple[Oops, ...] = (
                guilty=WARN_STACK, skip=("usb_submit_urb", "usb_start_wait_urb", "usb_bulk_msg",
                                         "usb_interrupt_msg", "usb_control_msg")),
         Format(r"BUG: KMSAN: (?P<bug>[a-z\-]+)", "KMSAN: {bug} in {func}", "KMSAN", guilty=("trace",),
-               skip=("copy_to_user", "copyout", "_copy_to_iter", "copy_to_iter", "iterate_")),
+               implicit_stack=True, skip=("copy_to_user", "copyout", "_copy_to_iter", "copy_to_iter", "iterate_")),
         Format(r"BUG: KFENCE: (?P<bug>[a-z\- ]+?) in " + FUNC, "KFENCE: {bug} in {func}", "KFENCE",
-               guilty=("header", "after:^(?:Use-after-free|Out-of-bounds|Invalid|Corrupted)")),
+               guilty=("header", "trace"), implicit_stack=True),
         Format(r"BUG: KCSAN: (?P<bug>[a-z\-: ]+?) in " + FUNC, "KCSAN: {bug} in {func}", "KCSAN",
                guilty=("header",), no_stack=True),
         Format(r"BUG: (?:unable to handle kernel NULL pointer dereference|kernel NULL pointer dereference|Kernel NULL pointer dereference)",

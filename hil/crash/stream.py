@@ -27,6 +27,7 @@ from hil.crash.report import Report
 MAX_LINES = 200  # lines of a report (same caller) before it is named anyway
 MAX_RAW_LINES = 2000  # console lines of any caller while a report is open
 EARLY_LINES = 8  # a stack-less row is named within this many lines of its header
+UNCONFIRMED_LINES = 30  # a header no row accepts yet (WARNING: without a stack) is dropped after this
 
 
 @dataclass(frozen=True)
@@ -62,6 +63,9 @@ class _Candidate:
         if len(self.raw) >= MAX_RAW_LINES:
             return "done"
         if not self._mine(line):
+            # Another caller's crash must not wait behind a header that is not a crash yet.
+            if linux.match_header(line.msg) and not self.confirmed():
+                return "next"
             return None
         msg = line.msg
         if "Disabling lock debugging due to kernel taint" in msg:
@@ -76,6 +80,8 @@ class _Candidate:
         self.end = line.end
         if linux.is_end(msg, len(self.lines)) or len(self.lines) >= MAX_LINES:
             return "done"
+        if len(self.lines) == UNCONFIRMED_LINES and not self.confirmed():
+            return "done"
         is_frame = linux.frame_of(msg) is not None
         trace_ended = self.prev_frame and not is_frame and not linux.is_neutral(msg)
         if is_frame:
@@ -87,6 +93,10 @@ class _Candidate:
                 return "done"
         return None
 
+    def confirmed(self) -> bool:
+        """Some row accepts the report (it is a crash, if not yet a complete one)."""
+        return linux.describe(self.oops, self.lines) is not None
+
     def complete(self, trace_ended: bool) -> bool:
         d = linux.describe(self.oops, self.lines)
         if d is None or d.corrupted:
@@ -95,7 +105,7 @@ class _Candidate:
             return False
         return trace_ended or d.fmt.no_stack
 
-    def report(self, text: str) -> Report | None:
+    def report(self) -> Report | None:
         d = linux.describe(self.oops, self.lines)
         if d is None:
             return None
@@ -181,7 +191,7 @@ class ConsoleWatcher:
     def _finish(self, pending: _Line | None) -> None:
         cand, self._cand = self._cand, None
         assert cand is not None
-        rep = cand.report("")
+        rep = cand.report()
         if rep is None:
             # Not a crash after all (e.g. a WARNING: line with no stack): look again at
             # everything that followed its header.
