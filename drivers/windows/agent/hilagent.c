@@ -422,6 +422,7 @@ static VOID NTAPI WorkerThread(PVOID context)
     /* Unloading: what was not delivered goes to disk and is sent after the next load. */
     if (HilStoreCount(&g_store) > 0)
         SpillStore();
+    HIL_LOG(TAG, "worker stopped");
     PsTerminateSystemThread(STATUS_SUCCESS);
 }
 
@@ -610,6 +611,7 @@ static VOID NTAPI NetworkThread(PVOID context)
             logged_failure = FALSE;
             backoff = BACKOFF_MIN_MS;
             status = RunSession(sock);
+            HIL_LOG(TAG, "session ended 0x%08lx", (unsigned long)status);
             if (!g_stopping)
                 HIL_LOG(TAG, "connection lost 0x%08lx", (unsigned long)status);
         } else if (!logged_failure && !g_stopping) {
@@ -627,6 +629,7 @@ static VOID NTAPI NetworkThread(PVOID context)
             break;
         backoff = backoff * 2 > g_backoff_max_ms ? g_backoff_max_ms : backoff * 2;
     }
+    HIL_LOG(TAG, "network stopped");
     PsTerminateSystemThread(STATUS_SUCCESS);
 }
 
@@ -738,10 +741,12 @@ static VOID Teardown(VOID)
 #endif
     InterlockedExchange(&g_stopping, 1);
     KeSetEvent(&g_stop, IO_NO_INCREMENT, FALSE);
+    HIL_LOG(TAG, "stopping: closing the connection");
     HilLock(&g_sock_lock);
     if (g_sock)
         KsockShutdown(g_sock); /* completes a receive waiting for the next REQUEST */
     HilUnlock(&g_sock_lock);
+    HIL_LOG(TAG, "stopping: joining threads");
     HilJoinThread(&g_net_thread);
     HilJoinThread(&g_worker_thread);
     while ((ev = DequeueEvent()) != NULL) /* only if the worker never started */

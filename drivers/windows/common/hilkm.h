@@ -19,10 +19,13 @@ VOID HilJoinThread(PETHREAD *thread);
 /* Waits on an event with a timeout in milliseconds; returns STATUS_TIMEOUT or STATUS_SUCCESS. */
 NTSTATUS HilWaitMs(PVOID object, ULONG timeout_ms);
 
-/* A sleeping lock (KMUTEX) for state that is held across a KsockShutdown call. */
-typedef KMUTEX HIL_LOCK;
-#define HilLockInit(l) KeInitializeMutex((l), 0)
+/* A sleeping, non-recursive lock held across KsockShutdown calls: a synchronization event
+ * that starts signalled (one waiter gets it, KeSetEvent hands it back).  Chosen over KMUTEX
+ * because with a KMUTEX, Wine 8.0 left a thread waiting for it blocked after another thread
+ * released it (seen with hilagent unload). */
+typedef KEVENT HIL_LOCK;
+#define HilLockInit(l) KeInitializeEvent((l), SynchronizationEvent, TRUE)
 #define HilLock(l) KeWaitForSingleObject((l), Executive, KernelMode, FALSE, NULL)
-#define HilUnlock(l) KeReleaseMutex((l), FALSE)
+#define HilUnlock(l) KeSetEvent((l), IO_NO_INCREMENT, FALSE)
 
 #endif
