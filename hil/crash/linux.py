@@ -26,7 +26,7 @@ _FRAME = re.compile(
     r"(?:\+0x[0-9a-f]+/0x[0-9a-f]+|\s+\S+\.[chsS]:\d+(?::\d+)?\s+\[inline\])"
 )
 _ARM_FRAME = re.compile(r"^\s*\[<[0-9a-f]+>\] \((?P<func>" + _FN + r")(?:\+0x[0-9a-f]+/0x[0-9a-f]+)?\) from")
-_QUESTIONABLE = re.compile(r"^\s*(?:\[<[0-9a-f]+>\]\s*)?\?\s|\(unreliable\)\s*$")
+_QUESTIONABLE = re.compile(r"^\s*(?:\[<[0-9a-f]+>\]\s*)?\?\s|^.*\(unreliable\)\s*$")
 _RIP = re.compile(
     r"(?:^RIP: [0-9a-f]{4}:|^EIP: (?:[0-9a-f]{4}:)?|^IP: |PC is at |^pc : |^NIP \[[0-9a-f]+\] |^epc\s*: )"
     r"(?:\[<[0-9a-f]+>\]\s*){0,2}(?:[0-9]+:)?(?P<func>" + _FN + r")\+0x"
@@ -55,8 +55,8 @@ class Description:
 
 
 @lru_cache(maxsize=None)
-def _re(pattern: str, flags: int = 0) -> re.Pattern:
-    return re.compile(pattern, flags)
+def _re(pattern: str) -> re.Pattern:
+    return re.compile(pattern)
 
 
 _SKIP = re.compile("|".join(table.SKIP_FRAMES))
@@ -187,7 +187,7 @@ def _stall(frames: list[str]) -> str:
     if not frames:
         return ""
     prev = frames[0]
-    for i, frame in enumerate(frames):
+    for frame in frames:
         for group, name in table.STALL_GROUPS:
             if frame.startswith(group):
                 return name
@@ -262,7 +262,7 @@ def describe(oops: table.Oops, lines: list[str]) -> Description | None:
         for key, value in groups.items():
             if key == "func":
                 continue
-            value = normalize_text(value) if key != "rest" else normalize_text(value)
+            value = normalize_text(value)
             if key in fmt.lower:
                 value = "-".join(value.lower().split())
             values[key] = value

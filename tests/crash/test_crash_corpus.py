@@ -25,7 +25,6 @@ KNOWN_MISSES: dict[str, str] = {
     "200": "two oopses interleaved without caller ids: the RIP of the other one is taken",
     "224": "interleaved: 'Kernel panic - not syncing: Fatal exception' precedes the GPF header in the log",
     "246": "two 'kernel stack ... has bad value' lines: syzkaller names the regs one via a quirk",
-    "386": "powerpc symbol '__rela_dyn_start' not filtered as an unreliable frame",
     "548": "arm32 'Unhandled fault' with a stack the parser does not follow",
     "604": "arm64 SP/PC alignment fault: pc is garbage and the guilty frame is in LR",
     "614": "stack overflow through deep recursion: the frame syzkaller names is deeper",
