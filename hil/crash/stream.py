@@ -16,6 +16,7 @@ whatever the chunking.
 
 from __future__ import annotations
 
+import codecs
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -131,6 +132,7 @@ class ConsoleWatcher:
         self._tail = ""
         self._offset = 0  # offset of self._tail's first character
         self._cand: _Candidate | None = None
+        self._decoder = codecs.getincrementaldecoder("utf-8")("replace")
 
     @property
     def first(self) -> Report | None:
@@ -144,7 +146,7 @@ class ConsoleWatcher:
     def feed(self, chunk: str | bytes) -> Report | None:
         """Take a chunk of console output; return the first report once there is one."""
         if isinstance(chunk, bytes):
-            chunk = chunk.decode("utf-8", "replace")
+            chunk = self._decoder.decode(chunk)  # a character cut between chunks waits
         data = self._tail + chunk
         pos = 0
         while True:
@@ -159,6 +161,7 @@ class ConsoleWatcher:
 
     def flush(self) -> Report | None:
         """End of stream: take a last unterminated line and name any open report."""
+        self._tail += self._decoder.decode(b"", final=True)
         if self._tail:
             tail, self._tail = self._tail, ""
             start = self._offset

@@ -117,3 +117,10 @@ def test_parse_all_finds_each_report():
     reports = parse_all(OOPS + OOPS.replace("15.2", "25.2"))
     assert len(reports) == 2 and reports[0].title == reports[1].title
     assert reports[1].start > reports[0].end
+
+
+def test_utf8_split_between_byte_chunks():
+    text = "[   15.000000] hil-agent[702]: caf\u00e9 \u2713\n" + OOPS
+    data = text.encode()
+    w = _stream([data[i:i + 1] for i in range(len(data))])
+    assert w.first == parse(text)
