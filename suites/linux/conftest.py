@@ -141,3 +141,24 @@ def start_kserver(linux_guest, modules, kserver_ko):
         return KServer(modules, guest_port, host_port, params)
 
     return start
+
+
+@pytest.fixture
+def start_agent(linux_guest, modules, agent_ko):
+    """``start_agent(port, **params)``: load hil_agent reporting to 10.0.2.2:port (the host's
+    127.0.0.1:port through QEMU user networking)."""
+
+    def start(port: int, **params) -> None:
+        modules.load(agent_ko, port=port, **params)
+
+    return start
+
+
+def guest_pids(output: str) -> list[tuple[str, int]]:
+    """Parse ``<path> <pid>`` lines printed by a guest shell loop."""
+    out = []
+    for line in output.splitlines():
+        path, _, pid = line.strip().rpartition(" ")
+        if path and pid.isdigit():
+            out.append((path, int(pid)))
+    return out
