@@ -2,13 +2,15 @@
 
     python -m hil.bench.fuzz_collector --frames 1000000 [--seed N]
 
-Each fuzz connection says HELLO as ``fuzz-N``, sends a prefix of valid RECORDS frames (the
-answer to the REQUEST the collector sends after HELLO), then mutated frames (bit flips,
-header bytes, truncation, insertion, length fields, record fields, garbage, duplication, or
-left intact) until ``--per-conn`` frames, and closes. Meanwhile reference agents keep
-recording and being polled. At the end:
+Each fuzz connection says HELLO as ``fuzz-N`` and sends ``--per-conn`` frames as the answer
+to the REQUEST the collector sends after HELLO: value-mutated RECORDS frames (pid, size,
+sha256, path bytes, record type changed; unknown records inserted; future fields appended:
+structure valid, so every one must be accepted), then one arbitrarily mutated frame (bit
+flips, header bytes, truncation, insertion, length fields, record fields, garbage,
+duplication, or left intact), and closes. One connection in ten has its HELLO mutated.
+Meanwhile reference agents keep recording and being polled. At the end:
 
-- every record of every valid prefix is stored (in order) under its fuzz agent;
+- every record of every value-mutated frame is stored, byte for byte, in order;
 - every record the reference agents made is stored exactly once, in order;
 - the collector still accepts a new agent; its memory stayed bounded.
 
@@ -112,13 +114,16 @@ def mutate(rng: random.Random, data: bytes) -> bytes:
 @dataclass
 class FuzzResult:
     frames_sent: int = 0
+    value_mutated_frames: int = 0  # structure kept: must be accepted, every record stored
+    arbitrary_mutated_frames: int = 0  # anything goes: one per connection, last
     connections: int = 0
     bytes_sent: int = 0
     seconds: float = 0.0
+    frames_decoded: int = 0  # valid frames the collector decoded (it stops at a bad one)
     protocol_errors: int = 0
     error_kinds: dict[str, int] = field(default_factory=dict)
-    prefix_records_expected: int = 0
-    prefix_records_missing: int = 0
+    records_expected: int = 0  # records of the value-mutated frames
+    records_missing: int = 0
     clean_records_expected: int = 0
     clean_records_missing: int = 0
     clean_records_duplicated: int = 0
@@ -127,19 +132,64 @@ class FuzzResult:
     failures: list[str] = field(default_factory=list)
 
 
+class _ValidMutator:
+    """RECORDS frames whose *values* are mutated but whose structure stays valid: pid, size,
+    sha256 and path bytes (not necessarily UTF-8) changed, created/exited swapped, unknown-type
+    records inserted, future fields appended to record bodies."""
+
+    def __init__(self, rng: random.Random):
+        self.rng = rng
+        self.pool = [random_record(rng, i)[0] for i in range(300)]
+        self.pid = 1
+
+    def frame(self) -> tuple[bytes, list[bytes]]:
+        rng = self.rng
+        recs: list[bytes] = []
+        parts: list[bytes] = []
+        for _ in range(rng.randrange(0, 4)):
+            r = bytearray(rng.choice(self.pool))
+            struct.pack_into("<I", r, 6, self.pid)
+            self.pid = (self.pid + 1) & 0xFFFFFFFF
+            roll = rng.random()
+            if roll < 0.3:
+                struct.pack_into("<Q", r, 12, rng.getrandbits(64))
+            if roll < 0.2:
+                r[22:54] = rng.randbytes(32)
+            if roll < 0.15 and len(r) > 56:
+                r[rng.randrange(56, len(r))] = rng.randrange(256)
+            if roll < 0.1:
+                r[0] ^= 3  # created <-> exited
+            if roll < 0.05:  # future fields after the path
+                extra = rng.randbytes(rng.randrange(1, 12))
+                struct.pack_into("<H", r, 2, len(r) - 4 + len(extra))
+                r += extra
+            recs.append(bytes(r))
+            parts.append(recs[-1])
+        if rng.random() < 0.1:
+            parts.insert(rng.randrange(len(parts) + 1),
+                         encode_raw_record(rng.randrange(3, 0xFFFF), rng.randbytes(rng.randrange(9))))
+        return encode_frame(RECORDS, b"".join(parts)), recs
+
+
 def fuzz(collector, frames: int, *, per_conn: int = 50, seed: int = 1,
          clean_agents: int = 2, deadline_s: float | None = None) -> FuzzResult:
-    """Run the fuzz against a started collector; returns what happened (see FuzzResult)."""
+    """Run the fuzz against a started collector; returns what happened (see FuzzResult).
+
+    Each connection: HELLO, ``per_conn - 1`` value-mutated RECORDS frames (all must be
+    accepted), then one arbitrarily mutated frame (bit flips, truncation, lengths, garbage,
+    ...). One connection in ten has its HELLO mutated instead.
+    """
     from hil.collector.agent_client import ReferenceAgent
 
     rng = random.Random(seed)
+    valid = _ValidMutator(rng)
     res = FuzzResult()
     t0 = time.monotonic()
     clean = [ReferenceAgent(f"clean-{i}", kind="py-ref", os="fuzz").connect(collector.address)
              for i in range(clean_agents)]
     clean_made: list[list[int]] = [[] for _ in clean]
-    prefixes: dict[str, list[tuple]] = {}
-    pid = 1
+    expected: dict[str, list[bytes]] = {}
+    pid = 1 << 31
     conn_no = 0
     try:
         while res.frames_sent < frames:
@@ -148,27 +198,23 @@ def fuzz(collector, frames: int, *, per_conn: int = 50, seed: int = 1,
                 break
             conn_no += 1
             host = f"fuzz-{conn_no}"
-            parts = [encode_hello("fuzz", "any", host)]
             n = min(per_conn, frames - res.frames_sent)
-            keep_prefix = rng.random() < 0.9  # else the HELLO itself may be mutated
-            prefix_len = rng.randrange(0, 4) if keep_prefix else 0
-            expected: list[tuple] = []
-            for i in range(n):
-                if i < prefix_len:
-                    recs = [random_record(rng, pid + j) for j in range(rng.randrange(1, 5))]
-                    pid += len(recs)
-                    expected += [r[1] for r in recs]
-                    parts.append(encode_frame(RECORDS, b"".join(r[0] for r in recs)))
-                else:
-                    parts.append(mutate(rng, random_frame(rng, pid)))
-                    pid += 8
-            if not keep_prefix:
+            parts = [encode_hello("fuzz", "any", host)]
+            recs: list[bytes] = []
+            for _ in range(n - 1):
+                frame, frame_recs = valid.frame()
+                parts.append(frame)
+                recs += frame_recs
+            parts.append(mutate(rng, random_frame(rng, 1 << 30)))
+            if rng.random() < 0.1:
                 parts[0] = mutate(rng, parts[0])
+            elif recs:
+                expected[host] = recs
             data = b"".join(parts)
-            if expected:
-                prefixes[host] = expected
             _send_and_close(collector.address, data)
             res.frames_sent += n
+            res.value_mutated_frames += n - 1
+            res.arbitrary_mutated_frames += 1
             res.bytes_sent += len(data)
             res.connections += 1
             for i, agent in enumerate(clean):  # the well-behaved agents keep working
@@ -180,13 +226,13 @@ def fuzz(collector, frames: int, *, per_conn: int = 50, seed: int = 1,
         _wait_quiet(collector, timeout=60)
         collector.flush(timeout=30)
         res.alive_after = _alive(collector)
-        _check(collector, res, prefixes, clean, clean_made)
+        _check(collector, res, expected, clean, clean_made)
     finally:
         for agent in clean:
             agent.close()
     res.protocol_errors = collector.protocol_errors
-    for ev in collector.errors():
-        res.error_kinds[ev.error] = res.error_kinds.get(ev.error, 0) + 1
+    res.error_kinds = collector.error_counts()
+    res.frames_decoded = collector.frames_decoded
     return res
 
 
@@ -227,22 +273,22 @@ def _alive(collector) -> bool:
             return False
 
 
-def _check(collector, res: FuzzResult, prefixes, clean, clean_made) -> None:
-    by_host: dict[str, list] = {}
-    for rec in collector.records():
-        by_host.setdefault(rec.agent.host, []).append(rec)
+def _check(collector, res: FuzzResult, expected, clean, clean_made) -> None:
+    by_host: dict[str, list[bytes]] = {}
+    with collector._store.cond:  # raw records, without building a Record for each
+        for agent, _, _, raws in collector._store._batches:
+            by_host.setdefault(agent.host, []).extend(raws)
     res.records_stored = sum(len(v) for v in by_host.values())
-    for host, expected in prefixes.items():
-        got = [(r.kind, r.pid, r.image_path, r.image_size, r.sha256)
-               for r in by_host.get(host, [])[:len(expected)]]
-        res.prefix_records_expected += len(expected)
-        missing = sum(1 for e in expected if e not in got)
-        if got != expected:
-            res.prefix_records_missing += max(missing, 1)
+    for host, want in expected.items():
+        got = by_host.get(host, [])[:len(want)]
+        res.records_expected += len(want)
+        if got != want:
+            lost = len(set(want) - set(got)) or 1
+            res.records_missing += lost
             if len(res.failures) < 5:
-                res.failures.append(f"{host}: valid prefix records lost or reordered")
+                res.failures.append(f"{host}: {lost} valid record(s) lost or reordered")
     for agent, made in zip(clean, clean_made):
-        got = [r.pid for r in by_host.get(agent.host, [])]
+        got = [r.pid for r in collector.records(agent=agent.host)]
         res.clean_records_expected += len(made)
         res.clean_records_missing += len(set(made) - set(got))
         res.clean_records_duplicated += len(got) - len(set(got))
@@ -260,11 +306,12 @@ def run(args) -> int:
     from hil.collector import Collector
 
     logging.getLogger("hil.collector").setLevel(logging.ERROR)
-    with Collector(interval=0.2, max_records=2_000_000) as c:
+    with Collector(interval=0.2, max_records=None) as c:
         res = fuzz(c, args.frames, per_conn=args.per_conn, seed=args.seed,
                    clean_agents=args.clean_agents)
-    for key in ("frames_sent", "connections", "bytes_sent", "protocol_errors",
-                "prefix_records_expected", "prefix_records_missing", "clean_records_expected",
+    for key in ("frames_sent", "value_mutated_frames", "arbitrary_mutated_frames", "connections",
+                "bytes_sent", "frames_decoded", "protocol_errors",
+                "records_expected", "records_missing", "clean_records_expected",
                 "clean_records_missing", "clean_records_duplicated", "records_stored",
                 "alive_after"):
         print(f"{key}: {getattr(res, key)}")

@@ -1,5 +1,6 @@
 """Host-side collector for the kernel agents' wire protocol (drivers/protocol/PROTOCOL.md)."""
 
+from hil.collector.agent_client import ReferenceAgent
 from hil.collector.collector import Collector
 from hil.collector.store import (
     AgentId,
@@ -10,4 +11,4 @@ from hil.collector.store import (
 )
 
 __all__ = ["AgentId", "AgentStats", "Collector", "ProtocolErrorEvent", "RecordTimeout",
-           "UnexpectedRecord"]
+           "ReferenceAgent", "UnexpectedRecord"]

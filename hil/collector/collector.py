@@ -80,6 +80,7 @@ class Collector:
         self._conns: set[AgentConnection] = set()
         self._capture_files: list[Path] = []
         self._error_count = 0
+        self._frames_decoded = 0  # by connections that have ended
         self._seq = 0
         self._loop: asyncio.AbstractEventLoop | None = None
         self._thread: threading.Thread | None = None
@@ -260,6 +261,16 @@ class Collector:
     @property
     def protocol_errors(self) -> int:
         return self._error_count
+
+    def error_counts(self) -> dict[str, int]:
+        """Every protocol error so far, by class name (errors() keeps only recent ones)."""
+        with self._store.cond:
+            return dict(self._store.error_counts)
+
+    @property
+    def frames_decoded(self) -> int:
+        """Valid frames decoded on all connections (open ones included)."""
+        return self._frames_decoded + sum(conn.decoder.frames for conn in list(self._conns))
 
     def capture_files(self) -> list[Path]:
         with self._store.cond:

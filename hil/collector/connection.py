@@ -249,6 +249,7 @@ class AgentConnection(asyncio.Protocol):
                 time.monotonic(), time.time(), self.peer, self.agent, exc.name, exc.problem))
             if len(store.errors) > 10000:  # bounded under a flood of hostile peers
                 del store.errors[:5000]
+            store.error_counts[exc.name] = store.error_counts.get(exc.name, 0) + 1
             self.c._error_count += 1
             store.version += 1
             store.cond.notify_all()
@@ -274,6 +275,7 @@ class AgentConnection(asyncio.Protocol):
         if self.closed:
             return
         self.closed = True
+        self.c._frames_decoded += self.decoder.frames
         if self.capture is not None:
             try:
                 self.capture.close()

@@ -115,7 +115,8 @@ class RecordStore:
         self._evicted_batches = 0  # index of _batches[0] in the arrival sequence
         self._stored = 0
         self.stats: dict[AgentId, AgentStats] = {}
-        self.errors: list[ProtocolErrorEvent] = []
+        self.errors: list[ProtocolErrorEvent] = []  # the most recent ones (bounded)
+        self.error_counts: dict[str, int] = {}  # every error ever, by class name
         self.version = 0  # bumped on every change: waiters re-check
 
     # --- writer side (collector thread) ---

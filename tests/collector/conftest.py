@@ -1,1 +1,3 @@
 from hil.collector.pytest_fixtures import collector  # noqa: F401
+
+pytest_plugins = ["pytester"]

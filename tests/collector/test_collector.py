@@ -208,6 +208,7 @@ def test_stalled_peers_are_dropped(tmp_path):
         silent = socket.create_connection(c.address)  # never says HELLO
         half = ReferenceAgent("half").connect(c.address)
         c.wait_for_agent(host="half")
+        wait_until(lambda: half.requests_answered >= 1, what="reply to the first REQUEST")
         half.send_raw(encode_batch(1, [encode_process_record("created", 1, "/x")])[:20])
         mute = socket.create_connection(c.address)  # says HELLO, never answers REQUEST
         mute.sendall(encode_hello("raw", "linux", "mute"))

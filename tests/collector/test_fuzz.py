@@ -16,7 +16,8 @@ def test_fuzz_20000_frames_no_crash_no_valid_record_lost(tmp_path, caplog):
     assert not res.failures, res.failures
     assert res.frames_sent == 20_000
     assert res.alive_after
-    assert res.prefix_records_missing == 0 and res.prefix_records_expected > 0
+    assert res.records_missing == 0 and res.records_expected > 10_000
+    assert res.frames_decoded > 15_000  # value-mutated frames are all decoded
     assert res.clean_records_missing == 0 and res.clean_records_duplicated == 0
     assert res.clean_records_expected > 0
     assert res.protocol_errors > 0  # the mutations were noticed
