@@ -22,11 +22,11 @@ _SEPARATOR = re.compile(r"^={20,}\s*$")
 
 _FN = r"[A-Za-z_][\w.]*"
 _FRAME = re.compile(
-    r"^\s*(?:\[<?[0-9a-fx]+>?\]\s*){0,2}(?:[0-9]+:)?(?P<func>" + _FN + r")"
+    r"^\s*(?:<(?:IRQ|EOI|NMI)>\s*)?(?:\[<?[0-9a-fx]+>?\]\s*){0,2}(?:[0-9]+:)?(?P<func>" + _FN + r")"
     r"(?:\+0x[0-9a-f]+/0x[0-9a-f]+|\s+\S+\.[chsS]:\d+(?::\d+)?\s+\[inline\])"
 )
 _ARM_FRAME = re.compile(r"^\s*\[<[0-9a-f]+>\] \((?P<func>" + _FN + r")(?:\+0x[0-9a-f]+/0x[0-9a-f]+)?\) from")
-_QUESTIONABLE = re.compile(r"^\s*(?:\[<[0-9a-f]+>\]\s*)?\?\s|^.*\(unreliable\)\s*$")
+_QUESTIONABLE = re.compile(r"^\s*(?:<(?:IRQ|EOI|NMI)>\s*)?(?:\[<[0-9a-f]+>\]\s*)?\?\s|^.*\(unreliable\)\s*$")
 _RIP = re.compile(
     r"(?:^RIP: [0-9a-f]{4}:|^EIP: (?:[0-9a-f]{4}:)?|^IP: |PC is at |^pc : |^NIP \[[0-9a-f]+\] |^epc\s*: )"
     r"(?:\[<[0-9a-f]+>\]\s*){0,2}(?:[0-9]+:)?(?P<func>" + _FN + r")\+0x"
@@ -138,7 +138,8 @@ def has_trace(lines: list[str], implicit: bool = False) -> bool:
     return bool(_trace_frames(lines, implicit))
 
 
-def _after(lines: list[str], trigger: str) -> list[str]:
+def _after(lines: list[str], trigger: str, span: int | None = None) -> list[str]:
+    """Functions from the first line matching ``trigger`` on (``span`` lines after it at most)."""
     rx = _re(trigger)
     out: list[str] = []
     for i, line in enumerate(lines):
@@ -146,7 +147,8 @@ def _after(lines: list[str], trigger: str) -> list[str]:
         if not m:
             continue
         first = line[m.end():]
-        for text in [first] + lines[i + 1:]:
+        rest = lines[i + 1:] if span is None else lines[i + 1:i + 1 + span]
+        for text in [first] + rest:
             if _QUESTIONABLE.match(text):
                 continue
             func = frame_of(text)
@@ -180,6 +182,8 @@ def _candidates(fmt: table.Format, groups: dict, lines: list[str]) -> list[str]:
             frames += _trace_frames(lines, fmt.implicit_stack)
         elif source.startswith("after:"):
             frames += _after(lines, source[len("after:"):])
+        elif source.startswith("line:"):
+            frames += _after(lines, source[len("line:"):], span=1)
     return [function_name(f) for f in frames]
 
 

@@ -11,7 +11,9 @@ frame not matched by :data:`SKIP_FRAMES` (or the row's own ``skip``) is the guil
 - ``"report"``: the ``func`` group of the ``report`` regex;
 - ``"rip"``: the faulting instruction line (``RIP: 0010:f+0x1/0x2``, ``pc : f+...``, ``PC is at f``);
 - ``"trace"``: the frames of the first stack trace (after ``Call Trace:`` / ``backtrace:``);
-- ``"after:REGEX"``: every frame from the first line matching REGEX on.
+- ``"after:REGEX"``: every frame from the first line matching REGEX on;
+- ``"line:REGEX"``: the frames on the first line matching REGEX and the line after it (lockdep's
+  ``is trying to acquire lock:`` / ``at: f+0x1/0x2``).
 
 ``extractor`` replaces "first frame not skipped" by a smarter rule: ``"stall"`` (the caller of
 the first dispatch anchor, e.g. the syscall) or ``"hang"`` (what a blocked task waits in).
@@ -49,6 +51,7 @@ class Oops:
 
 
 RIP_TRACE = ("rip", "trace")
+QUEUE_WORK = ("^process_one_work$", "^worker_thread$")  # lockdep's lock site for work items
 WARN_STACK = ("rip", "trace")
 HEADER_TRACE = ("header", "trace")
 
@@ -110,6 +113,15 @@ SKIP_FRAMES: tuple[str, ...] = (
     # Workqueue and timer internals.
     r"^insert_work", r"queue_work", r"queue_delayed_work", r"lock_timer_base", r"^_*mod_timer",
     r"^add_timer", r"^do_tag_check_fault", r"^el1_abort", r"^el1h_64_sync", r"^el1_da",
+    r"try_to_del_timer", r"^timer_delete", r"^timer_shutdown", r"^__?flush_work",
+    # printk formatting, lockdep internals, atomics, address translation, usercopy hardening.
+    r"^hex_string", r"^hex_dump", r"^mark_lock", r"^mark_held_locks", r"^mark_usage", r"^validate_chain",
+    r"^check_prev_add", r"^_*(?:arch_|raw_)?atomic\d*_", r"^__?virt_to_phys", r"^__phys_addr", r"^__read_once",
+    r"^__seqprop", r"^__?check_heap_object", r"^__?check_object_size", r"^_*kobject_", r"^put_device$",
+    r"^get_device$", r"^rhashtable_", r"^__rhashtable", r"^ida_(?:free|alloc)", r"^idr_(?:remove|alloc)",
+    r"^alloc_page", r"^__alloc_page", r"^handle_(?:overflow|null_ptr_deref|object_size_mismatch)$",
+    r"^va_format", r"^_dev_(?:info|notice|warn|err|printk)", r"timer_delete", r"^aes_(?:en|de)crypt$",
+    r"srcu_struct$",
 )
 
 # Syscall and dispatch entry points for stalls: the frame just above the first anchor names
@@ -126,8 +138,8 @@ STALL_ANCHORS: tuple[str, ...] = (
     r"kernel_setsockopt", r"sock_common_setsockopt", r"__sys_listen", r"kernel_listen",
     r"sk_common_release", r"^sock_mmap", r"__sys_accept", r"kernel_accept", r"^sock_do_ioctl",
     r"^sock_ioctl", r"^compat_sock_ioctl", r"^nfnetlink_rcv_msg",
-    r"^(?:compat_)?(?:SYSC|SyS|__sys|___sys|__do_sys|__se_sys|__x64_sys|__arm64_sys)_(?:socketpair|connect|ioctl)",
-    r"^ksys_ioctl", r"^do_vfs_ioctl", r"^new_sync_read", r"^new_sync_write", r"^rtnetlink_rcv_msg",
+    r"^(?:__\w+?_)?(?:compat_)?(?:SYSC|SyS|sys|_sys)_(?:socketpair|connect|ioctl)",
+    r"^ksys_ioctl", r"^__do_fault$", r"^__hrtimer_run_queues", r"^do_vfs_ioctl", r"^new_sync_read", r"^new_sync_write", r"^rtnetlink_rcv_msg",
     r"^tasklet_action", r"__fput",
     r"task_work_run", r"exit_to_usermode", r"el0_svc_common", r"invoke_syscall", r"^el0_svc_handler",
 )
@@ -158,7 +170,7 @@ FOLLOW_UPS = (
     r"PANIC: double fault", r"Oops: ", r"Internal error:", r"kernel BUG at",
 )
 # Console messages that precede a header ("watchdog: BUG: soft lockup").
-HEADER_LEADS = r"(?:segment-related |\d{4}/\d\d/\d\d \d\d:\d\d:\d\d |\[ |Oops: |watchdog: |NMI watchdog: |rcu: |\s+)*"
+HEADER_LEADS = r"(?:segment-related |\S+ login: |\d{4}/\d\d/\d\d \d\d:\d\d:\d\d |\[ |Oops: |watchdog: |NMI watchdog: |rcu: |\s+)*"
 
 IRQ_ENTRY = r"apic_timer_interrupt|</IRQ>|gic_handle_irq|el1_interrupt|el1h_64_irq_handler"
 
@@ -174,7 +186,7 @@ OOPSES: tuple[Oops, ...] = (
                guilty=HEADER_TRACE, corrupted=True),
         Format(r"BUG: KASAN: (?P<bug>.*)", "KASAN: {bug}", "KASAN", corrupted=True),
         Format(r"BUG: KMSAN: kernel-usb-infoleak", "KMSAN: kernel-usb-infoleak in {func}", "KMSAN",
-               guilty=WARN_STACK, skip=("usb_submit_urb", "usb_start_wait_urb", "usb_bulk_msg",
+               guilty=("trace",), implicit_stack=True, skip=("usb_submit_urb", "usb_start_wait_urb", "usb_bulk_msg",
                                         "usb_interrupt_msg", "usb_control_msg")),
         Format(r"BUG: KMSAN: (?P<bug>[a-z\-]+)", "KMSAN: {bug} in {func}", "KMSAN", guilty=("trace",),
                implicit_stack=True, skip=("copy_to_user", "copyout", "_copy_to_iter", "copy_to_iter", "iterate_")),
@@ -190,6 +202,8 @@ OOPSES: tuple[Oops, ...] = (
                "BUG", corrupted=True),
         Format(r"BUG: spinlock (?P<what>lockup suspected|already unlocked|recursion|bad magic|wrong owner|wrong CPU)",
                "BUG: spinlock {what} in {func}", "LOCKDEP", guilty=("trace",), skip=("spin_",)),
+        Format(r"BUG: rwlock (?P<what>lockup suspected|already unlocked|recursion|bad magic|wrong owner|wrong CPU)",
+               "BUG: rwlock {what} in {func}", "LOCKDEP", guilty=("trace",), skip=("rwlock", "_lock$", "_unlock")),
         Format(r"BUG: soft lockup", "BUG: soft lockup in {func}", "LOCKUP", guilty=RIP_TRACE,
                extractor="stall"),
         Format(r"BUG: .*still has locks held!", "BUG: still has locks held in {func}", "LOCKDEP",
@@ -226,7 +240,7 @@ OOPSES: tuple[Oops, ...] = (
         Format(r"BUG:\s*$", "BUG: corrupted", "BUG", corrupted=True),
     ), ignores=(r"BUG: no syscalls can create resource",)),
     Oops(r"WARNING:", (
-        Format(r"WARNING: .*lib/debugobjects\.c.* (?:debug_print|debug_check)", "WARNING: ODEBUG bug in {func}", "WARNING",
+        Format(r"WARNING: .*lib/debugobjects\.c", "WARNING: ODEBUG bug in {func}", "WARNING",
                guilty=WARN_STACK, skip=("debug_", "rcu", "hrtimer_", "timer_", "work_", "percpu_", "kmem_", "slab_",
                                         "kfree", "vunmap", "vfree", "__free_", "debug_check", "kobject_")),
         Format(r"WARNING: .*mm/usercopy\.c.* usercopy_warn", "WARNING: bad usercopy in {func}", "WARNING",
@@ -246,13 +260,13 @@ OOPSES: tuple[Oops, ...] = (
         Format(r"WARNING: lock held when returning to user space", "WARNING: lock held when returning to user space in {func}",
                "LOCKDEP", guilty=("after:leaving the kernel with locks still held",), no_stack=True),
         Format(r"WARNING: (?:possible circular locking dependency|possible recursive locking) detected",
-               "possible deadlock in {func}", "LOCKDEP", guilty=("after:is trying to acquire lock",)),
+               "possible deadlock in {func}", "LOCKDEP", guilty=("after:is trying to acquire lock",), skip=QUEUE_WORK),
         Format(r"WARNING: possible irq lock inversion dependency detected", "possible deadlock in {func}", "LOCKDEP",
-               guilty=("after:just changed the state of lock",)),
+               guilty=("after:just changed the state of lock",), skip=QUEUE_WORK),
         Format(r"WARNING: (?:SOFT|HARD)IRQ-safe -> (?:SOFT|HARD)IRQ-unsafe lock order detected",
                "possible deadlock in {func}", "LOCKDEP", guilty=(r"after:which became \w+-irq-safe at:",)),
         Format(r"WARNING: inconsistent lock state", "inconsistent lock state in {func}", "LOCKDEP",
-               guilty=("after:takes:",)),
+               guilty=("line:takes:", "trace")),
         Format(r"WARNING: suspicious RCU usage", "WARNING: suspicious RCU usage in {func}", "LOCKDEP",
                guilty=("trace",), skip=("rcu", "kmem", "slab", "kmalloc", "vmalloc", "kcalloc", "kzalloc")),
         Format(r"WARNING: suspicious RCU usage", "WARNING: suspicious RCU usage", "WARNING", corrupted=True),
@@ -260,6 +274,8 @@ OOPSES: tuple[Oops, ...] = (
                "WARNING: kernel stack regs has bad '{reg}' value", "WARNING", no_stack=True),
         Format(r"WARNING: kernel stack frame pointer at .* has bad value",
                "WARNING: kernel stack frame pointer has bad value", "WARNING", no_stack=True),
+        Format(r"WARNING: [Nn]ested lock was not taken", "WARNING: nested lock was not taken in {func}", "LOCKDEP",
+               guilty=("trace",)),
         Format(r"WARNING: bad unlock balance detected!", "WARNING: bad unlock balance in {func}", "LOCKDEP",
                guilty=("after:is trying to release lock",)),
         Format(r"WARNING: held lock freed!", "WARNING: held lock freed in {func}", "LOCKDEP",
@@ -268,9 +284,11 @@ OOPSES: tuple[Oops, ...] = (
                guilty=("after:still has locks held",)),
         # Kernels before 6.16: "WARNING: CPU: 0 PID: 1 at fs/x.c:12 f+0x1/0x2"; after:
         # "WARNING: fs/x.c:12 at f+0x1/0x2, CPU#0: comm/1".
-        Format(r"WARNING: (?:CPU: \d+ PID: \d+ at )?\S+:\d+ (?:at )?" + FUNC + r"\+0x", "WARNING in {func}",
+        # "[cond] " before the file: WARN_ON() printing its condition (6.18+).
+        Format(r"WARNING: (?:CPU: \d+ PID: \d+ at )?(?:\[.*\] )?\S+:\d+ (?:at )?" + FUNC + r"\+0x", "WARNING in {func}",
                "WARNING", guilty=("header",) + WARN_STACK),
-        Format(r"WARNING: (?:CPU: \d+ PID: \d+ at )?\S+:\d+ ", "WARNING in {func}", "WARNING", guilty=WARN_STACK),
+        Format(r"WARNING: (?:CPU: \d+ PID: \d+ at )?(?:\[.*\] )?\S+:\d+ ", "WARNING in {func}", "WARNING",
+               guilty=WARN_STACK),
         Format(r"WARNING: (?P<what>possible circular locking dependency detected|possible recursive locking detected|"
                r"inconsistent lock state|possible irq lock inversion dependency detected)",
                "WARNING: {what}", "WARNING", corrupted=True),
@@ -280,13 +298,13 @@ OOPSES: tuple[Oops, ...] = (
                 r"WARNING: workqueue cpumask: online intersect > possible intersect")),
     Oops(r"INFO:", (
         Format(r"INFO: (?:possible circular locking dependency|possible recursive locking) detected",
-               "possible deadlock in {func}", "LOCKDEP", guilty=("after:is trying to acquire lock",)),
+               "possible deadlock in {func}", "LOCKDEP", guilty=("after:is trying to acquire lock",), skip=QUEUE_WORK),
         Format(r"INFO: possible irq lock inversion dependency detected", "possible deadlock in {func}", "LOCKDEP",
-               guilty=("after:just changed the state of lock",)),
+               guilty=("after:just changed the state of lock",), skip=QUEUE_WORK),
         Format(r"INFO: (?:SOFT|HARD)IRQ-safe -> (?:SOFT|HARD)IRQ-unsafe lock order detected",
-               "possible deadlock in {func}", "LOCKDEP", guilty=("after:is trying to acquire",)),
+               "possible deadlock in {func}", "LOCKDEP", guilty=("after:is trying to acquire",), skip=QUEUE_WORK),
         Format(r"INFO: inconsistent lock state", "inconsistent lock state in {func}", "LOCKDEP",
-               guilty=("after:takes:",)),
+               guilty=("line:takes:", "trace")),
         Format(r"INFO: rcu_(?:preempt|sched|bh|tasks\w*) (?:self-)?detected(?: expedited)? stall", "INFO: rcu detected stall in {func}",
                "HANG", guilty=("after:" + IRQ_ENTRY,),
                skip=("apic_timer_interrupt", "rcu"), extractor="stall"),
@@ -327,7 +345,9 @@ OOPSES: tuple[Oops, ...] = (
                no_stack=True),
         Format(r"Kernel panic - not syncing: Couldn't open N_TTY ldisc", "kernel panic: Couldn't open N_TTY ldisc",
                "PANIC", no_stack=True),
-        Format(r"Kernel panic - not syncing: (?:Oops: )?(?P<what>Fatal exception|panic_on_warn set|hung_task: blocked tasks)",
+        Format(r"Kernel panic - not syncing: kernel stack overflow", "kernel stack overflow in {func}", "PANIC",
+               guilty=("trace",), skip=("stack_overflow", "handle_stack_overflow")),
+        Format(r"Kernel panic - not syncing: (?:Oops: )?(?:kernel: )?(?P<what>Fatal exception|panic_on_warn set|hung_task: blocked tasks)",
                "kernel panic: {what}", "PANIC", corrupted=True),
         Format(r"Kernel panic - not syncing: (?P<what>.*\S)", "kernel panic: {what}", "PANIC", no_stack=True),
     )),
@@ -346,6 +366,17 @@ OOPSES: tuple[Oops, ...] = (
     Oops(r"BUG kmalloc-", (
         Format(r"BUG kmalloc-.*: Object already free", "BUG: Object already free", "BUG", no_stack=True),
     )),
+    Oops(r"int3: ", (
+        Format(r"int3: ", "int3 in {func}", "BUG", guilty=RIP_TRACE),
+    )),
+    Oops(r"unregister_netdevice: waiting for", (
+        Format(r"unregister_netdevice: waiting for \S+ to become free", "unregister_netdevice: waiting for DEV to become free",
+               "HANG", no_stack=True),
+    )),
+    Oops(r"VFS: Close: file count is ", (
+        Format(r"VFS: Close: file count is (?:zero|0)\b", "VFS: Close: file count is zero (use-after-free)", "BUG",
+               no_stack=True),
+    )),
     Oops(r"divide[ _]error:", (
         Format(r"divide[ _]error: ", "divide error in {func}", "DIVIDE", guilty=("rip",)),
     )),
@@ -358,7 +389,9 @@ OOPSES: tuple[Oops, ...] = (
     Oops(r"Unable to handle kernel ", (
         Format(r"Unable to handle kernel NULL pointer dereference", "BUG: unable to handle kernel NULL pointer dereference in {func}",
                "BUG", guilty=RIP_TRACE),
-        Format(r"Unable to handle kernel (?:paging request|access to user memory|execute from non-executable memory|write to read-only memory)",
+        Format(r"Unable to handle kernel access to user memory",
+               "BUG: unable to handle kernel access to user memory in {func}", "BUG", guilty=RIP_TRACE),
+        Format(r"Unable to handle kernel (?:paging request|execute from non-executable memory|write to read-only memory)",
                "BUG: unable to handle kernel paging request in {func}", "BUG", guilty=RIP_TRACE),
     )),
     Oops(r"Internal error:", (
