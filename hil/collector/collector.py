@@ -308,10 +308,11 @@ class Collector:
         Fields: kind ("created"/"exited"), pid, image_path, image_size, sha256 (bytes or hex),
         host, agent. On timeout raises RecordTimeout listing the nearest records seen.
         """
-        aid = self.resolve_agent(agent) if isinstance(agent, str) else agent
         want = normalize_fields(fields)
-        if aid is not None:
-            want["agent"] = aid
+        if isinstance(agent, str):  # a host name: the agent may not have connected yet
+            want["host"] = agent
+        elif agent is not None:
+            want["agent"] = agent
 
         def match(r: Record) -> bool:
             return all(field_matches(r, k, v) for k, v in want.items()) and (

@@ -23,7 +23,7 @@ from hil.protocol import (
     encode_request,
 )
 
-from hil.collector.store import AgentId, ProtocolErrorEvent
+from hil.collector.store import AgentId, AgentStats, ProtocolErrorEvent
 
 if TYPE_CHECKING:
     from hil.collector.collector import Collector
@@ -159,8 +159,6 @@ class AgentConnection(asyncio.Protocol):
         agent = AgentId(hello.kind, hello.os, hello.host)
         store = self.c._store
         with store.cond:
-            from hil.collector.store import AgentStats
-
             stats = store.stats.get(agent)
             if stats is None:
                 stats = store.stats[agent] = AgentStats(agent)
