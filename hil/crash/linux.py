@@ -169,21 +169,32 @@ def _rip(lines: list[str]) -> list[str]:
     return []
 
 
+def _source(source: str, fmt: table.Format, groups: dict, lines: list[str]) -> list[str]:
+    if source in ("header", "report"):
+        return [groups["func"]] if groups.get("func") else []
+    if source == "rip":
+        return _rip(lines)
+    if source == "trace":
+        return _trace_frames(lines, fmt.implicit_stack)
+    if source.startswith("after:"):
+        return _after(lines, source[len("after:"):])
+    if source.startswith("line:"):
+        return _after(lines, source[len("line:"):], span=1)
+    raise ValueError(f"unknown guilty-function source {source!r}")
+
+
 def _candidates(fmt: table.Format, groups: dict, lines: list[str]) -> list[str]:
     frames: list[str] = []
     sources = fmt.guilty or (("header",) if groups.get("func") else ())
     for source in sources:
-        if source in ("header", "report"):
-            if groups.get("func"):
-                frames.append(groups["func"])
-        elif source == "rip":
-            frames += _rip(lines)
-        elif source == "trace":
-            frames += _trace_frames(lines, fmt.implicit_stack)
-        elif source.startswith("after:"):
-            frames += _after(lines, source[len("after:"):])
-        elif source.startswith("line:"):
-            frames += _after(lines, source[len("line:"):], span=1)
+        if isinstance(source, tuple):  # alternatives: the first that yields frames
+            for alternative in source:
+                found = _source(alternative, fmt, groups, lines)
+                if found:
+                    frames += found
+                    break
+        else:
+            frames += _source(source, fmt, groups, lines)
     return [function_name(f) for f in frames]
 
 
@@ -191,11 +202,11 @@ def _stall(frames: list[str]) -> str:
     if not frames:
         return ""
     prev = frames[0]
-    for frame in frames:
+    for i, frame in enumerate(frames):
         for group, name in table.STALL_GROUPS:
             if frame.startswith(group):
                 return name
-        if _ANCHORS.search(frame):
+        if _ANCHORS.search(frame) and i > 0:  # an anchor with nothing above it names nothing
             # A compat wrapper only translates arguments: name what it wraps.
             j = frames.index(prev)
             if "compat" in prev and j > 0 and not prev.startswith(table.STALL_STRIP_PREFIXES):

@@ -13,7 +13,8 @@ frame not matched by :data:`SKIP_FRAMES` (or the row's own ``skip``) is the guil
 - ``"trace"``: the frames of the first stack trace (after ``Call Trace:`` / ``backtrace:``);
 - ``"after:REGEX"``: every frame from the first line matching REGEX on;
 - ``"line:REGEX"``: the frames on the first line matching REGEX and the line after it (lockdep's
-  ``is trying to acquire lock:`` / ``at: f+0x1/0x2``).
+  ``is trying to acquire lock:`` / ``at: f+0x1/0x2``);
+- a tuple of sources: alternatives, the first that yields any frame is used.
 
 ``extractor`` replaces "first frame not skipped" by a smarter rule: ``"stall"`` (the caller of
 the first dispatch anchor, e.g. the syscall) or ``"hang"`` (what a blocked task waits in).
@@ -33,7 +34,7 @@ class Format:
     fmt: str
     kind: str
     report: str | None = None
-    guilty: tuple[str, ...] = ()
+    guilty: tuple[str | tuple[str, ...], ...] = ()
     skip: tuple[str, ...] = ()
     extractor: str = ""
     no_stack: bool = False
@@ -306,8 +307,9 @@ OOPSES: tuple[Oops, ...] = (
         Format(r"INFO: inconsistent lock state", "inconsistent lock state in {func}", "LOCKDEP",
                guilty=("line:takes:", "trace")),
         Format(r"INFO: rcu_(?:preempt|sched|bh|tasks\w*) (?:self-)?detected(?: expedited)? stall", "INFO: rcu detected stall in {func}",
-               "HANG", guilty=("after:" + IRQ_ENTRY,),
-               skip=("apic_timer_interrupt", "rcu"), extractor="stall"),
+               "HANG", guilty=(("after:" + IRQ_ENTRY, "after:NMI backtrace for cpu"),),
+               skip=("apic_timer_interrupt", "rcu", "^tick_sched", "^update_process_times", "^hrtimer_interrupt"),
+               extractor="stall"),
         Format(r"INFO: trying to register non-static key", "INFO: trying to register non-static key in {func}",
                "LOCKDEP", guilty=("trace",), skip=("stack", "lock", "IRQ")),
         Format(r"INFO: suspicious RCU usage", "INFO: suspicious RCU usage in {func}", "LOCKDEP", guilty=("trace",),

@@ -117,6 +117,15 @@ RSP: 0018:ffffb4e7c04bfd78 EFLAGS: 00000202
  entry_SYSCALL_64_after_hwframe+0x64/0xce
  </TASK>
 """, "INFO: rcu detected stall in hil_demo_ioctl", "HANG"),
+    "rcu_stall_nmi": ("""rcu: INFO: rcu_preempt detected stalls on CPUs/tasks:
+rcu: 	1-...!: (0 ticks this GP) idle=b3c/1/0x4000000000000000 softirq=4512/4512 fqs=2433
+	(detected by 0, t=21002 jiffies, g=10657, q=212 ncpus=2)
+Sending NMI from CPU 0 to CPUs 1:
+NMI backtrace for cpu 1
+CPU: 1 PID: 731 Comm: hil-agent Tainted: G           OEL     6.1.0-18-amd64 #1
+RIP: 0010:hil_demo_spin+0x9/0x20 [hil_demo]
+RSP: 0018:ffffb4e7c04bfd78 EFLAGS: 00000202
+""" + TRACE, "INFO: rcu detected stall in hil_demo_ioctl", "HANG"),
     "hung_task": ("""INFO: task hil-agent:731 blocked for more than 120 seconds.
       Tainted: G           OE      6.1.0-18-amd64 #1
 "echo 0 > /proc/sys/kernel/hung_task_timeout_secs" disables this message.
