@@ -44,8 +44,3 @@ def normalize_text(text: str) -> str:
     text = _HEX_RE.sub("ADDR", text)
     text = _NUM_RE.sub("NUM", text)
     return " ".join(text.split())
-
-
-def title_kind(title: str) -> str:
-    """The kind part of a title: the text before ``" in "``."""
-    return title.split(" in ", 1)[0]
