@@ -271,6 +271,8 @@ def describe(oops: table.Oops, lines: list[str]) -> Description | None:
         func = ""
         if "{func}" in fmt.fmt:
             func = guilty_function(fmt, groups, lines)
+            if not func and fmt.needs_func:
+                continue
             if not func:
                 corrupted = True
         values = {}

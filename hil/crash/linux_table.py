@@ -40,6 +40,7 @@ class Format:
     no_stack: bool = False
     corrupted: bool = False
     needs_trace: bool = False
+    needs_func: bool = False  # no guilty function found: try the next row (lockdep's "at:" line lost)
     lower: tuple[str, ...] = ()  # groups to lower-case and hyphenate ("Undefined behaviour")
     implicit_stack: bool = False  # the stack follows the header without a "Call Trace:" line
 
@@ -261,13 +262,13 @@ OOPSES: tuple[Oops, ...] = (
         Format(r"WARNING: lock held when returning to user space", "WARNING: lock held when returning to user space in {func}",
                "LOCKDEP", guilty=("after:leaving the kernel with locks still held",), no_stack=True),
         Format(r"WARNING: (?:possible circular locking dependency|possible recursive locking) detected",
-               "possible deadlock in {func}", "LOCKDEP", guilty=("after:is trying to acquire lock",), skip=QUEUE_WORK),
+               "possible deadlock in {func}", "LOCKDEP", guilty=("after:is trying to acquire lock",), skip=QUEUE_WORK, needs_func=True),
         Format(r"WARNING: possible irq lock inversion dependency detected", "possible deadlock in {func}", "LOCKDEP",
-               guilty=("after:just changed the state of lock",), skip=QUEUE_WORK),
+               guilty=("after:just changed the state of lock",), skip=QUEUE_WORK, needs_func=True),
         Format(r"WARNING: (?:SOFT|HARD)IRQ-safe -> (?:SOFT|HARD)IRQ-unsafe lock order detected",
                "possible deadlock in {func}", "LOCKDEP", guilty=(r"after:which became \w+-irq-safe at:",)),
         Format(r"WARNING: inconsistent lock state", "inconsistent lock state in {func}", "LOCKDEP",
-               guilty=("line:takes:", "trace")),
+               guilty=("line:takes:", "trace"), needs_func=True),
         Format(r"WARNING: suspicious RCU usage", "WARNING: suspicious RCU usage in {func}", "LOCKDEP",
                guilty=("trace",), skip=("rcu", "kmem", "slab", "kmalloc", "vmalloc", "kcalloc", "kzalloc")),
         Format(r"WARNING: suspicious RCU usage", "WARNING: suspicious RCU usage", "WARNING", corrupted=True),
@@ -299,13 +300,16 @@ OOPSES: tuple[Oops, ...] = (
                 r"WARNING: workqueue cpumask: online intersect > possible intersect")),
     Oops(r"INFO:", (
         Format(r"INFO: (?:possible circular locking dependency|possible recursive locking) detected",
-               "possible deadlock in {func}", "LOCKDEP", guilty=("after:is trying to acquire lock",), skip=QUEUE_WORK),
+               "possible deadlock in {func}", "LOCKDEP", guilty=("after:is trying to acquire lock",), skip=QUEUE_WORK, needs_func=True),
         Format(r"INFO: possible irq lock inversion dependency detected", "possible deadlock in {func}", "LOCKDEP",
-               guilty=("after:just changed the state of lock",), skip=QUEUE_WORK),
+               guilty=("after:just changed the state of lock",), skip=QUEUE_WORK, needs_func=True),
         Format(r"INFO: (?:SOFT|HARD)IRQ-safe -> (?:SOFT|HARD)IRQ-unsafe lock order detected",
-               "possible deadlock in {func}", "LOCKDEP", guilty=("after:is trying to acquire",), skip=QUEUE_WORK),
+               "possible deadlock in {func}", "LOCKDEP", guilty=("after:is trying to acquire",), skip=QUEUE_WORK, needs_func=True),
         Format(r"INFO: inconsistent lock state", "inconsistent lock state in {func}", "LOCKDEP",
-               guilty=("line:takes:", "trace")),
+               guilty=("line:takes:", "trace"), needs_func=True),
+        Format(r"INFO: (?P<what>possible circular locking dependency detected|possible recursive locking detected|"
+               r"inconsistent lock state|possible irq lock inversion dependency detected)",
+               "INFO: {what}", "LOCKDEP", corrupted=True),
         Format(r"INFO: rcu_(?:preempt|sched|bh|tasks\w*) (?:self-)?detected(?: expedited)? stall", "INFO: rcu detected stall in {func}",
                "HANG", guilty=(("after:" + IRQ_ENTRY, "after:NMI backtrace for cpu"),),
                skip=("apic_timer_interrupt", "rcu", "^tick_sched", "^update_process_times", "^hrtimer_interrupt"),

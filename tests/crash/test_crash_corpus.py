@@ -19,8 +19,6 @@ pytestmark = pytest.mark.skipif(not CORPUS.is_dir(), reason=f"shared crash corpu
 # file -> why the detector disagrees with the expected title (crash/kind/function).
 KNOWN_MISSES: dict[str, str] = {
     "6": "synthetic 'WARNING: foo' with no stack: unknown WARNING: lines need a stack trace to count",
-    "98": "corrupted lockdep report: we say 'possible deadlock in corrupted', syzkaller keeps the header",
-    "152": "corrupted lockdep report: we say 'possible deadlock in corrupted', syzkaller keeps the header",
     "164": "old KASAN report interleaved with another CPU's output: guilty frame lost",
     "200": "two oopses interleaved without caller ids: the RIP of the other one is taken",
     "224": "interleaved: 'Kernel panic - not syncing: Fatal exception' precedes the GPF header in the log",
