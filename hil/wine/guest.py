@@ -18,7 +18,9 @@ WINEDEBUG from the command that started the prefix, so :meth:`boot` starts the p
 ``WINEDEBUG=-all,+debugstr`` and stderr appended to ``wine-debug.log``;
 :meth:`dbgprint_lines` extracts the DbgPrint texts from it.
 
-Known Wine 8.0 quirks handled here: the first StartService after a boot may fail with 1053
+Known Wine 8.0 quirks handled here: the wineserver is started persistent (``-p``), otherwise
+it stops services.exe and unloads every driver a few seconds after the last user process ends;
+the first StartService after a boot may fail with 1053
 (ERROR_SERVICE_REQUEST_TIMEOUT); :meth:`start_driver` then restarts the prefix and retries.
 """
 
@@ -60,15 +62,18 @@ class WineGuest:
     tools: optional mapping {name: local path} of executables copied to ``C:\\hil\\`` at boot
         (``hilsvc.exe`` is required for the driver helpers).
     name: a label for logs and step records.
+    debug_channels: extra WINEDEBUG channels for the prefix's services (e.g. ``+netio``).
     """
 
     kind = "wine"
 
-    def __init__(self, workdir: Path, tools: dict[str, Path] | None = None, name: str = "wine"):
+    def __init__(self, workdir: Path, tools: dict[str, Path] | None = None, name: str = "wine",
+                 debug_channels: str = ""):
         self.workdir = Path(workdir)
         self.workdir.mkdir(parents=True, exist_ok=True)
         self.name = name
         self.tools = dict(tools or {})
+        self.debug_channels = debug_channels
         worker = os.environ.get("PYTEST_XDIST_WORKER", "main")
         self.prefix = wprefix.template_dir().parent / "run" / f"{worker}-{uuid.uuid4().hex[:10]}"
         self.debug_log = self.workdir / "wine-debug.log"
@@ -102,7 +107,11 @@ class WineGuest:
         with step("wine-boot", guest=self.name):
             self._log_fh = open(self.debug_log, "ab")
             env = self.env
-            env["WINEDEBUG"] = "-all,+debugstr,err+module"
+            # A persistent wineserver: by default it shuts the prefix down (services, drivers
+            # included) about 3 s after the last user process exits, unloading our drivers.
+            subprocess.run([wprefix.wineserver_binary(), "-p"], env=env, stdout=subprocess.DEVNULL,
+                           stderr=subprocess.DEVNULL, timeout=30)
+            env["WINEDEBUG"] = "-all,+debugstr,err+module" + (f",{self.debug_channels}" if self.debug_channels else "")
             # services.exe and winedevice.exe inherit this stderr: it is the DbgPrint log.
             proc = subprocess.run(
                 [wprefix.wine_binary(), "wineboot"], env=env, stdout=subprocess.DEVNULL,

@@ -168,6 +168,50 @@ static VOID InitIdentity(VOID)
         g_host_len = AppendText(g_host, 0, sizeof(g_host), "unknown-host");
 }
 
+/* Spill file: <windows dir>\hilagent-<id>.spill.  \SystemRoot is the Windows directory on
+ * Windows; Wine 8.0 has no \SystemRoot link, so fall back to \??\C:\windows. */
+static BOOLEAN DirectoryExists(PCWSTR dir)
+{
+    UNICODE_STRING name;
+    OBJECT_ATTRIBUTES oa;
+    IO_STATUS_BLOCK iosb;
+    HANDLE h;
+
+    RtlInitUnicodeString(&name, dir);
+    InitializeObjectAttributes(&oa, &name, OBJ_KERNEL_HANDLE | OBJ_CASE_INSENSITIVE, NULL, NULL);
+    if (!NT_SUCCESS(ZwCreateFile(&h, FILE_LIST_DIRECTORY | SYNCHRONIZE, &oa, &iosb, NULL, 0,
+                                 FILE_SHARE_READ | FILE_SHARE_WRITE | FILE_SHARE_DELETE, FILE_OPEN,
+                                 FILE_DIRECTORY_FILE | FILE_SYNCHRONOUS_IO_NONALERT, NULL, 0)))
+        return FALSE;
+    ZwClose(h);
+    return TRUE;
+}
+
+static VOID InitSpillPath(ULONG spill_id)
+{
+    static const PCWSTR dirs[] = {L"\\SystemRoot", L"\\??\\C:\\windows"};
+    static const WCHAR ext[] = L".spill";
+    static const WCHAR stem[] = L"\\hilagent-";
+    PCWSTR dir = dirs[0];
+    UCHAR digits[12];
+    ULONG n, i, pos = 0;
+
+    if (!DirectoryExists(dirs[0]) && DirectoryExists(dirs[1]))
+        dir = dirs[1];
+    for (i = 0; dir[i] != L'\0'; i++)
+        g_spill_path_buf[pos++] = dir[i];
+    for (i = 0; stem[i] != L'\0'; i++)
+        g_spill_path_buf[pos++] = stem[i];
+    n = AppendDecimal(digits, 0, sizeof(digits), spill_id);
+    for (i = 0; i < n; i++)
+        g_spill_path_buf[pos++] = digits[i];
+    for (i = 0; ext[i] != L'\0'; i++)
+        g_spill_path_buf[pos++] = ext[i];
+    g_spill_path.Buffer = g_spill_path_buf;
+    g_spill_path.Length = (USHORT)(pos * sizeof(WCHAR));
+    g_spill_path.MaximumLength = sizeof(g_spill_path_buf);
+}
+
 static NTSTATUS WaitStopMs(ULONG ms)
 {
     return HilWaitMs(&g_stop, ms); /* STATUS_SUCCESS = stop requested */
@@ -776,8 +820,6 @@ NTSTATUS NTAPI DriverEntry(PDRIVER_OBJECT driver, PUNICODE_STRING registry_path)
 {
     NTSTATUS status;
     ULONG spill_id;
-    ULONG pos;
-    static const WCHAR prefix[] = L"\\SystemRoot\\hilagent-";
 
     InitializeListHead(&g_events);
     KeInitializeSpinLock(&g_events_lock);
@@ -794,22 +836,7 @@ NTSTATUS NTAPI DriverEntry(PDRIVER_OBJECT driver, PUNICODE_STRING registry_path)
         g_backoff_max_ms = BACKOFF_MIN_MS;
     spill_id = HilReadParamDword(registry_path, L"SpillId", 0);
 
-    /* \SystemRoot\hilagent-<id>.spill */
-    RtlCopyMemory(g_spill_path_buf, prefix, sizeof(prefix) - sizeof(WCHAR));
-    pos = sizeof(prefix) / sizeof(WCHAR) - 1;
-    {
-        UCHAR digits[12];
-        ULONG n = AppendDecimal(digits, 0, sizeof(digits), spill_id), i;
-        static const WCHAR ext[] = L".spill";
-        for (i = 0; i < n; i++)
-            g_spill_path_buf[pos++] = digits[i];
-        RtlCopyMemory(g_spill_path_buf + pos, ext, sizeof(ext));
-        pos += sizeof(ext) / sizeof(WCHAR) - 1;
-    }
-    g_spill_path.Buffer = g_spill_path_buf;
-    g_spill_path.Length = (USHORT)(pos * sizeof(WCHAR));
-    g_spill_path.MaximumLength = sizeof(g_spill_path_buf);
-
+    InitSpillPath(spill_id);
     InitIdentity();
 
     status = HilStoreInit(&g_store, STORE_CAP);

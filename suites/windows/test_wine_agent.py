@@ -1,0 +1,172 @@
+"""hilagent (test build) under Wine against the real collector on 127.0.0.1.
+
+Wine never calls process-notify routines, so records come from the test build's injection
+IOCTL (hilagentctl.exe), which feeds the same queue the callback feeds.  Hashing, encoding,
+storing, spilling and the collector session are the real driver code.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import time
+
+import pytest
+
+from hil.collector import Collector
+from hil.protocol.records import encode_process_record
+
+from conftest import free_port
+
+pytestmark = [pytest.mark.windows, pytest.mark.wine]
+
+SERVICE = "hilagent"
+CTL = r"C:\hil\hilagentctl.exe"
+
+
+def start_agent(guest, build, port, **params):
+    guest.install_driver(build["hilagent_test.sys"], SERVICE, CollectorPort=port, **params)
+    guest.start_driver(SERVICE)
+    guest.wait_for_log(r"\[hilagent\] loaded", timeout=20)
+
+
+def stop_agent(guest):
+    res = guest.stop_driver(SERVICE)
+    assert res.exit_code == 0, res.text
+    guest.wait_for_log(r"\[hilagent\] unloaded", timeout=20)
+    assert guest.delete_driver(SERVICE).exit_code == 0
+
+
+def inject(guest, kind, pid, path=None):
+    args = [CTL, "inject", kind, str(pid)] + ([path] if path else [])
+    guest.run(args, timeout=30).check()
+
+
+def test_agent_loads_identifies_answers_and_unloads(wine_guest, win_build, collector):
+    start_agent(wine_guest, win_build, collector.port, BackoffMaxMs=500)
+    aid = collector.wait_for_agent(kind="win-wdm", timeout=20)
+    assert aid.os.startswith("windows-")
+    assert aid.host
+    # Every REQUEST gets exactly one END, on demand too.
+    collector.flush(timeout=10)
+    collector.flush(timeout=10)
+    stats = collector.stats(aid)
+    assert stats.batches >= 3  # the one after HELLO + two flushes
+    assert stats.protocol_errors == 0 and collector.protocol_errors == 0
+    assert stats.records == 0
+
+    stop_agent(wine_guest)
+    texts = [l.text for l in wine_guest.dbgprint_lines()]
+    assert "[hilagent] network stopped" in texts and "[hilagent] worker stopped" in texts
+    assert not wine_guest.crashed()
+
+
+def test_injected_records_arrive_byte_exact(wine_guest, win_build, collector):
+    payload = bytes(range(256)) * 1000 + b"tail"
+    wine_guest.write_file(r"C:\hil\payload.exe", payload)
+    wine_guest.write_file("C:\\hil\\d\u00e4t\u00e4 \u6d4b\u8bd5.exe", b"MZ unicode path")
+    start_agent(wine_guest, win_build, collector.port)
+    aid = collector.wait_for_agent(kind="win-wdm", timeout=20)
+
+    notepad = r"C:\windows\system32\notepad.exe"
+    cases = [
+        (4101, r"C:\hil\payload.exe", payload),
+        (4102, notepad, wine_guest.read_file(notepad)),
+        (4103, "C:\\hil\\d\u00e4t\u00e4 \u6d4b\u8bd5.exe", b"MZ unicode path"),
+    ]
+    for pid, path, _ in cases:
+        inject(wine_guest, "created", pid, path)
+    inject(wine_guest, "exited", 4101)
+
+    for pid, path, content in cases:
+        rec = collector.wait_for(kind="created", pid=pid, timeout=15)
+        assert rec.image_path == "\\??\\" + path
+        assert rec.image_size == len(content)
+        assert rec.sha256 == hashlib.sha256(content).digest()
+    exited = collector.wait_for(kind="exited", pid=4101, timeout=15)
+    assert exited.image_size == 0 and exited.image_path == "" and exited.sha256 == bytes(32)
+
+    assert len(collector.records(agent=aid, pid=4101, kind="created")) == 1
+    assert collector.stats(aid).protocol_errors == 0
+    stop_agent(wine_guest)
+
+    # Byte-exact on the wire: the capture of the agent's connection (complete once the agent
+    # closed it) holds each record exactly as the reference encoder produces it.
+    wire = wait_for_capture(collector, expected=len(cases))
+    for pid, path, content in cases:
+        want = encode_process_record("created", pid, ("\\??\\" + path).encode("utf-8"), len(content),
+                                     hashlib.sha256(content).digest())
+        assert want in wire, f"record for pid {pid} not found byte-exact in the capture"
+
+
+def wait_for_capture(collector, expected: int, timeout: float = 10.0) -> bytes:
+    """The concatenated capture files once they hold at least ``expected`` RECORDS frames."""
+    deadline = time.monotonic() + timeout
+    while True:
+        wire = b"".join(p.read_bytes() for p in collector.capture_files() if p.exists())
+        if wire.count(b"KH\x01\x03") >= 1 and wire.count(b"\x00\\??\\C:") >= expected:
+            return wire
+        if time.monotonic() > deadline:
+            return wire
+        time.sleep(0.05)
+
+
+def test_agent_keeps_records_across_collector_restart(wine_guest, win_build, tmp_path):
+    port = free_port()
+    first = Collector(port=port, interval=0.3, capture_dir=tmp_path / "c1").start()
+    try:
+        start_agent(wine_guest, win_build, port, SpillAfterMs=400, BackoffMaxMs=300, SpillId=7)
+        first.wait_for_agent(kind="win-wdm", timeout=20)
+        inject(wine_guest, "created", 5001, r"C:\windows\system32\notepad.exe")
+        first.wait_for(kind="created", pid=5001, timeout=15)
+    finally:
+        first.stop()
+
+    mark = len(wine_guest.dbgprint_lines())
+    wine_guest.wait_for_log(r"\[hilagent\] connection lost", timeout=15)
+    # Saved while nobody listens; they wait long enough to be spilled to disk.
+    for pid in (5002, 5003):
+        inject(wine_guest, "created", pid, r"C:\windows\system32\notepad.exe")
+    inject(wine_guest, "exited", 5001)
+    wine_guest.wait_for_log(r"\[hilagent\] spilled \d+ records", timeout=15, start=mark)
+    assert wine_guest.exists(r"C:\windows\hilagent-7.spill")
+    inject(wine_guest, "created", 5004, r"C:\windows\system32\notepad.exe")  # stays in memory
+
+    second = Collector(port=port, interval=0.3, capture_dir=tmp_path / "c2").start()
+    try:
+        aid = second.wait_for_agent(kind="win-wdm", timeout=20)
+        for pid in (5002, 5003, 5004):
+            second.wait_for(kind="created", pid=pid, timeout=15)
+        second.wait_for(kind="exited", pid=5001, timeout=15)
+        second.flush()
+        assert second.stats(aid).protocol_errors == 0
+        # Delivered records leave the agent: no duplicates on later polls, spill file gone.
+        assert len(second.records(pid=5002)) == 1
+        assert not wine_guest.exists(r"C:\windows\hilagent-7.spill")
+        stop_agent(wine_guest)
+    finally:
+        second.stop()
+
+
+def test_unload_spills_undelivered_records_and_next_load_sends_them(wine_guest, win_build, tmp_path):
+    port = free_port()  # no collector yet: the agent keeps retrying with backoff
+    start_agent(wine_guest, win_build, port, SpillAfterMs=600000, BackoffMaxMs=200, SpillId=9)
+    inject(wine_guest, "created", 6001, r"C:\windows\system32\notepad.exe")
+    wine_guest.wait_for_log(r"\[hilagent\] saved created pid=6001", timeout=15)
+    stop_agent(wine_guest)
+    assert wine_guest.exists(r"C:\windows\hilagent-9.spill")
+
+    with Collector(port=port, interval=0.3, capture_dir=tmp_path / "c") as c:
+        start_agent(wine_guest, win_build, port, SpillAfterMs=600000, BackoffMaxMs=200, SpillId=9)
+        rec = c.wait_for(kind="created", pid=6001, timeout=20)
+        assert rec.image_size > 0
+        stop_agent(wine_guest)
+
+
+def test_release_build_has_no_injection_device(wine_guest, win_build, collector):
+    wine_guest.install_driver(win_build["hilagent.sys"], SERVICE, CollectorPort=collector.port)
+    wine_guest.start_driver(SERVICE)
+    collector.wait_for_agent(kind="win-wdm", timeout=20)
+    res = wine_guest.run([CTL, "inject", "created", "1", r"C:\windows\system32\notepad.exe"])
+    assert res.exit_code != 0 and b"open: error" in res.stdout
+    assert not any("TEST BUILD" in l.text for l in wine_guest.dbgprint_lines())
+    stop_agent(wine_guest)
