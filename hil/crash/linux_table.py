@@ -30,6 +30,17 @@ FUNC = r"(?P<func>(?![0-9a-f]+\b)[A-Za-z_][\w.]*)"
 
 @dataclass(frozen=True)
 class Format:
+    """One way a header's report is named.
+
+    ``title``: regex matched at the header; ``fmt``: the title template; ``kind``: the class
+    (``KASAN``, ``WARNING``, ``LOCKUP``...); ``report``: regex that must also match somewhere in the
+    report (its groups feed ``fmt`` too); ``guilty``/``skip``/``extractor``: how the guilty function
+    is found (module docstring); ``no_stack``: the report carries no stack, do not call it
+    corrupted for lacking one; ``corrupted``: the row only names truncated reports;
+    ``needs_trace``: without a stack trace this row does not apply (generic rows: user space
+    prints ``WARNING:`` lines too).
+    """
+
     title: str
     fmt: str
     kind: str
@@ -47,6 +58,8 @@ class Format:
 
 @dataclass(frozen=True)
 class Oops:
+    """A header (regex at the start of a console message), its rows, and look-alikes to ignore."""
+
     header: str
     formats: tuple[Format, ...]
     ignores: tuple[str, ...] = field(default=())
