@@ -378,6 +378,45 @@ def parse_counters(text: str) -> dict[str, int]:
     return out
 
 
+# ---- small helpers shared by the module suites -------------------------------------------------
+
+KSERVER_SERVE_DIR = "/srv/kserver"
+
+
+def wait_until(predicate, timeout: float, what: str, interval: float = 0.05):
+    """Poll ``predicate`` until it returns a truthy value (returned) or ``timeout`` passes.
+    For state that has no event to wait on (a counter in sysfs, a line in dmesg)."""
+    import time
+
+    deadline = time.monotonic() + timeout
+    while True:
+        value = predicate()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            raise HilError(f"timed out after {timeout:g} s waiting for {what}")
+        time.sleep(interval)
+
+
+def percentile(samples, q: float) -> float:
+    """Nearest-rank percentile (q in 0..100) of a sequence; NaN when empty."""
+    s = sorted(samples)
+    if not s:
+        return float("nan")
+    k = max(0, min(len(s) - 1, -(-len(s) * q // 100) - 1 if q > 0 else 0))
+    return s[int(k)]
+
+
+def parse_pid_lines(output: str) -> list[tuple[str, int]]:
+    """``<word> <pid>`` lines (a guest loop's ``echo $p $!``, hil_storm's ``<i> <pid>``)."""
+    out = []
+    for line in output.splitlines():
+        word, _, pid = line.strip().rpartition(" ")
+        if word and pid.isdigit():
+            out.append((word, int(pid)))
+    return out
+
+
 # ---- where things are -------------------------------------------------------------------------
 
 

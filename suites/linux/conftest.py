@@ -8,34 +8,12 @@ WARNING or lockup while it ran.
 
 from __future__ import annotations
 
-import time
 from pathlib import Path
 
 import pytest
 
 from hil.deploy import kmod
 from hil.errors import HilError
-
-
-def wait_until(predicate, timeout: float, what: str, interval: float = 0.05):
-    """Poll ``predicate`` until it returns a truthy value (returned) or ``timeout`` passes."""
-    deadline = time.monotonic() + timeout
-    while True:
-        value = predicate()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise HilError(f"timed out after {timeout:g} s waiting for {what}")
-        time.sleep(interval)
-
-
-def percentile(samples, q: float) -> float:
-    """Nearest-rank percentile (q in 0..100) of a non-empty sequence."""
-    s = sorted(samples)
-    if not s:
-        return float("nan")
-    k = max(0, min(len(s) - 1, int(round(q / 100 * len(s) + 0.5)) - 1))
-    return s[k]
 
 
 class ModuleSession:
@@ -124,7 +102,7 @@ class KServer:
         return self.modules.stats("kserver")
 
 
-SERVE_DIR = "/srv/kserver"
+SERVE_DIR = kmod.KSERVER_SERVE_DIR
 
 
 @pytest.fixture
@@ -153,12 +131,3 @@ def start_agent(linux_guest, modules, agent_ko):
 
     return start
 
-
-def guest_pids(output: str) -> list[tuple[str, int]]:
-    """Parse ``<path> <pid>`` lines printed by a guest shell loop."""
-    out = []
-    for line in output.splitlines():
-        path, _, pid = line.strip().rpartition(" ")
-        if path and pid.isdigit():
-            out.append((path, int(pid)))
-    return out

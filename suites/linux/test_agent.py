@@ -10,7 +10,7 @@ import pytest
 
 from hil.collector.collector import Collector
 
-from conftest import guest_pids, wait_until  # suites/linux/conftest.py
+from hil.deploy.kmod import parse_pid_lines as guest_pids, wait_until
 
 pytestmark = pytest.mark.hil_linux
 

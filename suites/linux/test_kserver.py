@@ -12,7 +12,7 @@ import pytest
 
 from hil.deploy import kmod
 
-from conftest import SERVE_DIR, wait_until  # suites/linux/conftest.py
+from hil.deploy.kmod import KSERVER_SERVE_DIR as SERVE_DIR, wait_until
 
 pytestmark = pytest.mark.hil_linux
 

@@ -1,0 +1,76 @@
+"""Stress suites: the module fixtures of suites/linux plus the storm sizes.
+
+Sizes come from environment variables (suites in subdirectories cannot add pytest options):
+
+- ``HIL_STORM_EXECS``       execs in the process storm (default 10000)
+- ``HIL_STORM_CONNECTIONS`` connections in the kserver connection storm (default 2000)
+- ``HIL_STORM_CONCURRENCY`` client threads in the connection storm (default 16)
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import os
+from pathlib import Path
+
+import pytest
+
+# Re-use suites/linux/conftest.py's fixtures under a unique module name (both files are
+# called conftest.py, so a plain import would pick whichever was loaded last).
+_spec = importlib.util.spec_from_file_location(
+    "hil_suites_linux_conftest", Path(__file__).resolve().parent.parent / "linux" / "conftest.py")
+_linux = importlib.util.module_from_spec(_spec)
+_spec.loader.exec_module(_linux)
+
+kmod_artifacts = _linux.kmod_artifacts
+modules = _linux.modules
+kserver_ko = _linux.kserver_ko
+agent_ko = _linux.agent_ko
+start_kserver = _linux.start_kserver
+start_agent = _linux.start_agent
+
+
+def _env_int(name: str, default: int) -> int:
+    value = os.environ.get(name, "")
+    try:
+        return int(value) if value else default
+    except ValueError:
+        raise pytest.UsageError(f"{name}={value!r} is not an integer") from None
+
+
+@pytest.fixture
+def storm_execs() -> int:
+    return _env_int("HIL_STORM_EXECS", 10000)
+
+
+@pytest.fixture
+def storm_connections() -> int:
+    return _env_int("HIL_STORM_CONNECTIONS", 2000)
+
+
+@pytest.fixture
+def storm_concurrency() -> int:
+    return _env_int("HIL_STORM_CONCURRENCY", 16)
+
+
+@pytest.fixture
+def figures(request, record_property):
+    """``figures(title, **values)``: print ``key: value`` lines to the terminal and put them in
+    the JUnit properties."""
+
+    def emit(title: str, **values) -> None:
+        lines = [f"{title}:"] + [f"  {k}: {v:.3f}" if isinstance(v, float) else f"  {k}: {v}"
+                                 for k, v in values.items()]
+        capman = request.config.pluginmanager.get_plugin("capturemanager")
+        tr = request.config.pluginmanager.get_plugin("terminalreporter")
+        if capman is not None and tr is not None:
+            with capman.global_and_fixture_disabled():
+                tr.write_line("")
+                for line in lines:
+                    tr.write_line(line)
+        else:
+            print("\n".join(lines))
+        for k, v in values.items():
+            record_property(k, v)
+
+    return emit
