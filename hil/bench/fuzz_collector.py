@@ -197,7 +197,10 @@ def fuzz(collector, frames: int, *, per_conn: int = 50, seed: int = 1,
                 res.failures.append(f"deadline of {deadline_s} s reached")
                 break
             conn_no += 1
-            host = f"fuzz-{conn_no}"
+            # a mutated HELLO can turn "fuzz-1970" into "fuzz-1972" (one bit): such
+            # connections get names that cannot collide with the checked ones
+            mutate_hello = rng.random() < 0.1
+            host = f"{'mut' if mutate_hello else 'fuzz'}-{conn_no}"
             n = min(per_conn, frames - res.frames_sent)
             parts = [encode_hello("fuzz", "any", host)]
             recs: list[bytes] = []
@@ -206,7 +209,7 @@ def fuzz(collector, frames: int, *, per_conn: int = 50, seed: int = 1,
                 parts.append(frame)
                 recs += frame_recs
             parts.append(mutate(rng, random_frame(rng, 1 << 30)))
-            if rng.random() < 0.1:
+            if mutate_hello:
                 parts[0] = mutate(rng, parts[0])
             elif recs:
                 expected[host] = recs
@@ -239,12 +242,14 @@ def fuzz(collector, frames: int, *, per_conn: int = 50, seed: int = 1,
 def _send_and_close(address, data: bytes) -> None:
     """Send, half-close, and read until the collector closes: closing with unread bytes (its
     REQUEST) would send a reset that can discard what the collector has not read yet."""
-    s = socket.create_connection(address, timeout=10)
+    s = socket.create_connection(address, timeout=60)
     try:
         s.sendall(data)
         s.shutdown(socket.SHUT_WR)
         while s.recv(65536):
             pass
+    except TimeoutError:
+        raise
     except OSError:
         pass  # the collector closed on a bad frame before we finished: expected
     finally:
@@ -286,7 +291,10 @@ def _check(collector, res: FuzzResult, expected, clean, clean_made) -> None:
             lost = len(set(want) - set(got)) or 1
             res.records_missing += lost
             if len(res.failures) < 5:
-                res.failures.append(f"{host}: {lost} valid record(s) lost or reordered")
+                why = [f"{e.error}: {e.message}" for e in collector.errors()
+                       if e.agent is not None and e.agent.host == host]
+                res.failures.append(f"{host}: {lost} valid record(s) lost or reordered; "
+                                    f"collector said: {why or 'nothing'}")
     for agent, made in zip(clean, clean_made):
         got = [r.pid for r in collector.records(agent=agent.host)]
         res.clean_records_expected += len(made)

@@ -179,7 +179,8 @@ class Collector:
     def flush(self, timeout: float = 10.0) -> None:
         """Send REQUEST to every connected agent and wait until each answered with its END.
 
-        Agents whose connection ends meanwhile are not waited for. Raises HilError naming the
+        Covers agents that have said HELLO (use wait_for_agent first for a fresh one);
+        agents whose connection ends meanwhile are not waited for. Raises HilError naming the
         agents that did not answer within ``timeout``.
         """
         loop = self._require_loop()
@@ -295,9 +296,8 @@ class Collector:
         aid = self.resolve_agent(agent) if agent is not None else None
         want = normalize_fields(fields)
         with self._store.cond:
-            return [r for _, r in self._store.iter_records()
-                    if (aid is None or r.agent == aid)
-                    and all(field_matches(r, k, v) for k, v in want.items())]
+            return [r for _, r in self._store.iter_records(agent=aid)
+                    if all(field_matches(r, k, v) for k, v in want.items())]
 
     def wait_for(self, predicate: Callable[[Record], bool] | None = None, *,
                  timeout: float = 10.0, agent: AgentId | str | None = None,
@@ -318,13 +318,15 @@ class Collector:
             return all(field_matches(r, k, v) for k, v in want.items()) and (
                 predicate is None or bool(predicate(r)))
 
+        only_agent = want.get("agent") if isinstance(want.get("agent"), AgentId) else None
+        only_host = want.get("host") if isinstance(want.get("host"), str) else None
         deadline = time.monotonic() + timeout
         self._poke()
         start = 0
         store = self._store
         with store.cond:
             while True:
-                for seq, rec in store.iter_records(start):
+                for _, rec in store.iter_records(start, only_agent, only_host):
                     if match(rec):
                         return rec
                 start = store.next_batch

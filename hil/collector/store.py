@@ -7,6 +7,7 @@ them, which keeps the receive path fast and memory compact.
 
 from __future__ import annotations
 
+import itertools
 import threading
 from collections import deque
 from collections.abc import Callable, Iterator
@@ -146,13 +147,19 @@ class RecordStore:
 
     # --- reader side ---
 
-    def iter_records(self, start_batch: int = 0) -> Iterator[tuple[int, Record]]:
-        """(batch sequence number, record) from ``start_batch`` on. Call with cond held."""
+    def iter_records(self, start_batch: int = 0, agent: AgentId | None = None,
+                     host: str | None = None) -> Iterator[tuple[int, Record]]:
+        """(batch sequence number, record) from ``start_batch`` on, optionally only from one
+        agent / host (filtered per batch, before decoding). Call with cond held."""
         first = max(start_batch - self._evicted_batches, 0)
-        for i in range(first, len(self._batches)):
-            agent, mono, wall, raws = self._batches[i]
+        batches = self._batches
+        if first:
+            batches = itertools.islice(batches, first, None)
+        for i, (who, mono, wall, raws) in enumerate(batches, self._evicted_batches + first):
+            if (agent is not None and who != agent) or (host is not None and who.host != host):
+                continue
             for raw in raws:
-                yield self._evicted_batches + i, decode_record(raw, agent, mono, wall)
+                yield i, decode_record(raw, who, mono, wall)
 
     @property
     def next_batch(self) -> int:

@@ -185,6 +185,7 @@ def test_unknown_record_types_are_skipped_and_counted(collector):
 
 def test_agent_buffer_overflow_is_reported(collector):
     with ReferenceAgent("small", buffer_bytes=300).connect(collector.address) as a:
+        collector.wait_for_agent(host="small")  # flush() asks agents that said HELLO
         kept = [a.created(pid=i, image_path="/p" * 10) for i in range(10)]
         collector.flush()
         assert collector.stats("small").dropped_by_agent == kept.count(False) > 0
@@ -229,6 +230,7 @@ def test_capture_cap_and_record_cap(tmp_path):
     with Collector(interval=5, capture_dir=tmp_path, max_capture_bytes=1000,
                    max_records=100) as c:
         with ReferenceAgent("capped").connect(c.address) as a:
+            c.wait_for_agent(host="capped")
             for batch in range(3):
                 for i in range(80):
                     a.created(pid=batch * 100 + i, image_path="/x" * 20)
