@@ -18,3 +18,4 @@ def win_build():
 
 def pytest_configure(config):
     config.addinivalue_line("markers", "windows: a Windows driver test (Wine or lab)")
+    config.addinivalue_line("markers", "wine: runs the driver for real under Wine on this host")
