@@ -166,3 +166,41 @@ def test_load_failure_and_oops_are_reported(tmp_path):
         kmod.load_module(FakeGuest(insmod_rc=1, insmod_log="[1.0] kserver: cannot bind port 7070 (-98)"), ko)
     with pytest.raises(GuestError, match="complain"):
         kmod.load_module(FakeGuest(insmod_log="[1.0] BUG: unable to handle page fault"), ko)
+
+
+def test_percentile_nearest_rank():
+    assert kmod.percentile(range(1, 101), 50) == 50
+    assert kmod.percentile(range(1, 101), 99) == 99
+    assert kmod.percentile([7], 99) == 7
+    assert kmod.percentile([], 50) != kmod.percentile([], 50)  # NaN
+
+
+def test_parse_pid_lines():
+    assert kmod.parse_pid_lines("0 101\n1 102\n/tmp/a b 103\njunk\n") == [("0", 101), ("1", 102), ("/tmp/a b", 103)]
+
+
+def test_storm_tool_builds_and_runs_on_the_host():
+    import shutil
+    import subprocess
+
+    if shutil.which("gcc") is None:
+        pytest.skip("no gcc")
+    try:
+        tool = kmod.build_storm_tool()
+    except HilError as exc:
+        pytest.skip(f"static build not possible here: {exc}")
+    assert subprocess.run([str(tool)]).returncode == 0  # no arguments: the no-op target
+    res = subprocess.run([str(tool), "3", str(tool)], capture_output=True, text=True)
+    assert res.returncode == 0 and [i for i, _ in kmod.parse_pid_lines(res.stdout)] == ["0", "1", "2"]
+    assert "execs=3 failed=0" in res.stderr
+
+
+def test_bench_agent_module_shape():
+    import argparse
+
+    from hil.bench import agent
+
+    p = argparse.ArgumentParser()
+    agent.add_arguments(p)
+    args = p.parse_args(["--execs", "10"])
+    assert args.execs == 10 and args.interval == 0.05 and agent.HELP
