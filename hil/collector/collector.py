@@ -163,11 +163,16 @@ class Collector:
 
     async def _housekeeping(self) -> None:
         next_poll = time.monotonic() + self.interval
+        tick = min(_TICK, self.interval)
+        last = time.monotonic()
         while True:
-            await asyncio.sleep(min(_TICK, self.interval))
+            await asyncio.sleep(tick)
             now = time.monotonic()
-            for conn in list(self._conns):
-                conn.check_deadlines(now)
+            stalled = now - last > tick + 1.0
+            last = now
+            if not stalled:  # after a stall of this process, let pending reads run first
+                for conn in list(self._conns):
+                    conn.check_deadlines(now)
             if now >= next_poll:
                 next_poll = now + self.interval
                 for conn in list(self._conns):
