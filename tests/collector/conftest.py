@@ -1,3 +1,1 @@
 from hil.collector.pytest_fixtures import collector  # noqa: F401
-
-pytest_plugins = ["pytester"]

@@ -2,23 +2,30 @@
 
 from __future__ import annotations
 
+import subprocess
+import sys
+import textwrap
 import xml.etree.ElementTree as ET
 
 
-def test_fixture_records_capture_files_in_junit(pytester):
-    pytester.makeconftest("from hil.collector.pytest_fixtures import collector  # noqa: F401\n")
-    pytester.makepyfile(test_inner="""
+def test_fixture_records_capture_files_in_junit(tmp_path):
+    (tmp_path / "conftest.py").write_text(
+        "from hil.collector.pytest_fixtures import collector  # noqa: F401\n")
+    (tmp_path / "test_inner.py").write_text(textwrap.dedent("""
         from hil.collector.agent_client import ReferenceAgent
 
         def test_one(collector):
             with ReferenceAgent("fx-host").connect(collector.address) as a:
                 a.created(pid=9, image_path="/bin/fx")
                 collector.wait_for(pid=9, timeout=10)
-    """)
-    result = pytester.runpytest_inprocess("-p", "no:hil", "--junitxml=out.xml", "-q")
-    result.assert_outcomes(passed=1)
-    root = ET.parse(pytester.path / "out.xml").getroot()
-    props = {(p.get("name"), p.get("value")) for p in root.iter("property")}
+    """))
+    proc = subprocess.run(
+        [sys.executable, "-m", "pytest", "-q", "-p", "no:hil", "-p", "no:cacheprovider",
+         "-p", "no:xdist", "--junitxml=out.xml", "--rootdir", str(tmp_path), "test_inner.py"],
+        cwd=tmp_path, capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    root = ET.parse(tmp_path / "out.xml").getroot()
+    props = [(p.get("name"), p.get("value")) for p in root.iter("property")]
     captures = [v for n, v in props if n == "collector_capture"]
     assert len(captures) == 1 and "fx-host" in captures[0]
     assert any(n == "collector_address" and v.startswith("127.0.0.1:") for n, v in props)
