@@ -260,10 +260,10 @@ static VOID NTAPI ProcessNotify(PEPROCESS process, HANDLE pid, PPS_CREATE_NOTIFY
     if (info != NULL) {
         PCUNICODE_STRING name = info->ImageFileName; /* may be NULL (FileOpenNameAvailable) */
         USHORT bytes = 0;
+        /* The whole path is kept (the image is opened with it); only the UTF-8 copy in the
+         * record is truncated to HIL_MAX_PATH bytes. */
         if (name != NULL && name->Buffer != NULL)
             bytes = name->Length & ~1;
-        if (bytes > HIL_MAX_PATH * sizeof(WCHAR))
-            bytes = HIL_MAX_PATH * sizeof(WCHAR);
         QueueEvent(TRUE, (ULONG)(ULONG_PTR)pid, bytes ? name->Buffer : NULL, bytes, FALSE);
     } else {
         QueueEvent(FALSE, (ULONG)(ULONG_PTR)pid, NULL, 0, FALSE);
