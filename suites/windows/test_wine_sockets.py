@@ -90,3 +90,24 @@ def test_demo_client_reports_refused_connection(wine_guest, win_build):
     wine_guest.wait_for_log(r"\[hilsockc\] connect failed 0x[0-9a-f]{8}", timeout=20)
     assert wine_guest.stop_driver("hilsockc").exit_code == 0
     wine_guest.wait_for_log(r"\[hilsockc\] unloaded", timeout=15)
+
+
+def test_demo_client_times_out_on_a_silent_server(wine_guest, win_build):
+    """A server that never answers: the receive times out, the IRP is cancelled (or, where the
+    provider ignores cancellation as Wine's netio does, the socket is shut down to complete it),
+    and the driver finishes and unloads cleanly."""
+    srv = socket.socket()
+    srv.bind(("127.0.0.1", 0))
+    srv.listen(1)
+    port = srv.getsockname()[1]
+    try:
+        wine_guest.install_driver(win_build["hilsockc.sys"], "hilsockc", Port=port, TimeoutMs=500)
+        wine_guest.start_driver("hilsockc")
+        wine_guest.wait_for_log(r"\[hilsockc\] connected", timeout=20)
+        # 0xc00000b5 = STATUS_IO_TIMEOUT
+        wine_guest.wait_for_log(r"\[hilsockc\] receive failed 0xc00000b5", timeout=15)
+        wine_guest.wait_for_log(r"\[hilsockc\] done 0xc00000b5", timeout=10)
+        assert wine_guest.stop_driver("hilsockc").exit_code == 0
+        wine_guest.wait_for_log(r"\[hilsockc\] unloaded", timeout=15)
+    finally:
+        srv.close()

@@ -3,7 +3,7 @@
  *
  * At load it starts a system thread that connects to 127.0.0.1:<Parameters\Port>
  * (default 50008), sends "hello from hilsockc\n", reads the reply (up to 256 bytes, 10 s) and
- * logs it as "[hilsockc] reply: <text>", then closes.  Unload shuts the socket down and joins
+ * logs it as "[hilsockc] reply: <text>", then closes.  Parameters\TimeoutMs bounds each step.  Unload shuts the socket down and joins
  * the thread, so a hung server never keeps the driver from unloading.
  */
 #include <ntddk.h>
@@ -11,13 +11,14 @@
 #include "../common/hilkm.h"
 
 #define TAG "hilsockc"
-#define CLIENT_TIMEOUT_MS 10000
+#define CLIENT_TIMEOUT_MS 10000 /* default of Parameters\TimeoutMs */
 
 static PKSOCK g_sock;          /* guarded by g_lock */
 static HIL_LOCK g_lock;
 static PETHREAD g_thread;
 static volatile LONG g_stop;
 static USHORT g_port;
+static ULONG g_timeout_ms;
 
 static VOID NTAPI ClientThread(PVOID context)
 {
@@ -39,18 +40,18 @@ static VOID NTAPI ClientThread(PVOID context)
     if (g_stop)
         goto out;
 
-    status = KsockConnect(sock, KSOCK_IPV4(127, 0, 0, 1), g_port, CLIENT_TIMEOUT_MS);
+    status = KsockConnect(sock, KSOCK_IPV4(127, 0, 0, 1), g_port, g_timeout_ms);
     if (!NT_SUCCESS(status)) {
         HIL_LOG(TAG, "connect failed 0x%08lx", (unsigned long)status);
         goto out;
     }
     HIL_LOG(TAG, "connected to 127.0.0.1:%u", (unsigned)g_port);
-    status = KsockSend(sock, hello, sizeof(hello) - 1, CLIENT_TIMEOUT_MS);
+    status = KsockSend(sock, hello, sizeof(hello) - 1, g_timeout_ms);
     if (!NT_SUCCESS(status)) {
         HIL_LOG(TAG, "send failed 0x%08lx", (unsigned long)status);
         goto out;
     }
-    status = KsockReceive(sock, reply, sizeof(reply) - 1, &got, CLIENT_TIMEOUT_MS);
+    status = KsockReceive(sock, reply, sizeof(reply) - 1, &got, g_timeout_ms);
     if (!NT_SUCCESS(status)) {
         HIL_LOG(TAG, "receive failed 0x%08lx", (unsigned long)status);
         goto out;
@@ -90,6 +91,7 @@ NTSTATUS NTAPI DriverEntry(PDRIVER_OBJECT driver, PUNICODE_STRING registry_path)
 
     HilLockInit(&g_lock);
     g_port = (USHORT)HilReadParamDword(registry_path, L"Port", 50008);
+    g_timeout_ms = HilReadParamDword(registry_path, L"TimeoutMs", CLIENT_TIMEOUT_MS);
     status = KsockStartup();
     if (!NT_SUCCESS(status)) {
         HIL_LOG(TAG, "WSK startup failed 0x%08lx", (unsigned long)status);
