@@ -75,7 +75,8 @@ class WineGuest:
         self.tools = dict(tools or {})
         self.debug_channels = debug_channels
         worker = os.environ.get("PYTEST_XDIST_WORKER", "main")
-        self.prefix = wprefix.template_dir().parent / "run" / f"{worker}-{uuid.uuid4().hex[:10]}"
+        # <worker>-<pid>-<random>: reap_stale_prefixes() recognises prefixes of dead runs.
+        self.prefix = wprefix.template_dir().parent / "run" / f"{worker}-{os.getpid()}-{uuid.uuid4().hex[:10]}"
         self.debug_log = self.workdir / "wine-debug.log"
         self.state = "defined"
         self._log_fh = None
@@ -95,6 +96,7 @@ class WineGuest:
 
     def boot(self) -> None:
         if self.state == "defined":
+            wprefix.reap_stale_prefixes(self.prefix.parent)
             with step("wine-clone", guest=self.name):
                 self.prefix.parent.mkdir(parents=True, exist_ok=True)
                 wprefix.clone_prefix(self.prefix)

@@ -24,11 +24,16 @@ from hil.errors import HilError
 WINE_TOOLS = ("hilsvc.exe", "hilagentctl.exe")
 
 
-def free_port() -> int:
-    """A TCP port free on 127.0.0.1 right now (for a driver's listening/connecting port)."""
+def _free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
+
+
+@pytest.fixture
+def free_port() -> int:
+    """A TCP port free on 127.0.0.1 right now (for a driver's listening/connecting port)."""
+    return _free_port()
 
 
 @pytest.fixture(scope="session")

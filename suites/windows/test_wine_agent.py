@@ -15,7 +15,6 @@ import pytest
 from hil.collector import Collector
 from hil.protocol.records import encode_process_record
 
-from conftest import free_port
 
 pytestmark = [pytest.mark.windows, pytest.mark.wine]
 
@@ -110,8 +109,8 @@ def wait_for_capture(collector, expected: int, timeout: float = 10.0) -> bytes:
         time.sleep(0.05)
 
 
-def test_agent_keeps_records_across_collector_restart(wine_guest, win_build, tmp_path):
-    port = free_port()
+def test_agent_keeps_records_across_collector_restart(wine_guest, win_build, tmp_path, free_port):
+    port = free_port
     first = Collector(port=port, interval=0.3, capture_dir=tmp_path / "c1").start()
     try:
         start_agent(wine_guest, win_build, port, SpillAfterMs=400, BackoffMaxMs=300, SpillId=7)
@@ -147,8 +146,8 @@ def test_agent_keeps_records_across_collector_restart(wine_guest, win_build, tmp
         second.stop()
 
 
-def test_unload_spills_undelivered_records_and_next_load_sends_them(wine_guest, win_build, tmp_path):
-    port = free_port()  # no collector yet: the agent keeps retrying with backoff
+def test_unload_spills_undelivered_records_and_next_load_sends_them(wine_guest, win_build, tmp_path, free_port):
+    port = free_port  # no collector yet: the agent keeps retrying with backoff
     start_agent(wine_guest, win_build, port, SpillAfterMs=600000, BackoffMaxMs=200, SpillId=9)
     inject(wine_guest, "created", 6001, r"C:\windows\system32\notepad.exe")
     wine_guest.wait_for_log(r"\[hilagent\] saved created pid=6001", timeout=15)

@@ -7,7 +7,6 @@ import threading
 
 import pytest
 
-from conftest import free_port
 
 pytestmark = [pytest.mark.windows, pytest.mark.wine]
 
@@ -22,8 +21,8 @@ def _recv_exact(sock: socket.socket, n: int) -> bytes:
     return buf
 
 
-def test_demo_server_accepts_host_clients(wine_guest, win_build):
-    port = free_port()
+def test_demo_server_accepts_host_clients(wine_guest, win_build, free_port):
+    port = free_port
     wine_guest.install_driver(win_build["hilsocks.sys"], "hilsocks", Port=port)
     wine_guest.start_driver("hilsocks")
     wine_guest.wait_for_log(rf"\[hilsocks\] listening on 127\.0\.0\.1:{port}", timeout=20)
@@ -83,8 +82,8 @@ def test_demo_client_reaches_host_server(wine_guest, win_build):
         srv.close()
 
 
-def test_demo_client_reports_refused_connection(wine_guest, win_build):
-    port = free_port()  # nobody listens
+def test_demo_client_reports_refused_connection(wine_guest, win_build, free_port):
+    port = free_port  # nobody listens
     wine_guest.install_driver(win_build["hilsockc.sys"], "hilsockc", Port=port)
     wine_guest.start_driver("hilsockc")
     wine_guest.wait_for_log(r"\[hilsockc\] connect failed 0x[0-9a-f]{8}", timeout=20)

@@ -54,3 +54,16 @@ def test_clone_shares_dlls_and_put_never_touches_the_template(tmp_path):
     finally:
         g.destroy()
     assert not g.prefix.exists()
+
+
+def test_stale_prefixes_of_dead_processes_are_reaped(tmp_path):
+    from hil.wine.prefix import reap_stale_prefixes
+
+    dead = tmp_path / "gw0-999999999-abc"   # no such pid
+    live = tmp_path / f"main-{os.getpid()}-def"
+    other = tmp_path / "unrelated"
+    for d in (dead, live, other):
+        (d / "drive_c").mkdir(parents=True)
+    removed = reap_stale_prefixes(tmp_path)
+    assert removed == [dead] and not dead.exists()
+    assert live.exists() and other.exists()
