@@ -48,7 +48,7 @@ class Collector:
     interval -- seconds between polls (REQUEST to every agent), default 1.0
     capture_dir -- folder for one raw capture file per connection (None: no capture)
     max_capture_bytes -- per connection capture cap (default 256 MiB)
-    max_records -- records kept in memory over all agents (default 5,000,000; oldest evicted)
+    max_records -- records kept in memory over all agents (default 1,000,000; oldest evicted)
     hello_timeout, frame_timeout, reply_timeout -- stalled-peer limits in seconds (10, 10, 60)
     """
 
@@ -60,7 +60,7 @@ class Collector:
         interval: float = 1.0,
         capture_dir: str | Path | None = None,
         max_capture_bytes: int = 256 << 20,
-        max_records: int | None = 5_000_000,
+        max_records: int | None = 1_000_000,
         hello_timeout: float = 10.0,
         frame_timeout: float = 10.0,
         reply_timeout: float = 60.0,
