@@ -32,7 +32,14 @@ def stop_agent(guest):
     res = guest.stop_driver(SERVICE)
     assert res.exit_code == 0, res.text
     guest.wait_for_log(r"\[hilagent\] unloaded", timeout=20)
+    assert_no_ksock_leaks(guest)
     assert guest.delete_driver(SERVICE).exit_code == 0
+
+
+def assert_no_ksock_leaks(guest):
+    """ksock logs its live IRP/MDL/buffer/socket counters at cleanup: all must be zero."""
+    last = [l.text for l in guest.dbgprint_lines() if l.text.startswith("[ksock] cleanup:")][-1]
+    assert last == "[ksock] cleanup: irps=0 mdls=0 buffers=0 sockets=0", last
 
 
 def inject(guest, kind, pid, path=None):

@@ -11,6 +11,12 @@ import pytest
 pytestmark = [pytest.mark.windows, pytest.mark.wine]
 
 
+def assert_no_ksock_leaks(guest):
+    """ksock logs its live IRP/MDL/buffer/socket counters at cleanup: all must be zero."""
+    lines = [l.text for l in guest.dbgprint_lines() if l.text.startswith("[ksock] cleanup:")]
+    assert lines and lines[-1] == "[ksock] cleanup: irps=0 mdls=0 buffers=0 sockets=0", lines
+
+
 def _recv_exact(sock: socket.socket, n: int) -> bytes:
     buf = b""
     while len(buf) < n:
@@ -41,6 +47,7 @@ def test_demo_server_accepts_host_clients(wine_guest, win_build, free_port):
         res = wine_guest.stop_driver("hilsocks")
         assert res.exit_code == 0, res.text
         wine_guest.wait_for_log(r"\[hilsocks\] unloaded", timeout=15)
+        assert_no_ksock_leaks(wine_guest)
     finally:
         idle.close()
     assert wine_guest.delete_driver("hilsocks").exit_code == 0
@@ -77,6 +84,7 @@ def test_demo_client_reaches_host_server(wine_guest, win_build):
         wine_guest.wait_for_log(r"\[hilsockc\] done 0x00000000", timeout=10)
         assert wine_guest.stop_driver("hilsockc").exit_code == 0
         wine_guest.wait_for_log(r"\[hilsockc\] unloaded", timeout=15)
+        assert_no_ksock_leaks(wine_guest)
         assert wine_guest.delete_driver("hilsockc").exit_code == 0
     finally:
         srv.close()
@@ -89,6 +97,7 @@ def test_demo_client_reports_refused_connection(wine_guest, win_build, free_port
     wine_guest.wait_for_log(r"\[hilsockc\] connect failed 0x[0-9a-f]{8}", timeout=20)
     assert wine_guest.stop_driver("hilsockc").exit_code == 0
     wine_guest.wait_for_log(r"\[hilsockc\] unloaded", timeout=15)
+    assert_no_ksock_leaks(wine_guest)
 
 
 def test_demo_client_times_out_on_a_silent_server(wine_guest, win_build):
@@ -108,5 +117,6 @@ def test_demo_client_times_out_on_a_silent_server(wine_guest, win_build):
         wine_guest.wait_for_log(r"\[hilsockc\] done 0xc00000b5", timeout=10)
         assert wine_guest.stop_driver("hilsockc").exit_code == 0
         wine_guest.wait_for_log(r"\[hilsockc\] unloaded", timeout=15)
+        assert_no_ksock_leaks(wine_guest)
     finally:
         srv.close()

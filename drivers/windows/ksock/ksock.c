@@ -32,6 +32,10 @@ typedef struct _KSOCK_OP {
     PIRP Irp;
 } KSOCK_OP;
 
+/* Live object counters: KsockCleanup logs them, so a test can see that every IRP, MDL,
+ * bounce buffer and socket made by the library was freed ("[ksock] cleanup: irps=0 ..."). */
+static volatile LONG g_live_irps, g_live_mdls, g_live_buffers, g_live_sockets;
+
 static WSK_REGISTRATION g_registration;
 static WSK_PROVIDER_NPI g_provider;
 static BOOLEAN g_registered;
@@ -46,12 +50,33 @@ static NTSTATUS NTAPI KspCompletion(PDEVICE_OBJECT dev, PIRP irp, PVOID context)
     return STATUS_MORE_PROCESSING_REQUIRED;
 }
 
+static VOID KspFreeIrp(PIRP irp)
+{
+    IoFreeIrp(irp);
+    InterlockedDecrement(&g_live_irps);
+}
+
+static PVOID KspAllocBuffer(SIZE_T n)
+{
+    PVOID p = ExAllocatePoolWithTag(NonPagedPool, n, KSOCK_POOL_TAG);
+    if (p)
+        InterlockedIncrement(&g_live_buffers);
+    return p;
+}
+
+static VOID KspFreeBuffer(PVOID p)
+{
+    ExFreePoolWithTag(p, KSOCK_POOL_TAG);
+    InterlockedDecrement(&g_live_buffers);
+}
+
 static NTSTATUS KspOpBegin(KSOCK_OP *op)
 {
     KeInitializeEvent(&op->Done, NotificationEvent, FALSE);
     op->Irp = IoAllocateIrp(1, FALSE);
     if (op->Irp == NULL)
         return STATUS_INSUFFICIENT_RESOURCES;
+    InterlockedIncrement(&g_live_irps);
     IoSetCompletionRoutine(op->Irp, KspCompletion, &op->Done, TRUE, TRUE, TRUE);
     return STATUS_SUCCESS;
 }
@@ -80,7 +105,7 @@ static NTSTATUS KspOpFinish(PKSOCK sock, KSOCK_OP *op, NTSTATUS call_status, ULO
 
     if (call_status != STATUS_PENDING && KspWaitMs(&op->Done, 0) == STATUS_TIMEOUT) {
         /* The provider refused the request without completing the IRP (argument check). */
-        IoFreeIrp(op->Irp);
+        KspFreeIrp(op->Irp);
         op->Irp = NULL;
         return NT_SUCCESS(call_status) ? STATUS_UNSUCCESSFUL : call_status;
     }
@@ -98,7 +123,7 @@ static NTSTATUS KspOpFinish(PKSOCK sock, KSOCK_OP *op, NTSTATUS call_status, ULO
     status = op->Irp->IoStatus.Status;
     if (information)
         *information = op->Irp->IoStatus.Information;
-    IoFreeIrp(op->Irp);
+    KspFreeIrp(op->Irp);
     op->Irp = NULL;
 
     if (timed_out && !NT_SUCCESS(status))
@@ -142,12 +167,15 @@ static NTSTATUS KspCloseWsk(PWSK_SOCKET w)
     if (!NT_SUCCESS(status))
         return status; /* cannot close without an IRP; the provider reclaims it on deregister */
     status = d->WskCloseSocket(w, op.Irp);
-    return KspOpFinish(NULL, &op, status, KSOCK_WAIT_FOREVER, NULL);
+    status = KspOpFinish(NULL, &op, status, KSOCK_WAIT_FOREVER, NULL);
+    /* Even a failed close leaves the socket unusable: WSK has released it either way. */
+    InterlockedDecrement(&g_live_sockets);
+    return status;
 }
 
 static PKSOCK KspWrap(PWSK_SOCKET w, KSOCK_KIND kind)
 {
-    PKSOCK sock = (PKSOCK)ExAllocatePoolWithTag(NonPagedPool, sizeof(*sock), KSOCK_POOL_TAG);
+    PKSOCK sock = (PKSOCK)KspAllocBuffer(sizeof(*sock));
 
     if (sock == NULL)
         return NULL;
@@ -193,6 +221,9 @@ NTSTATUS KsockStartup(VOID)
 
 VOID KsockCleanup(VOID)
 {
+    DbgPrintEx(DPFLTR_IHVDRIVER_ID, DPFLTR_ERROR_LEVEL,
+               "[ksock] cleanup: irps=%ld mdls=%ld buffers=%ld sockets=%ld\n", g_live_irps,
+               g_live_mdls, g_live_buffers, g_live_sockets);
     if (g_captured) {
         WskReleaseProviderNPI(&g_registration);
         g_captured = FALSE;
@@ -233,6 +264,7 @@ NTSTATUS KsockCreate(PKSOCK *out, KSOCK_KIND kind)
     w = (PWSK_SOCKET)info;
     if (w == NULL)
         return STATUS_UNSUCCESSFUL;
+    InterlockedIncrement(&g_live_sockets);
 
     sock = KspWrap(w, kind);
     if (sock == NULL) {
@@ -255,7 +287,7 @@ NTSTATUS KsockBind(PKSOCK sock, ULONG ip, USHORT port)
         return status;
     w = KspEnter(sock);
     if (w == NULL) {
-        IoFreeIrp(op.Irp);
+        KspFreeIrp(op.Irp);
         return STATUS_CONNECTION_ABORTED;
     }
     KspFillAddr(&addr, ip, port);
@@ -298,7 +330,7 @@ NTSTATUS KsockAccept(PKSOCK listener, PKSOCK *accepted, PSOCKADDR_IN remote, ULO
         return status;
     w = KspEnter(listener);
     if (w == NULL) {
-        IoFreeIrp(op.Irp);
+        KspFreeIrp(op.Irp);
         return STATUS_CONNECTION_ABORTED;
     }
     RtlZeroMemory(&local, sizeof(local));
@@ -312,6 +344,7 @@ NTSTATUS KsockAccept(PKSOCK listener, PKSOCK *accepted, PSOCKADDR_IN remote, ULO
     a = (PWSK_SOCKET)info;
     if (a == NULL)
         return STATUS_UNSUCCESSFUL;
+    InterlockedIncrement(&g_live_sockets);
     sock = KspWrap(a, KsockConnectionSocket);
     if (sock == NULL) {
         KspCloseWsk(a);
@@ -343,7 +376,7 @@ NTSTATUS KsockConnect(PKSOCK sock, ULONG ip, USHORT port, ULONG timeout_ms)
         return status;
     w = KspEnter(sock);
     if (w == NULL) {
-        IoFreeIrp(op.Irp);
+        KspFreeIrp(op.Irp);
         return STATUS_CONNECTION_ABORTED;
     }
     KspFillAddr(&addr, ip, port);
@@ -351,6 +384,12 @@ NTSTATUS KsockConnect(PKSOCK sock, ULONG ip, USHORT port, ULONG timeout_ms)
                  ->WskConnect(w, (PSOCKADDR)&addr, 0, op.Irp);
     KspLeave(sock);
     return KspOpFinish(sock, &op, status, timeout_ms, NULL);
+}
+
+static VOID KspFreeMdl(PMDL mdl)
+{
+    IoFreeMdl(mdl);
+    InterlockedDecrement(&g_live_mdls);
 }
 
 /* One WskSend/WskReceive of at most KSOCK_CHUNK bytes through a non-paged bounce buffer. */
@@ -369,16 +408,17 @@ static NTSTATUS KspTransfer(PKSOCK sock, BOOLEAN is_send, PVOID bounce, SIZE_T l
     mdl = IoAllocateMdl(bounce, (ULONG)len, FALSE, FALSE, NULL);
     if (mdl == NULL)
         return STATUS_INSUFFICIENT_RESOURCES;
+    InterlockedIncrement(&g_live_mdls);
     MmBuildMdlForNonPagedPool(mdl);
     status = KspOpBegin(&op);
     if (!NT_SUCCESS(status)) {
-        IoFreeMdl(mdl);
+        KspFreeMdl(mdl);
         return status;
     }
     w = KspEnter(sock);
     if (w == NULL) {
-        IoFreeIrp(op.Irp);
-        IoFreeMdl(mdl);
+        KspFreeIrp(op.Irp);
+        KspFreeMdl(mdl);
         return STATUS_CONNECTION_ABORTED;
     }
     wb.Mdl = mdl;
@@ -388,7 +428,7 @@ static NTSTATUS KspTransfer(PKSOCK sock, BOOLEAN is_send, PVOID bounce, SIZE_T l
     status = is_send ? d->WskSend(w, &wb, 0, op.Irp) : d->WskReceive(w, &wb, 0, op.Irp);
     KspLeave(sock);
     status = KspOpFinish(sock, &op, status, timeout_ms, &info);
-    IoFreeMdl(mdl); /* the IRP is complete: nobody references the MDL any more */
+    KspFreeMdl(mdl); /* the IRP is complete: nobody references the MDL any more */
     if (NT_SUCCESS(status)) {
         if (info > len)
             return STATUS_INTERNAL_ERROR;
@@ -425,8 +465,7 @@ NTSTATUS KsockSend(PKSOCK sock, const VOID *buf, SIZE_T len, ULONG timeout_ms)
 
     if (len == 0)
         return STATUS_SUCCESS;
-    bounce = ExAllocatePoolWithTag(NonPagedPool, len < KSOCK_CHUNK ? len : KSOCK_CHUNK,
-                                   KSOCK_POOL_TAG);
+    bounce = KspAllocBuffer(len < KSOCK_CHUNK ? len : KSOCK_CHUNK);
     if (bounce == NULL)
         return STATUS_INSUFFICIENT_RESOURCES;
     while (len > 0) {
@@ -447,7 +486,7 @@ NTSTATUS KsockSend(PKSOCK sock, const VOID *buf, SIZE_T len, ULONG timeout_ms)
         p += sent;
         len -= sent;
     }
-    ExFreePoolWithTag(bounce, KSOCK_POOL_TAG);
+    KspFreeBuffer(bounce);
     return status;
 }
 
@@ -460,13 +499,13 @@ NTSTATUS KsockReceive(PKSOCK sock, PVOID buf, SIZE_T len, SIZE_T *received, ULON
     *received = 0;
     if (len == 0)
         return STATUS_SUCCESS;
-    bounce = ExAllocatePoolWithTag(NonPagedPool, n, KSOCK_POOL_TAG);
+    bounce = KspAllocBuffer(n);
     if (bounce == NULL)
         return STATUS_INSUFFICIENT_RESOURCES;
     status = KspTransfer(sock, FALSE, bounce, n, received, timeout_ms);
     if (NT_SUCCESS(status) && *received > 0)
         RtlCopyMemory(buf, bounce, *received);
-    ExFreePoolWithTag(bounce, KSOCK_POOL_TAG);
+    KspFreeBuffer(bounce);
     return status;
 }
 
@@ -523,5 +562,5 @@ VOID KsockClose(PKSOCK sock)
     if (sock == NULL)
         return;
     KsockShutdown(sock);
-    ExFreePoolWithTag(sock, KSOCK_POOL_TAG);
+    KspFreeBuffer(sock);
 }
