@@ -65,8 +65,8 @@ def random_frame(rng: random.Random, pid0: int) -> bytes:
     if roll < 0.6:
         recs = [random_record(rng, pid0 + i)[0] for i in range(rng.randrange(0, 6))]
         if rng.random() < 0.2:
-            recs.insert(rng.randrange(len(recs) + 1),
-                        encode_raw_record(rng.randrange(3, 0xFFFF), rng.randbytes(rng.randrange(20))))
+            odd = encode_raw_record(rng.randrange(3, 0xFFFF), rng.randbytes(rng.randrange(20)))
+            recs.insert(rng.randrange(len(recs) + 1), odd)
         return encode_frame(RECORDS, b"".join(recs))
     if roll < 0.8:
         return encode_end(rng.randrange(4), rng.randrange(8), rng.randrange(3))
@@ -166,8 +166,8 @@ class _ValidMutator:
             recs.append(bytes(r))
             parts.append(recs[-1])
         if rng.random() < 0.1:
-            parts.insert(rng.randrange(len(parts) + 1),
-                         encode_raw_record(rng.randrange(3, 0xFFFF), rng.randbytes(rng.randrange(9))))
+            odd = encode_raw_record(rng.randrange(3, 0xFFFF), rng.randbytes(rng.randrange(9)))
+            parts.insert(rng.randrange(len(parts) + 1), odd)
         return encode_frame(RECORDS, b"".join(parts)), recs
 
 

@@ -351,9 +351,10 @@ class Collector:
         if predicate is not None:
             found = [r for r in found if predicate(r)]
         if found:
+            query = describe_query(normalize_fields(fields), predicate)
             raise UnexpectedRecord(
-                f"{len(found)} record(s) match {describe_query(normalize_fields(fields), predicate)}"
-                ", expected none:\n" + "\n".join(f"  {r}" for r in found[:10]),
+                f"{len(found)} record(s) match {query}, expected none:\n"
+                + "\n".join(f"  {r}" for r in found[:10]),
                 "the driver reported an event the test says must not happen",
             )
 

@@ -22,7 +22,8 @@ def add_arguments(parser) -> None:
 def format_record(rec) -> str:
     import time
 
-    stamp = time.strftime("%H:%M:%S", time.localtime(rec.wall)) + f".{int(rec.wall * 1000) % 1000:03d}"
+    ms = int(rec.wall * 1000) % 1000
+    stamp = time.strftime("%H:%M:%S", time.localtime(rec.wall)) + f".{ms:03d}"
     sha = rec.sha256.hex() if any(rec.sha256) else "-"
     return (f"{stamp} {rec.host} {rec.kind:<7} pid={rec.pid} size={rec.image_size} "
             f"sha256={sha} {rec.image_path}")

@@ -99,7 +99,8 @@ def encode_frame(ftype: int, payload: bytes = b"") -> bytes:
 def _str16(value: str, what: str, minimum: int) -> bytes:
     raw = value.encode("utf-8")
     if not minimum <= len(raw) <= MAX_HELLO_STRING:
-        raise ValueError(f"HELLO {what} must be {minimum}..{MAX_HELLO_STRING} UTF-8 bytes: {value!r}")
+        raise ValueError(
+            f"HELLO {what} must be {minimum}..{MAX_HELLO_STRING} UTF-8 bytes: {value!r}")
     return _U16.pack(len(raw)) + raw
 
 

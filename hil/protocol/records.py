@@ -54,7 +54,8 @@ class Record:
         if self.wall is not None:
             import time
 
-            when = time.strftime(" at %H:%M:%S", time.gmtime(self.wall)) + f".{int(self.wall * 1000) % 1000:03d}Z"
+            ms = int(self.wall * 1000) % 1000
+            when = time.strftime(" at %H:%M:%S", time.gmtime(self.wall)) + f".{ms:03d}Z"
         who = f" from {self.agent.host}" if self.agent is not None else ""
         sha = "0" if self.sha256 == NO_SHA256 else self.sha256.hex()[:16] + "..."
         return (f"Record({self.kind} pid={self.pid} image_path={self.image_path!r} "
