@@ -176,3 +176,59 @@ def test_release_build_has_no_injection_device(wine_guest, win_build, collector)
     assert res.exit_code != 0 and b"open: error" in res.stdout
     assert not any("TEST BUILD" in l.text for l in wine_guest.dbgprint_lines())
     stop_agent(wine_guest)
+
+
+def _read_frames(conn, dec, want, timeout=15.0):
+    """Read from a raw socket until ``want(frames)`` holds; returns all frames decoded."""
+    frames = []
+    deadline = time.monotonic() + timeout
+    while not want(frames):
+        conn.settimeout(max(0.1, deadline - time.monotonic()))
+        data = conn.recv(65536)
+        if not data:
+            break
+        frames += dec.feed_all(data)
+        if time.monotonic() > deadline:
+            break
+    return frames
+
+
+def test_agent_drops_a_bad_collector_and_keeps_records(wine_guest, win_build, free_port):
+    """A peer that answers HELLO with garbage: the agent closes that connection, reconnects
+    with HELLO, and still delivers every saved record, in a well-formed batch."""
+    import socket
+
+    from hil.protocol import codec
+
+    srv = socket.socket()
+    srv.bind(("127.0.0.1", free_port))
+    srv.listen(2)
+    srv.settimeout(30)
+    try:
+        start_agent(wine_guest, win_build, free_port, BackoffMaxMs=200)
+        inject(wine_guest, "created", 7001, r"C:\windows\system32\notepad.exe")
+        wine_guest.wait_for_log(r"\[hilagent\] saved created pid=7001", timeout=15)
+
+        bad, _ = srv.accept()
+        with bad:
+            frames = _read_frames(bad, codec.StreamDecoder(), lambda f: len(f) >= 1)
+            assert isinstance(frames[0], codec.Hello) and frames[0].kind == "win-wdm"
+            bad.sendall(b"HTTP/1.1 200 OK\r\n\r\n")  # not our protocol
+            wine_guest.wait_for_log(r"protocol error from collector: BadMagic", timeout=15)
+
+        good, _ = srv.accept()
+        with good:
+            dec = codec.StreamDecoder()
+            assert isinstance(_read_frames(good, dec, lambda f: len(f) >= 1)[0], codec.Hello)
+            good.sendall(codec.encode_request(41))
+            frames = _read_frames(good, dec, lambda f: any(isinstance(x, codec.End) for x in f))
+            end = frames[-1]
+            assert isinstance(end, codec.End) and (end.request_id, end.count) == (41, 1)
+            records = [r for f in frames if isinstance(f, codec.Records) for r in f.records]
+            assert len(records) == 1
+            # an oversized REQUEST is a protocol error: the agent hangs up again
+            good.sendall(b"KH\x01\x02" + (4096).to_bytes(4, "little"))
+            wine_guest.wait_for_log(r"protocol error from collector: UnexpectedFrame", timeout=15)
+        stop_agent(wine_guest)
+    finally:
+        srv.close()
