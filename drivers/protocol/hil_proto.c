@@ -318,6 +318,31 @@ int hil_records_append(struct hil_records_builder *b, const hil_u8 *record, size
     return HIL_OK;
 }
 
+int hil_records_fill(struct hil_records_builder *b, const hil_u8 *saved, size_t saved_len,
+                     size_t *off)
+{
+    int n = 0;
+    if (b == NULL || b->buf == NULL || saved == NULL || off == NULL || *off > saved_len)
+        return HIL_E_INVALID_ARG;
+    while (*off < saved_len) {
+        size_t left = saved_len - *off;
+        size_t rec_len;
+        if (left < HIL_RECORD_HEADER_LEN)
+            return HIL_E_MALFORMED_RECORD;
+        rec_len = HIL_RECORD_HEADER_LEN + get16(saved + *off + 2);
+        if (rec_len > left)
+            return HIL_E_MALFORMED_RECORD;
+        if (b->cap - b->len < rec_len)
+            break; /* frame full: finish it, begin another, call again */
+        copy_bytes(b->buf + b->len, saved + *off, rec_len);
+        b->len += rec_len;
+        b->count++;
+        *off += rec_len;
+        n++;
+    }
+    return n;
+}
+
 int hil_records_finish(struct hil_records_builder *b)
 {
     if (b == NULL || b->buf == NULL || b->len < HIL_HEADER_LEN)

@@ -171,6 +171,15 @@ int hil_records_begin(struct hil_records_builder *b, hil_u8 *buf, size_t cap);
 int hil_records_append(struct hil_records_builder *b, const hil_u8 *record, size_t record_len);
 int hil_records_finish(struct hil_records_builder *b);
 
+/*
+ * For an agent that keeps its saved records in wire encoding in one buffer (PROTOCOL.md 4):
+ * append whole records from saved[*off..saved_len) to the frame until the next one does not
+ * fit; advances *off. Returns the number of records appended (0 when the frame is full or
+ * nothing is left), or HIL_E_MALFORMED_RECORD if the saved buffer is corrupt at *off.
+ */
+int hil_records_fill(struct hil_records_builder *b, const hil_u8 *saved, size_t saved_len,
+                     size_t *off);
+
 /* The error class name shared with the Python codec ("BadMagic", ...), or "OK". */
 const char *hil_strerror_name(int code);
 

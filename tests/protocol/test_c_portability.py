@@ -52,3 +52,19 @@ def test_linux_kernel_module(tmp_path):
         "obj-m := hilproto_test.o\nhilproto_test-y := main.o hil_proto.o\nccflags-y := -Werror\n")
     _compile(["make", "-s", "-C", str(Path(build).parent), f"M={tmp_path}", "modules"])
     assert (tmp_path / "hilproto_test.ko").exists()
+
+
+def test_c_unit_agent_send_path(tmp_path):
+    """test_proto.c: saved buffer -> RECORDS frames -> decode, encoder bounds, truncations."""
+    cc = shutil.which("cc") or pytest.skip("no host cc (install build-essential)")
+    exe = tmp_path / "test_proto"
+    cmd = [cc, "-std=c99", "-O1", "-Wall", "-Wextra", "-Werror", "-pedantic",
+           "-fsanitize=address,undefined", "-fno-sanitize-recover=all", "-o", str(exe),
+           str(PROTO_DIR / "test_proto.c"), str(PROTO_DIR / "hil_proto.c")]
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=120)
+    if proc.returncode != 0 and "sanitize" in proc.stderr:  # no sanitizer runtime
+        cmd = [c for c in cmd if "sanitize" not in c]
+        proc = subprocess.run(cmd, capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    run = subprocess.run([str(exe)], capture_output=True, text=True, timeout=60)
+    assert run.returncode == 0 and run.stdout.startswith("ok"), run.stdout + run.stderr

@@ -1,0 +1,137 @@
+/*
+ * Host unit test for hil_proto.c beyond the golden vectors: the agent's send path (saved
+ * buffer -> RECORDS frames -> END) decoded back, encoder bounds, and every truncation of a
+ * valid stream (run under AddressSanitizer by the pytest test: no read past the given length).
+ * Prints "ok" and exits 0, or names the failed check and exits 1. Uses libc (host only).
+ */
+#include <stdio.h>
+#include <string.h>
+
+#include "hil_proto.h"
+
+#define CHECK(cond)                                                           \
+    do {                                                                      \
+        if (!(cond)) {                                                        \
+            printf("FAILED %s:%d: %s\n", __FILE__, __LINE__, #cond);          \
+            return 1;                                                         \
+        }                                                                     \
+    } while (0)
+
+static hil_u8 saved[1u << 20];
+static hil_u8 stream[1u << 21];
+static hil_u8 frame[HIL_MAX_FRAME];
+
+int main(void)
+{
+    size_t saved_len = 0, stream_len = 0, off = 0;
+    hil_u32 i, n_records = 3000, seen = 0;
+    hil_u8 sha[HIL_SHA256_LEN];
+    char path[128];
+    int rc, frames = 0;
+
+    for (i = 0; i < HIL_SHA256_LEN; i++)
+        sha[i] = (hil_u8)i;
+    /* the agent saves records as they happen */
+    for (i = 0; i < n_records; i++) {
+        int len = snprintf(path, sizeof path, "C:\\Windows\\System32\\proc%lu.exe",
+                           (unsigned long)i);
+        rc = hil_encode_process_record(saved + saved_len, sizeof saved - saved_len,
+                                       i % 2 ? HIL_REC_PROCESS_EXITED : HIL_REC_PROCESS_CREATED,
+                                       1000 + i, (hil_u64)i * 4096, i % 3 ? sha : NULL,
+                                       (const hil_u8 *)path, (size_t)len);
+        CHECK(rc == (int)HIL_PROCESS_PREFIX_LEN + len);
+        saved_len += (size_t)rc;
+    }
+    /* a REQUEST arrives: send everything in frames of at most 64 KiB, then END */
+    while (off < saved_len) {
+        struct hil_records_builder b;
+        CHECK(hil_records_begin(&b, frame, sizeof frame) == HIL_OK);
+        rc = hil_records_fill(&b, saved, saved_len, &off);
+        CHECK(rc > 0);
+        rc = hil_records_finish(&b);
+        CHECK(rc > 0 && (size_t)rc <= HIL_MAX_FRAME);
+        memcpy(stream + stream_len, frame, (size_t)rc);
+        stream_len += (size_t)rc;
+        frames++;
+    }
+    CHECK(frames >= 2);
+    rc = hil_encode_end(stream + stream_len, sizeof stream - stream_len, 7, n_records, 0);
+    CHECK(rc == (int)HIL_END_FRAME_LEN);
+    stream_len += (size_t)rc;
+
+    /* the collector side: decode it all back */
+    off = 0;
+    while (off < stream_len) {
+        struct hil_frame_header h;
+        int size = hil_frame_size(stream + off, stream_len - off);
+        CHECK(size > 0);
+        CHECK(hil_decode_header(stream + off, stream_len - off, &h) == HIL_OK);
+        if (h.type == HIL_FRAME_RECORDS) {
+            struct hil_record r;
+            size_t roff = 0;
+            while ((rc = hil_next_record(stream + off + HIL_HEADER_LEN, h.length, &roff, &r)) == 1) {
+                CHECK(r.proc.pid == 1000 + seen);
+                CHECK(r.proc.image_size == (hil_u64)seen * 4096);
+                CHECK(r.type == (seen % 2 ? HIL_REC_PROCESS_EXITED : HIL_REC_PROCESS_CREATED));
+                CHECK(r.proc.sha256[5] == (seen % 3 ? 5 : 0));
+                snprintf(path, sizeof path, "C:\\Windows\\System32\\proc%lu.exe",
+                         (unsigned long)seen);
+                CHECK(r.proc.path_len == strlen(path));
+                CHECK(memcmp(r.proc.path, path, r.proc.path_len) == 0);
+                seen++;
+            }
+            CHECK(rc == 0);
+        } else {
+            struct hil_end e;
+            CHECK(h.type == HIL_FRAME_END);
+            CHECK(hil_decode_end(stream + off + HIL_HEADER_LEN, h.length, &e) == HIL_OK);
+            CHECK(e.request_id == 7 && e.count == n_records && e.dropped == 0);
+        }
+        off += (size_t)size;
+    }
+    CHECK(seen == n_records);
+
+    /* every truncation of the first frame is "need more", never a crash or overread */
+    for (i = 0; i < 2000; i++)
+        CHECK(hil_frame_size(stream, i) == HIL_E_NEED_MORE);
+
+    /* every truncation of a RECORDS payload is a clean record error or a shorter walk */
+    {
+        struct hil_frame_header h;
+        struct hil_record r;
+        CHECK(hil_decode_header(stream, stream_len, &h) == HIL_OK);
+        for (i = 0; i < 600; i++) {
+            size_t roff = 0;
+            while ((rc = hil_next_record(stream + HIL_HEADER_LEN, i, &roff, &r)) == 1)
+                CHECK(roff <= i);
+            CHECK(rc == 0 || rc == HIL_E_MALFORMED_RECORD);
+        }
+    }
+
+    /* encoders respect their capacity and the protocol bounds */
+    CHECK(hil_encode_request(frame, HIL_REQUEST_FRAME_LEN - 1, 1) == HIL_E_NO_SPACE);
+    CHECK(hil_encode_end(frame, HIL_END_FRAME_LEN - 1, 1, 0, 0) == HIL_E_NO_SPACE);
+    CHECK(hil_encode_process_record(frame, 56, 1, 1, 0, NULL, (const hil_u8 *)"ab", 2) ==
+          HIL_E_NO_SPACE);
+    CHECK(hil_encode_process_record(frame, sizeof frame, 1, 1, 0, NULL, saved,
+                                    HIL_MAX_PATH + 1) == HIL_E_INVALID_ARG);
+    CHECK(hil_encode_process_record(frame, sizeof frame, 3, 1, 0, NULL, NULL, 0) ==
+          HIL_E_INVALID_ARG);
+    CHECK(hil_encode_hello(frame, sizeof frame, (const hil_u8 *)"k", 1, NULL, 0,
+                           (const hil_u8 *)"", 0) == HIL_E_INVALID_ARG);
+    CHECK(hil_encode_hello(frame, 10, (const hil_u8 *)"k", 1, NULL, 0,
+                           (const hil_u8 *)"h", 1) == HIL_E_NO_SPACE);
+    CHECK(hil_encode_header(frame, sizeof frame, HIL_FRAME_RECORDS, HIL_MAX_PAYLOAD + 1) ==
+          HIL_E_INVALID_ARG);
+    {
+        /* a corrupt saved buffer is reported, not walked past */
+        struct hil_records_builder b;
+        size_t soff = 0;
+        hil_u8 bad[6] = {1, 0, 200, 0, 0, 0};
+        hil_records_begin(&b, frame, sizeof frame);
+        CHECK(hil_records_fill(&b, bad, sizeof bad, &soff) == HIL_E_MALFORMED_RECORD);
+        CHECK(soff == 0 && b.count == 0);
+    }
+    printf("ok %lu records in %d frames\n", (unsigned long)seen, frames);
+    return 0;
+}
