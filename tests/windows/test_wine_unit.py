@@ -48,6 +48,9 @@ def test_clone_shares_dlls_and_put_never_touches_the_template(tmp_path):
         assert os.stat(g.unix_path(dll)).st_ino == os.stat(template / "drive_c/windows/system32/kernel32.dll").st_ino
         assert os.stat(g.prefix / "system.reg").st_ino != os.stat(template / "system.reg").st_ino
         before = (template / "drive_c/windows/system32/kernel32.dll").read_bytes()
+        r = g.run("echo hello from cmd")
+        assert r.exit_code == 0 and b"hello from cmd" in r.stdout
+        assert g.run("exit /b 3").exit_code == 3
         g.write_file(dll, b"replaced")
         assert g.read_file(dll) == b"replaced"
         assert (template / "drive_c/windows/system32/kernel32.dll").read_bytes() == before
