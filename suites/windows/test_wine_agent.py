@@ -232,3 +232,20 @@ def test_agent_drops_a_bad_collector_and_keeps_records(wine_guest, win_build, fr
         stop_agent(wine_guest)
     finally:
         srv.close()
+
+
+def test_spill_file_written_by_reference_encoder_is_sent_and_torn_tail_ignored(wine_guest, win_build, collector):
+    """The spill file is records in wire encoding: one written by the Python reference encoder
+    (plus a torn record, as a crash in the middle of an append leaves) is delivered at the next
+    load; the torn tail is skipped with a log line, not sent."""
+    good = encode_process_record("created", 8001, b"\\??\\C:\\spilled\\by\\python.exe", 1234, bytes(range(32)))
+    torn = encode_process_record("exited", 8002, b"")[:-5]
+    wine_guest.write_file(r"C:\windows\hilagent-11.spill", good + torn)
+    start_agent(wine_guest, win_build, collector.port, SpillId=11)
+    rec = collector.wait_for(kind="created", pid=8001, timeout=20)
+    assert (rec.image_path, rec.image_size, rec.sha256) == ("\\??\\C:\\spilled\\by\\python.exe", 1234, bytes(range(32)))
+    wine_guest.wait_for_log(r"spill file: ignoring \d+ bytes", timeout=10)
+    collector.flush()
+    collector.assert_none(pid=8002, flush=False)
+    assert not wine_guest.exists(r"C:\windows\hilagent-11.spill")
+    stop_agent(wine_guest)

@@ -480,43 +480,41 @@ static NTSTATUS SendFrame(PKSOCK sock, const UCHAR *frame, int len)
     return KsockSend(sock, frame, (SIZE_T)len, SEND_TIMEOUT_MS);
 }
 
-/* Sends the whole records in data[0..len) as RECORDS frames; counts them into *count and
- * returns the number of bytes consumed (a trailing partial record is left). */
+/* Sends the whole records in data[0..len) as RECORDS frames (hil_records_fill packs them);
+ * counts them into *count and returns in *consumed the bytes sent (a trailing partial record,
+ * e.g. at the end of a spill-file chunk, is left for the caller). */
 static NTSTATUS SendRecordRun(PKSOCK sock, const UCHAR *data, ULONG len, ULONG *count,
                               ULONG *consumed)
 {
     struct hil_records_builder b;
-    ULONG off = 0;
-    NTSTATUS status = STATUS_SUCCESS;
-    int rc;
+    size_t off = 0;
+    NTSTATUS status;
+    int n;
 
     *consumed = 0;
-    rc = hil_records_begin(&b, g_frame, HIL_MAX_FRAME);
-    if (rc < 0)
-        return STATUS_INTERNAL_ERROR;
-    while (off < len) {
-        ULONG n = HilRecordSize(data + off, len - off);
-        if (n == 0)
-            break;
-        rc = hil_records_append(&b, data + off, n);
-        if (rc == HIL_E_NO_SPACE && b.count > 0) {
+    for (;;) {
+        if (hil_records_begin(&b, g_frame, HIL_MAX_FRAME) < 0)
+            return STATUS_INTERNAL_ERROR;
+        n = hil_records_fill(&b, data, len, &off);
+        if (b.count > 0) {
             status = SendFrame(sock, g_frame, hil_records_finish(&b));
             if (!NT_SUCCESS(status))
                 return status;
-            hil_records_begin(&b, g_frame, HIL_MAX_FRAME);
-            rc = hil_records_append(&b, data + off, n);
+            *count += b.count;
         }
-        if (rc < 0) /* a record that cannot be framed is corrupt: skip it */
-            HIL_LOG(TAG, "skipping unframeable record (%s)", hil_strerror_name(rc));
-        else
-            (*count)++;
-        off += n;
+        if (n < 0 || off >= len) /* done, or a partial/corrupt record at off */
+            break;
+        if (n == 0 && b.count == 0) {
+            /* A record larger than a frame: only a corrupt buffer has one.  Skip it. */
+            ULONG skip = HilRecordSize(data + off, (ULONG)(len - off));
+            if (skip == 0)
+                break;
+            HIL_LOG(TAG, "skipping an unframeable record of %lu bytes", (unsigned long)skip);
+            off += skip;
+        }
     }
-    if (b.count > 0)
-        status = SendFrame(sock, g_frame, hil_records_finish(&b));
-    if (NT_SUCCESS(status))
-        *consumed = off;
-    return status;
+    *consumed = (ULONG)off;
+    return STATUS_SUCCESS;
 }
 
 static NTSTATUS SendSpill(PKSOCK sock, ULONG *count, BOOLEAN *had_file)
@@ -553,6 +551,8 @@ static NTSTATUS SendSpill(PKSOCK sock, ULONG *count, BOOLEAN *had_file)
         RtlMoveMemory(g_spill_rd, g_spill_rd + used, fill - used);
         fill -= used;
     }
+    if (NT_SUCCESS(status) && fill > 0)
+        HIL_LOG(TAG, "spill file: ignoring %lu bytes of a torn or corrupt record", (unsigned long)fill);
     ZwClose(h);
     return status;
 }
