@@ -36,6 +36,7 @@ ACTION_COMMAND = "http://schemas.microsoft.com/wbem/wsman/1/windows/shell/Comman
 ACTION_RECEIVE = "http://schemas.microsoft.com/wbem/wsman/1/windows/shell/Receive"
 ACTION_SIGNAL = "http://schemas.microsoft.com/wbem/wsman/1/windows/shell/Signal"
 DONE = "http://schemas.microsoft.com/wbem/wsman/1/windows/shell/CommandState/Done"
+RUNNING = "http://schemas.microsoft.com/wbem/wsman/1/windows/shell/CommandState/Running"
 
 Handler = Callable[[str, list[str]], tuple[bytes, bytes, int]]
 
@@ -53,7 +54,8 @@ def _envelope(action: str, relates_to: str, body: str) -> bytes:
 class _Command:
     stdout: bytes
     stderr: bytes
-    code: int
+    code: int | None   # None: never finishes (a hung command)
+    receives: int = 0
 
 
 @dataclass
@@ -61,6 +63,9 @@ class FakeWsman:
     """The server.  ``with FakeWsman(handler) as srv: ... srv.port``.
 
     Records every request's action in ``actions`` and every command line in ``commands``.
+    ``receives_per_command`` spreads each command's stdout over that many Receive responses
+    (state Running until the last, as a real server does for long output); a handler returning
+    exit code None makes a command that never finishes.
     """
 
     handler: Handler
@@ -71,6 +76,7 @@ class FakeWsman:
     actions: list[str] = field(default_factory=list)
     commands: list[tuple[str, list[str]]] = field(default_factory=list)
     shells: set[str] = field(default_factory=set)
+    receives_per_command: int = 1
 
     def __post_init__(self):
         self._cmds: dict[str, _Command] = {}
@@ -170,12 +176,23 @@ class FakeWsman:
                 return 500, _envelope("http://schemas.dmtf.org/wbem/wsman/1/wsman/fault", msg_id,
                                       "<s:Fault><s:Code><s:Value>s:Sender</s:Value></s:Code>"
                                       "<s:Reason><s:Text xml:lang=\"en-US\">unknown command</s:Text></s:Reason></s:Fault>")
+            with self._lock:
+                cmd.receives += 1
+                n = max(1, self.receives_per_command)
+                last = cmd.code is not None and cmd.receives >= n
+                size = -(-len(cmd.stdout) // n) if cmd.stdout else 0
+                piece = cmd.stdout[(cmd.receives - 1) * size:cmd.receives * size] if cmd.code is not None else b""
             parts = []
-            for name, data in (("stdout", cmd.stdout), ("stderr", cmd.stderr)):
-                if data:
-                    parts.append(f'<rsp:Stream Name="{name}" CommandId="{cid}">{base64.b64encode(data).decode()}</rsp:Stream>')
-                parts.append(f'<rsp:Stream Name="{name}" CommandId="{cid}" End="true"></rsp:Stream>')
-            parts.append(f'<rsp:CommandState CommandId="{cid}" State="{DONE}"><rsp:ExitCode>{cmd.code}</rsp:ExitCode></rsp:CommandState>')
+            if piece:
+                parts.append(f'<rsp:Stream Name="stdout" CommandId="{cid}">{base64.b64encode(piece).decode()}</rsp:Stream>')
+            if last:
+                if cmd.stderr:
+                    parts.append(f'<rsp:Stream Name="stderr" CommandId="{cid}">{base64.b64encode(cmd.stderr).decode()}</rsp:Stream>')
+                for name in ("stdout", "stderr"):
+                    parts.append(f'<rsp:Stream Name="{name}" CommandId="{cid}" End="true"></rsp:Stream>')
+                parts.append(f'<rsp:CommandState CommandId="{cid}" State="{DONE}"><rsp:ExitCode>{cmd.code}</rsp:ExitCode></rsp:CommandState>')
+            else:
+                parts.append(f'<rsp:CommandState CommandId="{cid}" State="{RUNNING}"/>')
             return 200, _envelope(ACTION_RECEIVE + "Response", msg_id,
                                   "<rsp:ReceiveResponse>" + "".join(parts) + "</rsp:ReceiveResponse>")
         if action == ACTION_SIGNAL:
@@ -258,9 +275,11 @@ class FakeWindowsHost:
             return b"", b"", 0
         return b"", b"fake: unsupported PowerShell script", 1
 
-    def cmd(self, line: str) -> tuple[bytes, bytes, int]:
+    def cmd(self, line: str) -> tuple[bytes, bytes, int | None]:
         words = line.split()
         low = [w.lower() for w in words]
+        if low[:1] == ["hang"]:
+            return b"", b"", None
         if low[:1] == ["echo"]:
             return (" ".join(words[1:]) + "\r\n").encode(), b"", 0
         if low[:2] == ["bcdedit", "/enum"]:

@@ -127,32 +127,47 @@ class WinRMTransport:
 
     # ---- commands --------------------------------------------------------------------------
 
-    def _execute(self, command: str, args: list[str], skip_cmd_shell: bool, shown: str) -> RunResult:
+    def _execute(self, command: str, args: list[str], skip_cmd_shell: bool, shown: str,
+                 timeout: float = 600.0) -> RunResult:
+        from winrm.exceptions import WinRMOperationTimeoutError
+
         proto = self._proto()
         t0 = time.monotonic()
+        deadline = t0 + timeout
+        out, err = bytearray(), bytearray()
         with step("winrm-run", host=f"{self.host}:{self.port}", cmd=shown[:200]):
             shell = self._shell_id()
             cid = proto.run_command(shell, command, args, skip_cmd_shell=skip_cmd_shell)
             try:
-                out, err, code = proto.get_command_output(shell, cid)
+                while True:
+                    try:
+                        o, e, code, done = proto.get_command_output_raw(shell, cid)
+                    except WinRMOperationTimeoutError:
+                        o, e, code, done = b"", b"", -1, False  # no output yet: poll again
+                    out += o
+                    err += e
+                    if done:
+                        break
+                    if time.monotonic() > deadline:
+                        raise GuestError(f"{shown[:200]!r} did not finish within {timeout:g} s on {self.endpoint}")
             finally:
-                proto.cleanup_command(shell, cid)
-        return RunResult(shown, code, out, err, time.monotonic() - t0)
+                proto.cleanup_command(shell, cid)  # Signal terminate: also stops a timed-out command
+        return RunResult(shown, code, bytes(out), bytes(err), time.monotonic() - t0)
 
-    def run_cmd(self, command: str, args: list[str] | tuple[str, ...] = ()) -> RunResult:
+    def run_cmd(self, command: str, args: list[str] | tuple[str, ...] = (), timeout: float = 600.0) -> RunResult:
         """A cmd.exe command line (``sc query x``)."""
-        return self._execute(command, list(args), False, " ".join([command, *args]))
+        return self._execute(command, list(args), False, " ".join([command, *args]), timeout)
 
-    def run_ps(self, script: str) -> RunResult:
+    def run_ps(self, script: str, timeout: float = 600.0) -> RunResult:
         """A PowerShell script, sent as ``-EncodedCommand`` (UTF-16LE base64)."""
         encoded = base64.b64encode(script.encode("utf-16-le")).decode("ascii")
         return self._execute("powershell.exe", ["-NoProfile", "-NonInteractive", "-EncodedCommand", encoded],
-                             True, f"powershell: {script[:120]}")
+                             True, f"powershell: {script[:120]}", timeout)
 
     def run(self, cmd: str, timeout: float = 60.0, input: bytes | None = None) -> RunResult:
         if input is not None:
             raise GuestError("WinRMTransport.run does not support stdin input")
-        return self.run_cmd(cmd)
+        return self.run_cmd(cmd, timeout=timeout)
 
     # ---- files -----------------------------------------------------------------------------
 

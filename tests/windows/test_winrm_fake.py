@@ -133,3 +133,20 @@ def test_testsigning_off_is_a_clear_error(winrm, fake_windows):
 def test_service_names_are_validated(winrm):
     with pytest.raises(GuestError, match="invalid service name"):
         deploy.start_driver(winrm, "x & del c:\\")
+
+
+def test_output_spread_over_several_receives():
+    host = FakeWindowsHost()
+    with FakeWsman(host, receives_per_command=4) as srv:
+        with WinRMTransport("127.0.0.1", srv.port, srv.user, srv.password, transport="basic") as t:
+            r = t.run_cmd("echo " + "x" * 100)
+            assert r.exit_code == 0 and r.stdout == b"x" * 100 + b"\r\n"
+        assert srv.actions.count("Receive") == 4
+
+
+def test_a_hung_command_times_out_and_is_terminated(winrm, fake_windows):
+    srv, _ = fake_windows
+    with pytest.raises(GuestError, match="did not finish within 0.5 s"):
+        winrm.run("hang", timeout=0.5)
+    assert srv.actions[-1] == "Signal"  # the command was told to terminate
+    assert winrm.run("echo still usable").stdout == b"still usable\r\n"
