@@ -1,0 +1,1 @@
+"""Guest images: recipes in ``guests/`` turned into cached, content-addressed base images."""
