@@ -1,0 +1,150 @@
+"""Configuration: ``hil.toml`` or ``[tool.hil]`` in ``pyproject.toml``, validated at start.
+
+A wrong key, a wrong type, a missing image file: one line naming the problem and the fix.
+Every key has a default, so no file at all means the embedded default guest.
+
+    libvirt_uri = "qemu:///system"
+    accel = "auto"                # auto | kvm | tcg
+    artifacts = "reports/out"     # per-test console logs, transcripts, captures
+
+    [linux]
+    image = "embedded"            # or the path of your own qcow2 with qemu-guest-agent
+    kernel = ""                   # with your own image: direct kernel boot (else it boots the disk)
+    initrd = ""
+    cmdline = ""
+    kbuild_dir = ""               # your kernel's headers tree, for building modules
+    memory_mib = 1024
+    vcpus = 2
+    boot_timeout_s = 300
+    snapshot = true               # boot once, restore per test (false: cold boot per test)
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import tomllib
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from hil.errors import ConfigError
+
+
+@dataclass
+class LinuxGuestConfig:
+    image: str = "embedded"
+    kernel: str = ""
+    initrd: str = ""
+    cmdline: str = ""
+    kbuild_dir: str = ""
+    memory_mib: int = 1024
+    vcpus: int = 2
+    boot_timeout_s: float = 300.0
+    snapshot: bool = True
+
+
+@dataclass
+class WindowsGuestConfig:
+    image: str = ""
+    memory_mib: int = 4096
+    vcpus: int = 2
+    winrm_user: str = "hil"
+    winrm_password: str = ""
+    boot_timeout_s: float = 900.0
+
+
+@dataclass
+class HilConfig:
+    libvirt_uri: str = "qemu:///system"
+    accel: str = "auto"
+    artifacts: str = "reports/out"
+    linux: LinuxGuestConfig = field(default_factory=LinuxGuestConfig)
+    windows: WindowsGuestConfig = field(default_factory=WindowsGuestConfig)
+    source: str = "defaults"
+
+    def validate(self) -> "HilConfig":
+        if self.accel not in ("auto", "kvm", "tcg"):
+            raise ConfigError(f"{self.source}: accel = {self.accel!r} is not one of auto, kvm, tcg",
+                              'set accel = "auto" (KVM where it really works, TCG otherwise)')
+        lx = self.linux
+        if lx.image != "embedded":
+            self._must_exist("linux.image", lx.image, "build the embedded guest instead: image = \"embedded\"")
+            for key in ("kernel", "initrd", "kbuild_dir"):
+                if getattr(lx, key):
+                    self._must_exist(f"linux.{key}", getattr(lx, key), f"fix or remove linux.{key}")
+        elif lx.kernel or lx.initrd:
+            raise ConfigError(f"{self.source}: linux.kernel/initrd are only for your own image",
+                              'remove them, or set linux.image to your qcow2')
+        if lx.memory_mib < 256 or lx.vcpus < 1:
+            raise ConfigError(f"{self.source}: linux.memory_mib must be >= 256 and linux.vcpus >= 1",
+                              "the default (1024 MiB, 2 vCPUs) suits the embedded guest")
+        return self
+
+    def _must_exist(self, key: str, value: str, fix: str) -> None:
+        if not Path(value).exists():
+            raise ConfigError(f"{self.source}: {key} = {value!r} does not exist", fix)
+
+
+def _build(cls, data: dict, where: str, source: str):
+    known = {f.name: f for f in dataclasses.fields(cls) if f.name != "source"}
+    kwargs = {}
+    for key, value in data.items():
+        if key not in known:
+            raise ConfigError(f"{source}: unknown key {key!r} in {where}",
+                              f"known keys there: {', '.join(sorted(known))}")
+        f = known[key]
+        if dataclasses.is_dataclass(f.default_factory if f.default_factory is not dataclasses.MISSING else None):
+            if not isinstance(value, dict):
+                raise ConfigError(f"{source}: {key} must be a table ([{key}])", f"write it as [{key}] with its keys")
+            kwargs[key] = _build(f.default_factory, value, f"[{key}]", source)
+            continue
+        expected = type(f.default) if f.default is not dataclasses.MISSING else str
+        if expected is float and isinstance(value, int) and not isinstance(value, bool):
+            value = float(value)
+        if not isinstance(value, expected) or (expected is int and isinstance(value, bool)):
+            raise ConfigError(f"{source}: {key} in {where} must be {expected.__name__}, not {type(value).__name__}",
+                              f"for example {key} = {f.default!r}")
+        kwargs[key] = value
+    return cls(**kwargs)
+
+
+def load_config(path: str | Path | None = None, start: Path | None = None) -> HilConfig:
+    """Load ``path``, or find ``hil.toml`` / ``pyproject.toml [tool.hil]`` from ``start`` upward."""
+    if path is not None:
+        p = Path(path)
+        if not p.is_file():
+            raise ConfigError(f"config file {p} does not exist", "pass an existing hil.toml to --hil-config")
+        return _from_file(p)
+    here = (start or Path.cwd()).resolve()
+    for d in (here, *here.parents):
+        if (d / "hil.toml").is_file():
+            return _from_file(d / "hil.toml")
+        pp = d / "pyproject.toml"
+        if pp.is_file():
+            data = _parse(pp)
+            if "hil" in data.get("tool", {}):
+                return _make(data["tool"]["hil"], f"{pp} [tool.hil]", pp.parent)
+    return HilConfig().validate()
+
+
+def _parse(p: Path) -> dict:
+    try:
+        return tomllib.loads(p.read_text())
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(f"{p} is not valid TOML: {exc}", "fix the syntax at the position given") from None
+
+
+def _from_file(p: Path) -> HilConfig:
+    return _make(_parse(p), str(p), p.parent)
+
+
+def _make(data: dict, source: str, base: Path) -> HilConfig:
+    cfg = _build(HilConfig, data, "the top level", source)
+    cfg.source = source
+    # relative paths are relative to the file that names them
+    for key in ("image", "kernel", "initrd", "kbuild_dir"):
+        v = getattr(cfg.linux, key)
+        if v and v != "embedded" and not Path(v).is_absolute():
+            setattr(cfg.linux, key, str(base / v))
+    if cfg.artifacts and not Path(cfg.artifacts).is_absolute():
+        cfg.artifacts = str(base / cfg.artifacts)
+    return cfg.validate()

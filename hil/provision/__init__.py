@@ -1,0 +1,1 @@
+"""Provisioning: libvirt daemons, accelerator choice, domain XML, guest lifecycle, leak sweep."""

@@ -1,0 +1,89 @@
+"""Reach libvirt; on a machine without systemd, start ``virtlogd`` and ``libvirtd`` ourselves."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import time
+from pathlib import Path
+
+from hil.errors import EnvironmentProblem
+
+SYSTEM_SOCKETS = {
+    "virtlogd": Path("/run/libvirt/virtlogd-sock"),
+    "libvirtd": Path("/run/libvirt/libvirt-sock"),
+}
+
+
+def _daemon_binary(name: str) -> str | None:
+    return shutil.which(name) or next((p for p in (f"/usr/sbin/{name}",) if os.path.exists(p)), None)
+
+
+def ensure_daemons(uri: str, timeout: float = 15.0) -> None:
+    """Start the system daemons behind ``qemu:///system`` when their sockets are missing.
+
+    Only for the local system URI and only as root: anything else is the user's libvirt to run.
+    """
+    if uri != "qemu:///system":
+        return
+    missing = [name for name, sock in SYSTEM_SOCKETS.items() if not sock.exists()]
+    if not missing:
+        return
+    if os.geteuid() != 0:
+        raise EnvironmentProblem(
+            f"libvirt daemons not running ({', '.join(missing)}) and we are not root to start them",
+            "start them as root: `virtlogd -d && libvirtd -d` (or `systemctl start libvirtd`)")
+    for name in missing:  # virtlogd first: serial consoles to a file need it
+        binary = _daemon_binary(name)
+        if binary is None:
+            raise EnvironmentProblem(f"{name} is not installed",
+                                     "apt-get install libvirt-daemon-system qemu-system-x86")
+        subprocess.run([binary, "-d"], check=False, stdin=subprocess.DEVNULL,
+                       stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if all(SYSTEM_SOCKETS[n].exists() for n in missing):
+            return
+        time.sleep(0.05)
+    raise EnvironmentProblem(f"started {', '.join(missing)} but no socket appeared within {timeout:.0f}s",
+                             "look at /var/log/libvirt/ and run `libvirtd` in the foreground to see why")
+
+
+def ensure_kvm_node_permissions(dev: Path = Path("/dev/kvm")) -> None:
+    """Give ``/dev/kvm`` the owner udev gives it on every Debian system (root:kvm 0660).
+
+    Without udev nothing does, and then libvirt finds KVM "no longer usable" by the QEMU user
+    on every domain start, throws its capability cache away and probes QEMU again: about 50 s
+    per guest (measured).  We still choose the accelerator ourselves (see ``accel.py``).
+    """
+    import grp
+
+    if os.geteuid() != 0 or not dev.exists():
+        return
+    try:
+        kvm_gid = grp.getgrnam("kvm").gr_gid
+    except KeyError:
+        return
+    st = dev.stat()
+    if st.st_gid != kvm_gid or (st.st_mode & 0o060) != 0o060:
+        os.chown(dev, 0, kvm_gid)
+        os.chmod(dev, 0o660)
+
+
+def open_connection(uri: str):
+    """Open a libvirt connection or say precisely why not."""
+    try:
+        import libvirt
+    except ImportError:
+        raise EnvironmentProblem("the libvirt Python binding is not installed",
+                                 "apt-get install libvirt-dev pkg-config && pip install libvirt-python") from None
+    if uri == "qemu:///system":
+        ensure_kvm_node_permissions()
+    ensure_daemons(uri)
+    libvirt.registerErrorHandler(lambda *_: None, None)  # errors arrive as exceptions, not on stderr
+    try:
+        return libvirt.open(uri)
+    except libvirt.libvirtError as exc:
+        raise EnvironmentProblem(f"cannot connect to libvirt at {uri}: {exc.get_error_message()}",
+                                 "check `libvirt_uri` in hil.toml and that libvirtd runs (`hil doctor`)") from None

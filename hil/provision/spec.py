@@ -1,0 +1,39 @@
+"""A typed description of one guest machine, independent of libvirt's XML."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+
+
+@dataclass
+class GuestSpec:
+    """Everything needed to define a guest.
+
+    name          libvirt domain name (carries session and worker, see :mod:`hil.provision.owner`)
+    disk          the per-guest qcow2 overlay (never the base image)
+    console_log   file that receives the serial console (via virtlogd)
+    accel         ``kvm`` or ``tcg`` (already resolved, see :mod:`hil.provision.accel`)
+    kernel/initrd/cmdline  direct kernel boot; all None to boot from the disk
+    forwards      (host_port, guest_port) TCP forwards, bound to 127.0.0.1 only
+    owner         metadata written into the domain so the leak sweep can find dead owners
+    panic         ``isa`` (Linux, pvpanic) or ``hyperv`` (Windows bug checks)
+    """
+
+    name: str
+    disk: Path
+    console_log: Path
+    accel: str = "tcg"
+    memory_mib: int = 1024
+    vcpus: int = 2
+    machine: str = "q35"
+    kernel: Path | None = None
+    initrd: Path | None = None
+    cmdline: str | None = None
+    forwards: list[tuple[int, int]] = field(default_factory=list)
+    owner: dict[str, str] = field(default_factory=dict)
+    panic: str = "isa"
+    hyperv: bool = False
+    pcap: Path | None = None
+    uuid: str | None = None
+    instance: str = ""  # names this guest's files; differs from ``name`` for restored copies

@@ -1,0 +1,191 @@
+"""Linux guest transport over qemu-guest-agent, through libvirt (``qemuAgentCommand``).
+
+Commands run with ``guest-exec`` (``/bin/sh -c``) under the guest's own ``timeout`` so a
+runaway command is killed inside the guest; files move with ``guest-file-*`` in chunks.
+Every agent exchange is appended to a transcript that becomes a test artifact.
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+import threading
+import time
+from pathlib import Path
+
+from hil.errors import GuestError
+from hil.transport.base import RunResult
+
+CHUNK = 1 << 20  # bytes per guest-file-read/write: one agent message stays a few MB at most
+POLL_MIN, POLL_MAX = 0.005, 0.1
+
+
+class AgentTranscript:
+    """A bounded, human-readable record of agent exchanges (payloads abbreviated)."""
+
+    def __init__(self, path: Path | None):
+        self.path = path
+        self._lock = threading.Lock()
+
+    def write(self, direction: str, text: str) -> None:
+        if self.path is None:
+            return
+        if len(text) > 400:
+            text = text[:400] + f"... ({len(text)} chars)"
+        with self._lock, open(self.path, "a") as f:
+            f.write(f"{time.strftime('%H:%M:%S')}.{int(time.time() * 1000) % 1000:03d} {direction} {text}\n")
+
+
+class QgaTransport:
+    """Implements :class:`~hil.transport.base.GuestTransport` for a libvirt domain."""
+
+    def __init__(self, domain, guest_name: str, transcript: Path | None = None):
+        self.domain = domain
+        self.guest_name = guest_name
+        self.transcript = AgentTranscript(transcript)
+
+    # --- raw agent access -------------------------------------------------------------
+    def command(self, execute: str, arguments: dict | None = None, timeout: float = 10.0,
+                what: str | None = None) -> dict:
+        import libvirt
+        import libvirt_qemu
+
+        msg = {"execute": execute}
+        if arguments is not None:
+            msg["arguments"] = arguments
+        text = json.dumps(msg)
+        self.transcript.write(">", text)
+        try:
+            reply = libvirt_qemu.qemuAgentCommand(self.domain, text, max(1, int(timeout + 0.999)), 0)
+        except libvirt.libvirtError as exc:
+            self.transcript.write("!", exc.get_error_message())
+            raise GuestError(
+                f"guest {self.guest_name}: agent command {execute}"
+                + (f" for {what!r}" if what else "") + f" failed: {exc.get_error_message()}",
+                "the guest may have crashed or hung: look at its console log") from None
+        self.transcript.write("<", reply)
+        return json.loads(reply)["return"]
+
+    def ping(self, timeout: float = 2.0) -> bool:
+        try:
+            self.command("guest-ping", timeout=timeout)
+            return True
+        except GuestError:
+            return False
+
+    def wait_ready(self, timeout: float = 120.0) -> None:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.ping(timeout=min(2.0, max(0.5, deadline - time.monotonic()))):
+                return
+            time.sleep(0.1)
+        raise GuestError(f"guest {self.guest_name}: qemu-guest-agent did not answer within {timeout:.0f}s",
+                         "look at the console log: did the guest boot, and is qemu-guest-agent installed?")
+
+    # --- commands ---------------------------------------------------------------------
+    def _exec(self, cmd: str, capture: bool, input: bytes | None = None, timeout: float | None = None) -> int:
+        argv = ["-c", cmd]
+        if timeout is not None:
+            # the guest kills the command itself; our own deadline below is a little later
+            argv = ["-c", f'exec timeout -s KILL {max(1, int(timeout + 0.999))} /bin/sh -c "$0"', cmd]
+        args: dict = {"path": "/bin/sh", "arg": argv, "capture-output": capture}
+        if input is not None:
+            args["input-data"] = base64.b64encode(input).decode()
+        return self.command("guest-exec", args, what=cmd)["pid"]
+
+    def exec_status(self, pid: int, what: str | None = None) -> dict:
+        return self.command("guest-exec-status", {"pid": pid}, what=what)
+
+    def run(self, cmd: str, timeout: float = 60.0, input: bytes | None = None) -> RunResult:
+        t0 = time.monotonic()
+        pid = self._exec(cmd, capture=True, input=input, timeout=timeout)
+        deadline = t0 + timeout + 5.0
+        delay = POLL_MIN
+        while True:
+            st = self.exec_status(pid, what=cmd)
+            if st.get("exited"):
+                break
+            if time.monotonic() > deadline:
+                raise GuestError(f"guest {self.guest_name}: command {cmd!r} did not finish within {timeout:.0f}s",
+                                 "raise its timeout, or look at the console log for a hang")
+            time.sleep(delay)
+            delay = min(delay * 2, POLL_MAX)
+        code = st.get("exitcode")
+        if code is None:  # killed by a signal: report it like a shell would
+            code = 128 + int(st.get("signal", 0))
+        if code == 137 and time.monotonic() - t0 >= timeout:
+            raise GuestError(f"guest {self.guest_name}: command {cmd!r} was killed after its {timeout:.0f}s timeout",
+                             "raise its timeout, or look at the console log for a hang")
+        return RunResult(command=cmd, exit_code=code,
+                         stdout=base64.b64decode(st.get("out-data", "")),
+                         stderr=base64.b64decode(st.get("err-data", "")),
+                         duration=time.monotonic() - t0)
+
+    def spawn(self, cmd: str) -> int:
+        """Start ``cmd`` in the background (output discarded); returns its guest PID."""
+        return self._exec(f"exec >/dev/null 2>&1 </dev/null; {cmd}", capture=False)
+
+    def wait(self, pid: int, timeout: float = 60.0) -> int:
+        deadline = time.monotonic() + timeout
+        delay = POLL_MIN
+        while time.monotonic() < deadline:
+            st = self.exec_status(pid)
+            if st.get("exited"):
+                return st.get("exitcode", 128 + int(st.get("signal", 0)))
+            time.sleep(delay)
+            delay = min(delay * 2, POLL_MAX)
+        raise GuestError(f"guest {self.guest_name}: background process {pid} still running after {timeout:.0f}s")
+
+    # --- files ------------------------------------------------------------------------
+    def _open(self, remote: str, mode: str) -> int:
+        return self.command("guest-file-open", {"path": remote, "mode": mode}, what=remote)
+
+    def write_file(self, remote: str, data: bytes) -> None:
+        self._write_chunks(remote, (data[i:i + CHUNK] for i in range(0, len(data), CHUNK)))
+
+    def _write_chunks(self, remote: str, chunks) -> None:
+        handle = self._open(remote, "w")
+        try:
+            for chunk in chunks:
+                done = self.command("guest-file-write",
+                                    {"handle": handle, "buf-b64": base64.b64encode(chunk).decode()},
+                                    timeout=30, what=remote)
+                if done["count"] != len(chunk):
+                    raise GuestError(f"guest {self.guest_name}: short write to {remote} "
+                                     f"({done['count']} of {len(chunk)} bytes)", "is the guest's disk full?")
+        finally:
+            self.command("guest-file-close", {"handle": handle}, what=remote)
+
+    def read_file(self, remote: str) -> bytes:
+        out = bytearray()
+        for chunk in self._read_chunks(remote):
+            out += chunk
+        return bytes(out)
+
+    def _read_chunks(self, remote: str):
+        handle = self._open(remote, "r")
+        try:
+            while True:
+                r = self.command("guest-file-read", {"handle": handle, "count": CHUNK}, timeout=30, what=remote)
+                if r["count"]:
+                    yield base64.b64decode(r["buf-b64"])
+                if r.get("eof") or not r["count"]:
+                    return
+        finally:
+            self.command("guest-file-close", {"handle": handle}, what=remote)
+
+    def put(self, local: Path, remote: str) -> None:
+        def chunks():
+            with open(local, "rb") as f:
+                while chunk := f.read(CHUNK):
+                    yield chunk
+        self._write_chunks(remote, chunks())
+
+    def get(self, remote: str, local: Path) -> None:
+        with open(local, "wb") as f:
+            for chunk in self._read_chunks(remote):
+                f.write(chunk)
+
+    def set_time(self) -> None:
+        """After a restore the guest clock is as old as the save file: set it to now."""
+        self.command("guest-set-time", {"time": time.time_ns()})
