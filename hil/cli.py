@@ -20,6 +20,7 @@ COMMANDS: dict[str, str] = {
     "bench": "hil.commands.bench",
     "collector": "hil.commands.collector",
     "crash-scan": "hil.commands.crash_scan",
+    "sweep": "hil.commands.sweep",
 }
 
 

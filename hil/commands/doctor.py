@@ -1,0 +1,98 @@
+"""``hil doctor``: check every piece the framework needs and say how to fix what is missing."""
+
+from __future__ import annotations
+
+import os
+import shutil
+from dataclasses import dataclass
+
+HELP = "check qemu, libvirt, permissions, the accelerator, images, Wine and mingw; print fixes"
+
+
+@dataclass
+class Check:
+    name: str
+    ok: bool
+    detail: str
+    fix: str = ""
+    required: bool = True
+
+
+def add_arguments(parser) -> None:
+    parser.add_argument("--uri", default=None, help="libvirt URI (default: from the config)")
+
+
+def checks(uri: str) -> list[Check]:
+    from hil.images.linux_image import cached_image
+    from hil.images.recipe import load_linux_recipe
+    from hil.paths import cache_root
+    from hil.provision.accel import probe_kvm
+
+    out: list[Check] = []
+
+    def tool(name: str, package: str, required: bool = True, why: str = "") -> None:
+        path = shutil.which(name)
+        out.append(Check(name, bool(path), path or f"not found{why}", f"apt-get install {package}", required))
+
+    tool("qemu-system-x86_64", "qemu-system-x86")
+    tool("qemu-img", "qemu-utils")
+    tool("debootstrap", "debootstrap", why=" (needed to build the embedded guest)")
+    tool("mkfs.ext4", "e2fsprogs")
+    for daemon in ("libvirtd", "virtlogd"):
+        tool(daemon, "libvirt-daemon-system")
+    try:
+        import libvirt  # noqa: F401
+
+        out.append(Check("libvirt-python", True, f"{libvirt.getVersion()}"))
+    except ImportError:
+        out.append(Check("libvirt-python", False, "not importable",
+                         "apt-get install libvirt-dev pkg-config && pip install libvirt-python"))
+    else:
+        from hil.errors import HilError
+        from hil.provision.daemons import open_connection
+
+        try:
+            conn = open_connection(uri)
+            out.append(Check("libvirt connection", True, f"{uri} (libvirt {conn.getLibVersion()})"))
+            for net in conn.listAllNetworks():
+                if net.isActive() or net.autostart():
+                    out.append(Check(f"network {net.name()}", False,
+                                     "active or autostarting: guests here must use user-mode networking only",
+                                     f"virsh net-destroy {net.name()}; virsh net-autostart --disable {net.name()}",
+                                     required=False))
+            conn.close()
+        except HilError as exc:
+            out.append(Check("libvirt connection", False, exc.problem, exc.fix or ""))
+    probe = probe_kvm()
+    out.append(Check("accelerator", True, f"{'kvm' if probe.usable else 'tcg'} ({probe.reason})"))
+    root = cache_root()
+    qemu_can_traverse = all(os.stat(p).st_mode & 0o001 for p in [root, *root.parents] if p.exists())
+    out.append(Check("cache folder", qemu_can_traverse, str(root),
+                     f"QEMU runs as libvirt-qemu and must traverse it: set HIL_CACHE_DIR to a folder "
+                     f"outside /root, or chmod o+x the parents of {root}"))
+    img = cached_image(load_linux_recipe())
+    out.append(Check("linux image", img is not None,
+                     str(img.dir) if img else "not built yet (the first test builds it, ~5 min)",
+                     "hil image build linux", required=False))
+    tool("wine", "wine64", required=False, why=" (Windows drivers under Wine)")
+    tool("x86_64-w64-mingw32-gcc", "gcc-mingw-w64-x86-64 mingw-w64-x86-64-dev", required=False,
+         why=" (building Windows drivers)")
+    tool("cc", "gcc", why=" (protocol vectors, kernel modules)")
+    return out
+
+
+def run(args) -> int:
+    from hil.config import load_config
+
+    uri = args.uri or load_config().libvirt_uri
+    results = checks(uri)
+    width = max(len(c.name) for c in results)
+    bad = 0
+    for c in results:
+        mark = "ok " if c.ok else ("ERR" if c.required else "warn")
+        print(f"[{mark:4}] {c.name:<{width}}  {c.detail}")
+        if not c.ok:
+            print(f"{'':7}{'':<{width}}  fix: {c.fix}")
+            bad += c.required
+    print("all required pieces are present" if not bad else f"{bad} required piece(s) missing")
+    return 1 if bad else 0

@@ -1,0 +1,216 @@
+"""The lab: one process's view of libvirt, its guests, its runtime folder and its snapshot.
+
+Usable from a script as well as from pytest::
+
+    with Lab(load_config()) as lab:
+        guest = lab.linux_guest("demo")
+        print(guest.run("uname -r").text)
+
+Fast reset: the first Linux guest is booted cold, brought to ready, and its memory saved next
+to its (then frozen) overlay.  Every later guest gets a fresh overlay on top of that frozen
+one and is restored from the save file: a clean guest in about a second instead of a boot.
+"""
+
+from __future__ import annotations
+
+import atexit
+import itertools
+import json
+import logging
+import shutil
+import subprocess
+from dataclasses import dataclass
+from pathlib import Path
+
+from hil.config import HilConfig
+from hil.errors import EnvironmentProblem, HilError
+from hil.images.linux_image import LinuxImage, ensure_linux_image
+from hil.paths import ensure_dir, runtime_dir
+from hil.provision import domain_xml as dx
+from hil.provision.accel import choose_accel
+from hil.provision.daemons import open_connection
+from hil.provision.guest import Guest, GuestState
+from hil.provision.owner import Owner
+from hil.provision.spec import GuestSpec
+from hil.provision.sweep import OWNER_FILE, sweep
+from hil.steps import Progress, step
+
+log = logging.getLogger("hil.lab")
+
+
+@dataclass(frozen=True)
+class Snapshot:
+    """A ready guest's saved memory and its frozen disk: the source of every fast reset."""
+
+    name: str
+    save_file: Path
+    disk: Path
+    xml: str
+
+
+class Lab:
+    def __init__(self, config: HilConfig, owner: Owner | None = None, accel: str | None = None):
+        self.config = config
+        self.owner = owner or Owner.current()
+        self.requested_accel = accel or config.accel
+        self.conn = None
+        self.accel: str | None = None
+        self.dir: Path | None = None
+        self.guests: list[Guest] = []
+        self._counter = itertools.count(1)
+        self._image: LinuxImage | None = None
+        self._snapshot: Snapshot | None = None
+        self.cold_boot_s: float | None = None
+
+    # --- session ------------------------------------------------------------------------
+    def start(self) -> "Lab":
+        with step("lab-start", worker=self.owner.worker):
+            self.conn = open_connection(self.config.libvirt_uri)
+            swept = sweep(self.conn, runtime_dir())
+            if swept.domains or swept.dirs:
+                log.warning("removed leftovers of dead sessions: %d domains, %d folders",
+                            len(swept.domains), len(swept.dirs))
+            self.accel = choose_accel(self.requested_accel)
+            self.dir = ensure_dir(runtime_dir() / f"{self.owner.session}-{self.owner.worker}")
+            (self.dir / OWNER_FILE).write_text(json.dumps(self.owner.as_dict()))
+            atexit.register(self.close)
+        return self
+
+    def close(self) -> None:
+        """Destroy every guest this lab made and remove its runtime folder (kept guests stay)."""
+        kept = False
+        for g in self.guests:
+            if g.kept:
+                kept = True
+                continue
+            try:
+                g.destroy()
+            except Exception as exc:  # keep cleaning the others
+                log.error("could not destroy %s: %s", g.name, exc)
+        self.guests.clear()
+        if self.dir is not None and self.dir.exists():
+            if kept:
+                owner = {**self.owner.as_dict(), "keep": "1"}
+                (self.dir / OWNER_FILE).write_text(json.dumps(owner))
+            else:
+                shutil.rmtree(self.dir, ignore_errors=True)
+        if self.conn is not None:
+            try:
+                self.conn.close()
+            except Exception:
+                pass
+            self.conn = None
+        atexit.unregister(self.close)
+
+    def __enter__(self) -> "Lab":
+        return self.start()
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+    # --- images -------------------------------------------------------------------------
+    def linux_image(self) -> LinuxImage:
+        if self._image is None:
+            lx = self.config.linux
+            if lx.image == "embedded":
+                self._image = ensure_linux_image(progress=Progress("image linux"))
+            else:
+                self._image = LinuxImage(
+                    dir=Path(lx.image).parent, disk=Path(lx.image),
+                    kernel=Path(lx.kernel) if lx.kernel else None,
+                    initrd=Path(lx.initrd) if lx.initrd else None,
+                    cmdline=lx.cmdline or "root=/dev/vda rw console=ttyS0,115200",
+                    kernel_release=lx.kbuild_dir and Path(lx.kbuild_dir).name.removeprefix("linux-headers-") or "",
+                    kbuild_dir=Path(lx.kbuild_dir) if lx.kbuild_dir else None)
+        return self._image
+
+    # --- guests -------------------------------------------------------------------------
+    def _new_name(self) -> str:
+        return f"{self.owner.prefix()}{next(self._counter)}"
+
+    def _overlay(self, backing: Path, name: str) -> Path:
+        path = self.dir / f"{name}.qcow2"
+        try:
+            subprocess.run(["qemu-img", "create", "-q", "-f", "qcow2", "-F", "qcow2", "-b", str(backing), str(path)],
+                           check=True, capture_output=True, text=True, stdin=subprocess.DEVNULL)
+        except FileNotFoundError:
+            raise EnvironmentProblem("qemu-img is not installed", "apt-get install qemu-utils") from None
+        except subprocess.CalledProcessError as exc:
+            raise HilError(f"cannot create an overlay on {backing}: {exc.stderr.strip()}",
+                           "check that the image exists and is a qcow2 file") from None
+        return path
+
+    def _linux_spec(self, name: str, disk: Path, instance: str | None = None) -> GuestSpec:
+        img = self.linux_image()
+        return GuestSpec(name=name, instance=instance or name, disk=disk,
+                         console_log=self.dir / f"{instance or name}.console.log",
+                         accel=self.accel, memory_mib=self.config.linux.memory_mib,
+                         vcpus=self.config.linux.vcpus, kernel=img.kernel, initrd=img.initrd,
+                         cmdline=img.cmdline if img.kernel else None, owner=self.owner.as_dict())
+
+    def _guest(self, spec: GuestSpec) -> Guest:
+        img = self.linux_image()
+        g = Guest(self.conn, spec, transcript=self.dir / f"{spec.instance}.agent.log",
+                  kernel_release=img.kernel_release, kbuild_dir=img.kbuild_dir)
+        self.guests.append(g)
+        return g
+
+    def boot_linux_guest(self) -> Guest:
+        """A cold-booted guest on a fresh overlay of the base image."""
+        img = self.linux_image()
+        name = self._new_name()
+        g = self._guest(self._linux_spec(name, self._overlay(img.disk, name)))
+        g.boot()
+        with step("cold-boot-ready", guest=name) as rec:
+            g.wait_ready(self.config.linux.boot_timeout_s)
+            _settle(g)
+        self.cold_boot_s = rec.duration
+        return g
+
+    def snapshot(self) -> Snapshot:
+        """Boot once and save; later guests restore from it."""
+        if self._snapshot is None:
+            g = self.boot_linux_guest()
+            save_file = self.dir / "template.save"
+            xml = g.save(save_file)
+            self.guests.remove(g)
+            self._snapshot = Snapshot(name=g.name, save_file=save_file, disk=g.spec.disk, xml=xml)
+        return self._snapshot
+
+    def linux_guest(self, label: str = "") -> Guest:
+        """A clean, ready Linux guest: restored from the snapshot, or cold-booted."""
+        if not self.config.linux.snapshot:
+            return self.boot_linux_guest()
+        snap = self.snapshot()
+        if any(g.restored and g.state is not GuestState.DESTROYED for g in self.guests):
+            # a restored copy carries the snapshot's UUID: a second one at once must boot cold
+            return self.boot_linux_guest()
+        # libvirt insists that a restored domain keeps its saved name (and UUID): instances
+        # of one snapshot share the domain name and differ in overlay and log files
+        instance = self._new_name()
+        disk = self._overlay(snap.disk, instance)
+        spec = self._linux_spec(snap.name, disk, instance=instance)
+        g = self._guest(spec)
+        g.restored = True
+        g.restore(snap.save_file, dx.with_changes(snap.xml, disk=str(disk), console_log=str(spec.console_log)))
+        g.wait_ready(30)
+        g.sync_clock()
+        return g
+
+    def discard(self, guest: Guest, keep: bool = False) -> None:
+        """End a guest's life: destroy it and delete its overlay, or keep it for debugging."""
+        if keep:
+            guest.keep()
+            return
+        guest.destroy()
+        if guest in self.guests:
+            self.guests.remove(guest)
+        guest.spec.disk.unlink(missing_ok=True)
+
+
+def _settle(g: Guest) -> None:
+    """Wait for boot-time services to finish so every snapshot is taken in the same state."""
+    r = g.run("systemctl is-system-running --wait 2>/dev/null || true", timeout=120)
+    log.info("guest %s system state: %s", g.name, r.text.strip())
+    # a smaller save file restores faster: flush and drop the page cache first
+    g.run("sync && echo 3 > /proc/sys/vm/drop_caches", timeout=60).check()
