@@ -2,7 +2,8 @@
 
 Options (group ``hil``): ``--hil-config``, ``--hil-accel``, ``--hil-keep-failed``,
 ``--hil-artifacts``.  Fixtures: ``hil_config``, ``hil_lab`` (session; one per xdist worker),
-``linux_guest`` (a clean guest per test), ``hil_artifacts`` (the test's artifact folder).
+``linux_guest`` (a clean guest per test), ``hil_artifacts`` (the test's artifact folder),
+``collector`` (the reference collector on 127.0.0.1, see :mod:`hil.collector`).
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ from pathlib import Path
 
 import pytest
 
+from hil.collector.pytest_fixtures import collector  # noqa: F401  (re-exported fixture)
 from hil.errors import HilError
 
 ARTIFACTS_KEY = pytest.StashKey[Path]()
@@ -34,8 +36,12 @@ def pytest_addoption(parser):
 
 
 def pytest_configure(config):
-    config.addinivalue_line("markers", "hil_linux: the test uses a real Linux guest")
-    config.addinivalue_line("markers", "hil_windows: the test needs a Windows guest (lab only)")
+    for marker in ("hil_linux: the test uses a real Linux guest",
+                   "windows: a Windows driver test (Wine or lab)",
+                   "wine: runs the driver for real under Wine on this host",
+                   "windows_lab: needs a real Windows guest (HIL_WINDOWS_IMAGE)",
+                   "hil_windows: the test uses a libvirt Windows guest"):
+        config.addinivalue_line("markers", marker)
     from hil.config import load_config
 
     try:

@@ -18,7 +18,6 @@ from pathlib import Path
 
 import pytest
 
-from hil.collector.pytest_fixtures import collector  # noqa: F401  (fixture)
 from hil.errors import HilError
 
 WINE_TOOLS = ("hilsvc.exe", "hilagentctl.exe")
@@ -86,9 +85,3 @@ def windows_image(request):
     if not Path(image).is_file():
         pytest.skip(f"configured Windows image {image} does not exist")
     return Path(image)
-
-
-def pytest_configure(config):
-    config.addinivalue_line("markers", "windows: a Windows driver test (Wine or lab)")
-    config.addinivalue_line("markers", "wine: runs the driver for real under Wine on this host")
-    config.addinivalue_line("markers", "windows_lab: needs a real Windows guest (HIL_WINDOWS_IMAGE)")

@@ -14,8 +14,3 @@ def win_build():
     if shutil.which(windows_build.CC) is None:
         pytest.skip(f"mingw-w64 is not installed (apt-get install -y {windows_build.APT_PACKAGES})")
     return windows_build.build_all()
-
-
-def pytest_configure(config):
-    config.addinivalue_line("markers", "windows: a Windows driver test (Wine or lab)")
-    config.addinivalue_line("markers", "wine: runs the driver for real under Wine on this host")

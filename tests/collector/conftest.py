@@ -1,1 +1,0 @@
-from hil.collector.pytest_fixtures import collector  # noqa: F401
