@@ -305,13 +305,15 @@ def kernel_problems(text: str) -> list[str]:
     return [ln for ln in text.splitlines() if OOPS_MARKERS.search(ln)]
 
 
-def _mark(guest: Guest, text: str) -> str:
+def mark_kernel_log(guest: Guest, text: str) -> str:
+    """Write a unique line to the guest's kernel log; returns its token (see kernel_log_since)."""
     token = f"hil-mark-{uuid.uuid4().hex[:12]}"
     guest.run(f"echo {shlex.quote(f'{token} {text}')} > /dev/kmsg", timeout=30).check()
     return token
 
 
-def _log_since(guest: Guest, token: str) -> str:
+def kernel_log_since(guest: Guest, token: str) -> str:
+    """The guest's kernel log after the line holding ``token``."""
     text = dmesg(guest)
     idx = text.rfind(token)
     if idx < 0:
@@ -331,9 +333,9 @@ def load_module(guest: Guest, ko_path: Path, *, timeout: float = 120.0, remote_d
     remote = f"{remote_dir}/{ko_path.name}"
     with step("kmod.load", module=name, **{k: str(v) for k, v in params.items()}):
         guest.put(ko_path, remote)
-        token = _mark(guest, f"insmod {name}")
+        token = mark_kernel_log(guest, f"insmod {name}")
         res = guest.run(f"insmod {shlex.quote(remote)} {format_params(params)}", timeout=timeout)
-        log = _log_since(guest, token)
+        log = kernel_log_since(guest, token)
         problems = kernel_problems(log)
         if res.exit_code != 0:
             err = res.stderr.decode(errors="replace").strip()
@@ -346,9 +348,9 @@ def load_module(guest: Guest, ko_path: Path, *, timeout: float = 120.0, remote_d
 def unload_module(guest: Guest, name: str, *, timeout: float = 120.0, check: bool = True) -> ModuleEvent:
     """``rmmod`` ``name``; raise :class:`GuestError` if it fails or the kernel complains."""
     with step("kmod.unload", module=name):
-        token = _mark(guest, f"rmmod {name}")
+        token = mark_kernel_log(guest, f"rmmod {name}")
         res = guest.run(f"rmmod {shlex.quote(name)}", timeout=timeout)
-        log = _log_since(guest, token)
+        log = kernel_log_since(guest, token)
         problems = kernel_problems(log)
         if check and res.exit_code != 0:
             err = res.stderr.decode(errors="replace").strip()

@@ -23,6 +23,9 @@ class ModuleSession:
         self.guest = guest
         self.artifacts = artifacts
         self.loaded: list[str] = []
+        # only what happens from here on counts: boot-time noise is not this test's doing
+        self.console_start = len(guest.console_text())
+        self.log_token = kmod.mark_kernel_log(guest, "module test starts")
 
     def load(self, ko: Path, **params) -> kmod.ModuleEvent:
         ev = kmod.load_module(self.guest, ko, **params)
@@ -39,7 +42,7 @@ class ModuleSession:
         return kmod.parse_counters(kmod.module_param(self.guest, name, "stats"))
 
     def console_problems(self) -> list[str]:
-        return kmod.kernel_problems(self.guest.console_text())
+        return kmod.kernel_problems(self.guest.console_text()[self.console_start:])
 
     def finish(self) -> list[str]:
         problems: list[str] = []
@@ -50,7 +53,7 @@ class ModuleSession:
                 problems.append(f"unloading {name} at teardown: {exc}")
         try:
             kmod.save_dmesg(self.guest, self.artifacts / "dmesg.txt")
-            problems += kmod.kernel_problems((self.artifacts / "dmesg.txt").read_text())
+            problems += kmod.kernel_problems(kmod.kernel_log_since(self.guest, self.log_token))
         except HilError as exc:
             problems.append(f"could not read dmesg: {exc}")
         problems += self.console_problems()
