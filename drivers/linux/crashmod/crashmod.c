@@ -1,0 +1,152 @@
+// SPDX-License-Identifier: GPL-2.0
+/*
+ * hil_crash: crashes a test guest's kernel on command, for the crash-detection suite.
+ *
+ *   echo <command> > /proc/hil_crash
+ *
+ * Commands (each in its own noinline function, so crash titles name it):
+ *   null      NULL pointer dereference          -> hil_crash_null_deref
+ *   bug       BUG()                             -> hil_crash_bug
+ *   warn      WARN_ON(1), the kernel goes on    -> hil_crash_warn
+ *   lockup    spin with preemption disabled for spin_s seconds (soft lockup once that is more
+ *             than 2 * kernel.watchdog_thresh)  -> hil_crash_soft_lockup
+ *   hung      the writer sleeps uninterruptibly (D state) for hung_s seconds (a hung task
+ *             once that is more than kernel.hung_task_timeout_secs) -> hil_crash_hung_task
+ *   freeze    every CPU spins with interrupts off for spin_s seconds: a silent, unresponsive
+ *             guest (only an NMI gets through)  -> hil_crash_freeze_cpu
+ *
+ * Also at load time: insmod hil_crash.ko crash=<command>.
+ */
+#include <linux/module.h>
+#include <linux/proc_fs.h>
+#include <linux/uaccess.h>
+#include <linux/jiffies.h>
+#include <linux/completion.h>
+#include <linux/stop_machine.h>
+#include <linux/string.h>
+#include <linux/delay.h>
+
+static unsigned int spin_s = 8;
+module_param(spin_s, uint, 0644);
+MODULE_PARM_DESC(spin_s, "seconds the lockup and freeze commands spin (default 8)");
+
+static unsigned int hung_s = 60;
+module_param(hung_s, uint, 0644);
+MODULE_PARM_DESC(hung_s, "seconds the hung command sleeps in D state (default 60)");
+
+static char *crash = "";
+module_param(crash, charp, 0444);
+MODULE_PARM_DESC(crash, "a command to run at load time (see the source)");
+
+/* volatile so the compiler cannot see the NULL and turn the store into a trap */
+static int *volatile hil_crash_ptr;
+static DECLARE_COMPLETION(hil_crash_never);
+
+static noinline void hil_crash_null_deref(void)
+{
+	pr_info("hil_crash: NULL pointer dereference\n");
+	*hil_crash_ptr = 0x41;
+}
+
+static noinline void hil_crash_bug(void)
+{
+	pr_info("hil_crash: BUG()\n");
+	BUG();
+}
+
+static noinline void hil_crash_warn(void)
+{
+	pr_info("hil_crash: WARN_ON(1)\n");
+	WARN_ON(1);
+}
+
+static noinline void hil_crash_soft_lockup(void)
+{
+	unsigned long end = jiffies + spin_s * HZ;
+
+	pr_info("hil_crash: spinning %u s with preemption disabled\n", spin_s);
+	preempt_disable();
+	while (time_before(jiffies, end))
+		cpu_relax();
+	preempt_enable();
+	pr_info("hil_crash: spin done\n");
+}
+
+static noinline void hil_crash_hung_task(void)
+{
+	pr_info("hil_crash: sleeping %u s uninterruptibly\n", hung_s);
+	wait_for_completion_timeout(&hil_crash_never, (unsigned long)hung_s * HZ);
+	pr_info("hil_crash: sleep done\n");
+}
+
+static noinline int hil_crash_freeze_cpu(void *unused)
+{
+	u64 end = ktime_get_mono_fast_ns() + (u64)spin_s * NSEC_PER_SEC;
+
+	/* stop_machine runs this on every CPU with interrupts disabled */
+	while (ktime_get_mono_fast_ns() < end)
+		cpu_relax();
+	return 0;
+}
+
+static int hil_crash_run(const char *cmd)
+{
+	if (sysfs_streq(cmd, "null"))
+		hil_crash_null_deref();
+	else if (sysfs_streq(cmd, "bug"))
+		hil_crash_bug();
+	else if (sysfs_streq(cmd, "warn"))
+		hil_crash_warn();
+	else if (sysfs_streq(cmd, "lockup"))
+		hil_crash_soft_lockup();
+	else if (sysfs_streq(cmd, "hung"))
+		hil_crash_hung_task();
+	else if (sysfs_streq(cmd, "freeze")) {
+		pr_info("hil_crash: freezing every CPU for %u s\n", spin_s);
+		stop_machine(hil_crash_freeze_cpu, NULL, cpu_online_mask);
+	} else
+		return -EINVAL;
+	return 0;
+}
+
+static ssize_t hil_crash_write(struct file *file, const char __user *buf, size_t len, loff_t *pos)
+{
+	char cmd[16];
+	int err;
+
+	if (len >= sizeof(cmd))
+		return -EINVAL;
+	if (copy_from_user(cmd, buf, len))
+		return -EFAULT;
+	cmd[len] = '\0';
+	err = hil_crash_run(cmd);
+	return err ? err : len;
+}
+
+static const struct proc_ops hil_crash_ops = {
+	.proc_write = hil_crash_write,
+	.proc_lseek = noop_llseek,
+};
+
+static int __init hil_crash_init(void)
+{
+	if (!proc_create("hil_crash", 0200, NULL, &hil_crash_ops))
+		return -ENOMEM;
+	pr_info("hil_crash: loaded; commands: null bug warn lockup hung freeze\n");
+	if (crash[0] && hil_crash_run(crash)) {
+		remove_proc_entry("hil_crash", NULL);
+		return -EINVAL;
+	}
+	return 0;
+}
+
+static void __exit hil_crash_exit(void)
+{
+	complete_all(&hil_crash_never);
+	remove_proc_entry("hil_crash", NULL);
+}
+
+module_init(hil_crash_init);
+module_exit(hil_crash_exit);
+MODULE_LICENSE("GPL");
+MODULE_DESCRIPTION("kernel-hil: crash the guest kernel on command (test suites only)");
