@@ -114,3 +114,22 @@ def test_full_buffer_drops_are_counted_and_reported(linux_guest, start_agent, mo
         assert reported == agent_dropped, "every drop the agent counted reached the collector"
         received = len(collector.records(kind="created", image_path="/tmp/hil-x"))
         assert 0 < received < 600
+
+
+def test_unload_during_an_exec_storm_with_a_connected_collector(linux_guest, start_agent, collector, modules):
+    from hil.deploy import kmod
+
+    linux_guest.put(kmod.build_storm_tool(), "/tmp/hil_storm")
+    linux_guest.run("chmod +x /tmp/hil_storm && cp /tmp/hil_storm /tmp/hil-t").check()
+    start_agent(collector.port)
+    agent = collector.wait_for_agent(kind="linux-kmod", timeout=60)
+    storm_pid = int(linux_guest.run(
+        "/tmp/hil_storm 1000000 /tmp/hil-t >/dev/null 2>&1 & echo $!").check().stdout.decode())
+    try:
+        collector.wait_for(kind="created", image_path="/tmp/hil-t", timeout=60)
+        modules.unload("hil_agent", timeout=120)  # raises on failure or a kernel complaint
+    finally:
+        linux_guest.run(f"kill {storm_pid}")
+    assert not kmod.is_loaded(linux_guest, "hil_agent")
+    assert modules.console_problems() == []
+    assert collector.stats(agent).protocol_errors == 0

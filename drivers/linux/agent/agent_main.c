@@ -532,6 +532,8 @@ static int answer_request(struct socket *s, u32 request_id)
 		size_t consumed;
 		u32 count;
 
+		if (READ_ONCE(stopping))
+			return -ESHUTDOWN;	/* unloading: stop between whole frames */
 		n = build_frame(remaining, &consumed, &count);
 		if (n < 0)
 			return n;
@@ -821,10 +823,15 @@ static void __exit agent_exit(void)
 	tracepoint_probe_unregister(tp_exit, probe_exit, NULL);
 	tracepoint_synchronize_unregister();	/* no probe runs after this */
 
+	/*
+	 * SHUT_RD wakes a connect() or a recv() waiting for the next REQUEST but lets a frame
+	 * being sent finish (bounded by the 10 s send timeout), so the collector never sees a
+	 * torn frame; the thread then stops between frames and closes with a FIN.
+	 */
 	mutex_lock(&sock_lock);
 	WRITE_ONCE(stopping, true);
 	if (conn_sock)
-		kernel_sock_shutdown(conn_sock, SHUT_RDWR);	/* wakes connect/recv/send */
+		kernel_sock_shutdown(conn_sock, SHUT_RD);
 	mutex_unlock(&sock_lock);
 	kthread_stop(conn_task);
 
