@@ -82,6 +82,10 @@ def open_connection(uri: str):
         ensure_kvm_node_permissions()
     ensure_daemons(uri)
     libvirt.registerErrorHandler(lambda *_: None, None)  # errors arrive as exceptions, not on stderr
+    # crash events reach only connections opened after the event loop was registered
+    from hil.crash.events import ensure_event_loop
+
+    ensure_event_loop()
     try:
         return libvirt.open(uri)
     except libvirt.libvirtError as exc:

@@ -7,6 +7,7 @@ hanging on an agent that will never answer.
 
 from __future__ import annotations
 
+import contextlib
 import enum
 import logging
 import socket
@@ -55,11 +56,22 @@ class Guest:
         self.kernel_release = kernel_release
         self.kbuild_dir = kbuild_dir
         self.forwards: dict[int, int] = dict((g, h) for h, g in spec.forwards)
+        self.monitor = None  # hil.crash.monitor.CrashMonitor while the domain lives
+        self.hang_timeout_s: float | None = None  # see CrashMonitor; set before boot/restore
+        self._manual_crash = None
 
     # --- lifecycle ----------------------------------------------------------------------
     def _attach(self, domain) -> None:
+        from hil.crash.monitor import CrashMonitor
+
         self.domain = domain
         self.transport = QgaTransport(domain, self.name, self.transcript_path)
+        self._stop_monitor()
+        self.monitor = CrashMonitor(self, hang_timeout_s=self.hang_timeout_s).start()
+
+    def _stop_monitor(self) -> None:
+        if self.monitor is not None:
+            self.monitor.stop()
 
     def boot(self) -> None:
         self._require(GuestState.DEFINED)
@@ -105,6 +117,7 @@ class Guest:
         import libvirt
 
         with step("save", guest=self.name):
+            self._stop_monitor()
             self.domain.save(str(save_file))
             xml = self.conn.saveImageGetXMLDesc(str(save_file), libvirt.VIR_DOMAIN_SAVE_IMAGE_XML_SECURE)
         self.state = GuestState.SAVED
@@ -116,6 +129,7 @@ class Guest:
             return
         import libvirt
 
+        self._stop_monitor()
         if self.domain is not None:
             with step("destroy", guest=self.name):
                 try:
@@ -137,13 +151,74 @@ class Guest:
             self.domain.setMetadata(libvirt.VIR_DOMAIN_METADATA_ELEMENT, f"<owner {attrs}/>", "hil",
                                     HIL_NS, libvirt.VIR_DOMAIN_AFFECT_LIVE)
 
-    def mark_crashed(self) -> None:
-        self.state = GuestState.CRASHED
+    def mark_crashed(self, report=None) -> None:
+        """The guest is dead: every later call fails at once, naming the crash."""
+        if report is not None and self.crash is None:
+            from hil.crash.monitor import Crash
+
+            self._manual_crash = Crash(report=report, source="manual", detected_at=time.monotonic(),
+                                       final_at=time.monotonic())
+        if self.state not in (GuestState.DESTROYED, GuestState.SAVED):
+            self.state = GuestState.CRASHED
+        if self.transport is not None:
+            self.transport.abort(self.crash.title if self.crash else "the guest has crashed")
+
+    # --- crashes (see hil.crash.monitor) --------------------------------------------------
+    def _crashed(self, crash) -> None:
+        """Monitor thread: a fatal crash signal arrived."""
+        self.mark_crashed()
+
+    def _tainted(self, crash) -> None:
+        """Monitor thread: a non-fatal report (WARNING...): usable, but not clean any more."""
+        log.warning("guest %s is tainted: %s", self.name, crash.title)
+
+    def is_running(self) -> bool:
+        return self.state in (GuestState.BOOTED, GuestState.READY) and self.domain is not None
+
+    @property
+    def crashes(self) -> list:
+        """Every :class:`hil.crash.monitor.Crash` seen on this guest, first first."""
+        if self._manual_crash is not None:
+            return [self._manual_crash] + (self.monitor.crashes if self.monitor else [])
+        return list(self.monitor.crashes) if self.monitor else []
+
+    @property
+    def crash(self):
+        """The first crash's :class:`~hil.crash.report.Report` (title, kind, function, text), or None."""
+        crashes = self.crashes
+        return crashes[0].report if crashes else None
+
+    def unexpected_crashes(self) -> list:
+        return [c for c in self.crashes if not c.expected]
+
+    @contextlib.contextmanager
+    def expect_crash(self, kind: str | None = None, function: str | None = None, timeout: float = 10.0):
+        """Declare that the block crashes the guest::
+
+            with guest.expect_crash(kind="BUG", function="hil_crash_bug", timeout=10) as crash:
+                guest.run("echo bug > /proc/hil_crash")
+            assert crash.seconds < 10
+
+        On leaving the block, waits up to ``timeout`` seconds (counted from entering it) for a
+        crash with the given kind and guilty function; raises :class:`AssertionError` when none
+        or another one comes.  The matching crash is marked expected: it does not fail the test.
+        A :class:`GuestError` the crash caused inside the block is swallowed.
+        """
+        from hil.crash.monitor import ExpectedCrash
+
+        exp = ExpectedCrash(self, kind=kind, function=function, timeout=timeout)
+        try:
+            yield exp
+        except GuestError as exc:
+            exp.finish(error=exc)
+        else:
+            exp.finish()
 
     def _require(self, *states: GuestState) -> None:
         if self.state not in states:
             if self.state is GuestState.CRASHED:
-                raise GuestError(f"guest {self.name} has crashed; it cannot be used any more",
+                what = f": {self.crash.title}" if self.crash is not None else ""
+                raise GuestError(f"guest {self.name} has crashed{what}; it cannot be used any more",
                                  f"see its console log {self.spec.console_log}")
             raise GuestError(f"guest {self.name} is {self.state.value}, not "
                              + " or ".join(s.value for s in states))
@@ -162,10 +237,14 @@ class Guest:
     def _raise_if_crashed(self, doing: str) -> None:
         import libvirt
 
+        if self.monitor is not None:
+            self.monitor.poll()
         st = self.domain_state()
-        if st and st[0] == libvirt.VIR_DOMAIN_CRASHED:
+        if st and st[0] == libvirt.VIR_DOMAIN_CRASHED and self.state is not GuestState.CRASHED:
             self.mark_crashed()
-            raise GuestError(f"guest {self.name} crashed (libvirt state crashed/panicked) while {doing}",
+        if self.state is GuestState.CRASHED:
+            title = self.crash.title if self.crash is not None else "libvirt state crashed/panicked"
+            raise GuestError(f"guest {self.name} crashed while {doing}: {title}",
                              f"console log {self.spec.console_log}:\n{self.console_tail()}")
 
     # --- console ------------------------------------------------------------------------

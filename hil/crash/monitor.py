@@ -1,0 +1,428 @@
+"""Watch one guest for crashes: its console log, libvirt's crash events, and hangs.
+
+A :class:`CrashMonitor` runs a small thread per live guest that follows the guest's console
+log file as it grows (polling it every ``poll_s``; libvirt's virtlogd appends to it) and feeds
+a :class:`~hil.crash.stream.ConsoleWatcher`.  The first signal wins:
+
+- a crash report on the console (title, kind and guilty function straight away), or
+- a libvirt lifecycle event (:mod:`hil.crash.events`): the guest is marked crashed at once with
+  a provisional title such as ``kernel panic (libvirt PANICKED event)``, and the console gets
+  ``grace_s`` seconds to deliver the real report, which then replaces the provisional one.
+
+Fatal reports (everything but the warning-like kinds in :data:`NON_FATAL_KINDS`) mark the guest
+crashed: a command running on it fails within one agent poll, naming the crash.  A non-fatal
+report (``WARNING``, KASAN, lockdep...) leaves the guest usable, but it is tainted: the test
+fails unless it expected the report, and the guest is discarded afterwards.
+
+Hangs: when ``hang_timeout_s`` is set and neither the console nor the agent has shown a sign of
+life for that long, the monitor pings the agent; when that fails too it injects an NMI through
+libvirt (``domain.injectNMI``), gives the console ``grace_s`` to print what the NMI shows and
+reports a ``HANG``.  A 6.1 x86 kernel prints only ``Uhhuh. NMI received for unknown reason``
+on an external NMI unless ``kernel.unknown_nmi_panic=1``, which turns it into a panic with the
+interrupted CPU's stack (``Kernel panic - not syncing: NMI: Not continuing``): set that sysctl
+in guests where a hang should name its function.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+
+from hil.crash.events import Signal, dispatcher_for
+from hil.crash.report import Report
+from hil.crash.stream import ConsoleWatcher
+
+log = logging.getLogger("hil.crash.monitor")
+
+# Report kinds after which the kernel carries on: the guest is tainted, not dead.
+NON_FATAL_KINDS = frozenset({
+    "WARNING", "REFCOUNT_WARNING", "LOCKDEP", "UBSAN", "KASAN", "KMSAN", "KCSAN", "KFENCE",
+    "LEAK", "ATOMIC_SLEEP", "INFO",
+})
+EXCERPT_LINES = 80
+
+
+def is_fatal(report: Report) -> bool:
+    return report.kind not in NON_FATAL_KINDS
+
+
+@dataclass
+class Crash:
+    """What the monitor knows about a guest's crash (``guest.crash`` is its :attr:`report`).
+
+    Arguments:
+        report: the best report so far (provisional while :attr:`final` is False).
+        source: ``console``, ``event`` (an event came first) or ``hang``.
+        detected_at: ``time.monotonic()`` of the first signal.
+        final_at: when the title stopped changing (console report, or grace expired).
+        signals: libvirt signals that arrived for this guest.
+        expected: a test declared it (``expect_crash``): it does not fail the test.
+    """
+
+    report: Report
+    source: str
+    detected_at: float
+    final_at: float | None = None
+    signals: list[Signal] = field(default_factory=list)
+    expected: bool = False
+
+    @property
+    def final(self) -> bool:
+        return self.final_at is not None
+
+    @property
+    def title(self) -> str:
+        return self.report.title
+
+    def describe(self) -> str:
+        """The ``crash.txt`` evidence: title, kind, function, how it was seen, the excerpt."""
+        r = self.report
+        lines = [f"title: {r.title}", f"kind: {r.kind}", f"function: {r.function or '-'}",
+                 f"source: {self.source}", f"fatal: {is_fatal(r)}",
+                 f"signals: {', '.join(s.what for s in self.signals) or '-'}",
+                 f"expected: {self.expected}"]
+        if r.corrupted:
+            lines.append("corrupted: True (the title is a best guess)")
+        excerpt = r.text.splitlines()[:EXCERPT_LINES]
+        return "\n".join(lines) + "\n\n" + "\n".join(excerpt) + "\n"
+
+
+class CrashMonitor:
+    """Follows ``guest`` (a :class:`hil.provision.guest.Guest`) until :meth:`stop`.
+
+    Arguments:
+        guest: needs ``name``, ``conn``, ``spec.console_log``, ``transport``, ``domain`` and
+            ``_crashed(crash)`` (called on the monitor thread at the first fatal signal).
+        poll_s: how often the console file is read.
+        grace_s: how long the console may take to name a crash an event announced.
+        hang_timeout_s: silence (console and agent) before a hang check; None/0: no check.
+    """
+
+    def __init__(self, guest, *, poll_s: float = 0.05, grace_s: float = 2.0,
+                 hang_timeout_s: float | None = None):
+        self.guest = guest
+        self.name = guest.name
+        self.poll_s = poll_s
+        self.grace_s = grace_s
+        self.hang_timeout_s = hang_timeout_s
+        self.reports: list[Report] = []  # every console report, in order
+        self.crashes: list[Crash] = []  # the first crash, then one per later console report
+        self.detected = threading.Event()  # a first signal arrived
+        self.settled = threading.Event()  # the first crash's title is final
+        self._lock = threading.RLock()
+        self._wake = threading.Event()
+        self._stop = threading.Event()
+        self._signals: list[Signal] = []
+        self._watcher = ConsoleWatcher(on_report=self._on_report)
+        self._file = None
+        self._offset = 0
+        self._last_life = time.monotonic()
+        self._thread: threading.Thread | None = None
+        self._dispatcher = None
+
+    # --- lifecycle --------------------------------------------------------------------
+    def start(self) -> "CrashMonitor":
+        self._dispatcher = dispatcher_for(self.guest.conn)
+        self._dispatcher.watch(self)
+        self._thread = threading.Thread(target=self._run, name=f"hil-crash-{self.name}", daemon=True)
+        self._thread.start()
+        return self
+
+    def stop(self) -> None:
+        """Stop following (the guest is being destroyed or saved).  Idempotent."""
+        if self._dispatcher is not None:
+            self._dispatcher.unwatch(self)
+            self._dispatcher = None
+        self._stop.set()
+        self._wake.set()
+        if self._thread is not None and self._thread is not threading.current_thread():
+            self._thread.join(timeout=5)
+        if self._file is not None:
+            self._file.close()
+            self._file = None
+
+    @property
+    def crash(self) -> Crash | None:
+        return self.crashes[0] if self.crashes else None
+
+    # --- signals in -------------------------------------------------------------------
+    def on_signal(self, sig: Signal) -> None:
+        """A libvirt crash signal (event-loop thread: record and wake the monitor)."""
+        with self._lock:
+            self._signals.append(sig)
+        self._wake.set()
+
+    # --- waiting ----------------------------------------------------------------------
+    def poll(self) -> Crash | None:
+        """Read what the console has now (on the caller's thread) and return the crash."""
+        with self._lock:
+            self._read_console()
+            self._handle_signals()
+            self._check_grace()
+        return self.crash
+
+    def wait(self, timeout: float) -> Crash | None:
+        """Block until a first crash signal (or ``timeout``); return the crash."""
+        self.detected.wait(timeout)
+        return self.crash
+
+    def wait_settled(self, timeout: float) -> Crash | None:
+        """Block until the first crash has its final title (or ``timeout``)."""
+        self.settled.wait(timeout)
+        return self.crash
+
+    def quiesce(self) -> Crash | None:
+        """Take in everything up to now: read the console, and if a report is half
+        printed or an event's title is provisional, wait (at most ``grace_s``) for it."""
+        self.poll()
+        with self._lock:
+            pending = self._watcher.busy or (self.crash is not None and not self.crash.final)
+        if pending:
+            deadline = time.monotonic() + self.grace_s + self.poll_s * 2
+            while time.monotonic() < deadline:
+                self._wake.set()
+                if self.settled.wait(self.poll_s):
+                    break
+                with self._lock:
+                    if not self._watcher.busy and (self.crash is None or self.crash.final):
+                        break
+            self.poll()
+        return self.crash
+
+    # --- the thread -------------------------------------------------------------------
+    def _run(self) -> None:
+        while not self._stop.is_set():
+            try:
+                with self._lock:
+                    self._read_console()
+                    self._handle_signals()
+                    self._check_grace()
+                self._check_hang()
+            except Exception:
+                log.exception("crash monitor of %s", self.name)
+            self._wake.wait(self.poll_s)
+            self._wake.clear()
+
+    def _read_console(self) -> None:
+        if self._file is None:
+            try:
+                self._file = open(self.guest.spec.console_log, "rb")
+            except OSError:
+                return
+        data = self._file.read()
+        if data:
+            self._offset += len(data)
+            self._last_life = time.monotonic()
+            self._watcher.feed(data)
+
+    def _handle_signals(self) -> None:
+        signals, self._signals = self._signals, []
+        for sig in signals:
+            crash = self.crash
+            if crash is not None:
+                crash.signals.append(sig)
+                continue
+            if not sig.fatal:
+                # a reboot is a crash only if the console says so: let the console decide
+                if self._watcher.busy:
+                    continue
+                log.info("guest %s rebooted without a crash report on its console", self.name)
+                continue
+            self._declare(Crash(report=Report(title=sig.title, kind="PANIC"), source="event",
+                                detected_at=sig.at, signals=[sig]))
+
+    def _check_grace(self) -> None:
+        crash = self.crash
+        if crash is None or crash.final or crash.source == "console":
+            return
+        if time.monotonic() - crash.detected_at < self.grace_s:
+            return
+        # the console had its chance: name whatever report is half-collected, else keep
+        # the event's title
+        if self._watcher.busy:
+            self._watcher.flush()
+        if not self.crash.final:
+            self._finalise(self.crash)
+
+    def _on_report(self, report: Report) -> None:
+        """A console report is complete (monitor thread, lock held)."""
+        self.reports.append(report)
+        crash = self.crash
+        now = time.monotonic()
+        if crash is None:
+            self._declare(Crash(report=report, source="console", detected_at=now, final_at=now))
+            self.settled.set()
+            return
+        if not crash.final:
+            # the console names what an event (or hang) announced
+            if crash.source == "hang":
+                report = _hang_report(crash.report, report)
+            crash.report = replace(report, text=report.text or crash.report.text)
+            self._finalise(crash)
+            if is_fatal(crash.report):
+                self.guest._crashed(crash)
+            return
+        self.crashes.append(Crash(report=report, source="console", detected_at=now, final_at=now))
+        if is_fatal(report) and not is_fatal(crash.report):
+            # a warning first, then the guest died: it is crashed now
+            self.guest._crashed(self.crashes[-1])
+
+    def _declare(self, crash: Crash) -> None:
+        self.crashes.append(crash)
+        log.warning("guest %s: %s (%s)", self.name, crash.title, crash.source)
+        self.detected.set()
+        if is_fatal(crash.report):
+            self.guest._crashed(crash)
+        else:
+            self.guest._tainted(crash)
+
+    def _finalise(self, crash: Crash) -> None:
+        crash.final_at = time.monotonic()
+        self.settled.set()
+
+    # --- hangs ------------------------------------------------------------------------
+    def _check_hang(self) -> None:
+        limit = self.hang_timeout_s
+        if not limit or self.crash is not None or not self.guest.is_running():
+            return
+        transport = self.guest.transport
+        last = max(self._last_life, getattr(transport, "last_reply", 0.0))
+        if time.monotonic() - last < limit:
+            return
+        if transport.ping(timeout=min(5.0, max(1.0, limit / 4))):
+            self._last_life = time.monotonic()
+            return
+        silent = time.monotonic() - last
+        self.inject_nmi()
+        t_nmi = time.monotonic()
+        crash = Crash(report=Report(title=f"guest hung: no console output and no agent answer for {silent:.0f}s",
+                                    kind="HANG"), source="hang", detected_at=t_nmi)
+        with self._lock:
+            if self.crash is not None:
+                return
+            self._declare(crash)
+
+    def inject_nmi(self) -> bool:
+        """Send an NMI to the guest (its kernel prints, or panics with a backtrace)."""
+        import libvirt
+
+        dom = self.guest.domain
+        if dom is None:
+            return False
+        try:
+            dom.injectNMI(0)
+            log.warning("guest %s: NMI injected", self.name)
+            return True
+        except libvirt.libvirtError as exc:
+            log.error("guest %s: NMI injection failed: %s", self.name, exc.get_error_message())
+            return False
+
+
+def _hang_report(hang: Report, console: Report) -> Report:
+    """A hang named after what the NMI showed."""
+    where = f" in {console.function}" if console.function else ""
+    return Report(title=f"guest hung{where} (NMI: {console.title})", kind="HANG",
+                  function=console.function, text=console.text)
+
+
+# --- evidence ---------------------------------------------------------------------------
+def dump_memory(domain, path: Path) -> Path:
+    """Write the guest's memory as a raw dump (``virsh dump --memory-only --format=raw``).
+
+    For Windows guests this is the crash evidence a bug check leaves behind under libvirt; for
+    Linux it is the analogue of a kdump vmcore (readable with ``crash``/``drgn`` given the
+    kernel's debug symbols).  The file is written by QEMU's user: the folder must allow it.
+    """
+    import libvirt
+
+    path = Path(path)
+    flags = libvirt.VIR_DUMP_MEMORY_ONLY
+    domain.coreDumpWithFormat(str(path), libvirt.VIR_DOMAIN_CORE_DUMP_FORMAT_RAW, flags)
+    return path
+
+
+def windows_crash_evidence(domain, domain_log: Path, folder: Path) -> tuple[Report | None, Path | None]:
+    """For a libvirt Windows guest after a bug check: the report from libvirt's
+    ``panic hyper-v`` log line (:mod:`hil.crash.bugcheck`) and a raw memory dump in ``folder``."""
+    from hil.crash import bugcheck
+
+    report = None
+    try:
+        report = bugcheck.parse_domain_log(Path(domain_log).read_text(errors="replace"))
+    except OSError:
+        pass
+    dump = None
+    try:
+        dump = dump_memory(domain, Path(folder) / "memory.dump")
+    except Exception as exc:  # evidence is best effort: keep the report
+        log.error("memory dump of %s failed: %s", domain.name(), exc)
+    return report, dump
+
+
+class ExpectedCrash:
+    """The object ``guest.expect_crash(...)`` yields: after the block, :attr:`report` is the
+    matching crash report and :attr:`seconds` the time from entering the block until its
+    (final) title was known."""
+
+    def __init__(self, guest, *, kind: str | None, function: str | None, timeout: float):
+        self.guest = guest
+        self.kind = kind
+        self.function = function
+        self.timeout = timeout
+        self.started = time.monotonic()
+        self.crash: Crash | None = None
+        self.error: Exception | None = None
+        self._seen = len(guest.crashes)
+
+    @property
+    def report(self) -> Report | None:
+        return self.crash.report if self.crash else None
+
+    @property
+    def seconds(self) -> float | None:
+        if self.crash is None:
+            return None
+        return (self.crash.final_at or self.crash.detected_at) - self.started
+
+    def matches(self, crash: Crash) -> bool:
+        r = crash.report
+        return ((self.kind is None or r.kind == self.kind)
+                and (self.function is None or r.function == self.function))
+
+    def _wanted(self) -> str:
+        parts = [f"kind={self.kind}"] if self.kind else []
+        parts += [f"function={self.function}"] if self.function else []
+        return "a crash" + (f" ({', '.join(parts)})" if parts else "")
+
+    def finish(self, error: Exception | None = None) -> None:
+        self.error = error
+        monitor = self.guest.monitor
+        deadline = self.started + self.timeout
+        while True:
+            remaining = deadline - time.monotonic()
+            if monitor is not None:
+                monitor.wait(max(0.0, remaining))
+                c = monitor.crash
+                if c is not None and not c.final:
+                    monitor.wait_settled(max(0.0, min(remaining, monitor.grace_s + 0.5)))
+            new = self.guest.crashes[self._seen:]
+            for c in new:
+                if self.matches(c):
+                    c.expected = True
+                    self.crash = c
+                    return
+            if time.monotonic() >= deadline or monitor is None:
+                break
+            if new:  # a crash that does not match yet: a later report might
+                time.sleep(monitor.poll_s)
+        got = self.guest.crashes[self._seen:]
+        if got:
+            raise AssertionError(f"expected {self._wanted()}, got {got[0].title} "
+                                 f"(kind={got[0].report.kind}, function={got[0].report.function or '-'})")
+        msg = f"expected {self._wanted()} within {self.timeout:g}s, but the guest did not crash"
+        if error is not None:
+            raise AssertionError(f"{msg}; the block failed with: {error}") from error
+        raise AssertionError(msg)
