@@ -1,0 +1,113 @@
+"""No leaks: what a dead session left is swept, a live session's guests are never touched,
+and an interrupted pytest run removes its guests itself.  Real libvirt, real processes."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+import time
+from pathlib import Path
+
+import pytest
+
+libvirt = pytest.importorskip("libvirt")
+
+from hil.config import load_config  # noqa: E402
+from hil.paths import runtime_dir  # noqa: E402
+from hil.provision.daemons import open_connection  # noqa: E402
+from hil.provision.sweep import sweep  # noqa: E402
+
+# a guest with no disk and no kernel: QEMU starts and idles in firmware; enough to own
+OWNER_SCRIPT = textwrap.dedent("""
+    import json, sys, time
+    from pathlib import Path
+    from hil.config import load_config
+    from hil.paths import ensure_dir, runtime_dir
+    from hil.provision.daemons import open_connection
+    from hil.provision.domain_xml import domain_xml
+    from hil.provision.owner import Owner
+    from hil.provision.spec import GuestSpec
+    owner = Owner.current(worker="gwT")
+    d = ensure_dir(runtime_dir() / f"{owner.session}-{owner.worker}")
+    (d / "owner.json").write_text(json.dumps(owner.as_dict()))
+    conn = open_connection(load_config().libvirt_uri)
+    spec = GuestSpec(name=owner.prefix() + "1", disk=d / "none.qcow2", console_log=d / "c.log",
+                     memory_mib=64, vcpus=1, owner=owner.as_dict())
+    import subprocess
+    subprocess.run(["qemu-img", "create", "-q", "-f", "qcow2", str(spec.disk), "16M"], check=True)
+    conn.createXML(domain_xml(spec), 0)
+    print(json.dumps({"name": spec.name, "dir": str(d)}), flush=True)
+    time.sleep(600)
+""")
+
+
+@pytest.fixture(scope="module")
+def conn():
+    c = open_connection(load_config().libvirt_uri)
+    yield c
+    c.close()
+
+
+def start_owner():
+    proc = subprocess.Popen([sys.executable, "-c", OWNER_SCRIPT], stdout=subprocess.PIPE, text=True)
+    info = json.loads(proc.stdout.readline())
+    return proc, info
+
+
+def domain_names(conn):
+    return {d.name() for d in conn.listAllDomains()}
+
+
+def test_sweep_removes_a_sigkilled_owners_guest_and_spares_a_live_one(conn):
+    dead, dead_info = start_owner()
+    live, live_info = start_owner()
+    try:
+        assert {dead_info["name"], live_info["name"]} <= domain_names(conn)
+        dead.send_signal(signal.SIGKILL)
+        dead.wait()
+        sweep(conn, runtime_dir())  # another session's start-up sweep may have been quicker
+        assert dead_info["name"] not in domain_names(conn)
+        assert not Path(dead_info["dir"]).exists()
+        # the live session's guest and folder are untouched
+        assert live_info["name"] in domain_names(conn)
+        assert Path(live_info["dir"]).exists()
+    finally:
+        live.send_signal(signal.SIGKILL)
+        live.wait()
+        sweep(conn, runtime_dir())
+    assert live_info["name"] not in domain_names(conn)
+
+
+INTERRUPTED_TEST = textwrap.dedent("""
+    import os, pathlib
+    def test_waits_to_be_interrupted(linux_guest):
+        pathlib.Path(os.environ["HIL_TEST_READY"]).write_text(linux_guest.name)
+        linux_guest.run("sleep 600", timeout=700)
+""")
+
+
+@pytest.mark.hil_linux
+def test_sigint_during_a_guest_test_leaves_no_guest_and_no_files(conn, tmp_path):
+    (tmp_path / "test_interrupted.py").write_text(INTERRUPTED_TEST)
+    ready = tmp_path / "ready"
+    env = {**os.environ, "HIL_TEST_READY": str(ready)}
+    proc = subprocess.Popen([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider",
+                             str(tmp_path / "test_interrupted.py")], cwd=tmp_path, env=env,
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    deadline = time.monotonic() + 600
+    while not ready.exists():
+        assert proc.poll() is None, proc.stdout.read()
+        assert time.monotonic() < deadline, "the guest never became ready"
+        time.sleep(0.2)
+    name = ready.read_text()
+    assert name in domain_names(conn)
+    proc.send_signal(signal.SIGINT)
+    out, _ = proc.communicate(timeout=120)
+    assert "KeyboardInterrupt" in out or "Interrupted" in out, out
+    session_worker = name.removeprefix("hil-").rsplit("-", 1)[0]
+    assert not any(n.startswith(f"hil-{session_worker}-") for n in domain_names(conn)), out
+    assert not (runtime_dir() / session_worker).exists(), out
