@@ -8,8 +8,9 @@
  *   null      NULL pointer dereference          -> hil_crash_null_deref
  *   bug       BUG()                             -> hil_crash_bug
  *   warn      WARN_ON(1), the kernel goes on    -> hil_crash_warn
- *   lockup    spin with preemption disabled for spin_s seconds (soft lockup once that is more
- *             than 2 * kernel.watchdog_thresh)  -> hil_crash_soft_lockup
+ *   lockup    a kernel thread spins with preemption disabled for spin_s seconds (a soft lockup
+ *             once that is more than 2 * kernel.watchdog_thresh; the write returns at once)
+ *                                               -> hil_crash_soft_lockup
  *   hung      the writer sleeps uninterruptibly (D state) for hung_s seconds (a hung task
  *             once that is more than kernel.hung_task_timeout_secs) -> hil_crash_hung_task
  *   freeze    every CPU spins with interrupts off for spin_s seconds: a silent, unresponsive
@@ -25,6 +26,8 @@
 #include <linux/stop_machine.h>
 #include <linux/string.h>
 #include <linux/delay.h>
+#include <linux/kthread.h>
+#include <linux/err.h>
 
 static unsigned int spin_s = 8;
 module_param(spin_s, uint, 0644);
@@ -60,7 +63,11 @@ static noinline void hil_crash_warn(void)
 	WARN_ON(1);
 }
 
-static noinline void hil_crash_soft_lockup(void)
+/*
+ * A kernel thread of its own, so the stall is named after it: a lockup reached through the
+ * write() syscall would be named after the syscall's entry point (proc_reg_write).
+ */
+static noinline int hil_crash_soft_lockup(void *unused)
 {
 	unsigned long end = jiffies + spin_s * HZ;
 
@@ -70,6 +77,7 @@ static noinline void hil_crash_soft_lockup(void)
 		cpu_relax();
 	preempt_enable();
 	pr_info("hil_crash: spin done\n");
+	return 0;
 }
 
 static noinline void hil_crash_hung_task(void)
@@ -97,8 +105,12 @@ static int hil_crash_run(const char *cmd)
 		hil_crash_bug();
 	else if (sysfs_streq(cmd, "warn"))
 		hil_crash_warn();
-	else if (sysfs_streq(cmd, "lockup"))
-		hil_crash_soft_lockup();
+	else if (sysfs_streq(cmd, "lockup")) {
+		struct task_struct *t = kthread_run(hil_crash_soft_lockup, NULL, "hil_crash_spin");
+
+		if (IS_ERR(t))
+			return PTR_ERR(t);
+	}
 	else if (sysfs_streq(cmd, "hung"))
 		hil_crash_hung_task();
 	else if (sysfs_streq(cmd, "freeze")) {
