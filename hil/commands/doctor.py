@@ -43,7 +43,7 @@ def checks(uri: str) -> list[Check]:
     try:
         import libvirt  # noqa: F401
 
-        out.append(Check("libvirt-python", True, f"{libvirt.getVersion()}"))
+        out.append(Check("libvirt-python", True, _version(libvirt.getVersion())))
     except ImportError:
         out.append(Check("libvirt-python", False, "not importable",
                          "apt-get install libvirt-dev pkg-config && pip install libvirt-python"))
@@ -53,7 +53,7 @@ def checks(uri: str) -> list[Check]:
 
         try:
             conn = open_connection(uri)
-            out.append(Check("libvirt connection", True, f"{uri} (libvirt {conn.getLibVersion()})"))
+            out.append(Check("libvirt connection", True, f"{uri} (libvirt {_version(conn.getLibVersion())})"))
             for net in conn.listAllNetworks():
                 if net.isActive() or net.autostart():
                     out.append(Check(f"network {net.name()}", False,
@@ -79,6 +79,10 @@ def checks(uri: str) -> list[Check]:
          why=" (building Windows drivers)")
     tool("cc", "gcc", why=" (protocol vectors, kernel modules)")
     return out
+
+
+def _version(n: int) -> str:
+    return f"{n // 1_000_000}.{n // 1000 % 1000}.{n % 1000}"
 
 
 def run(args) -> int:
