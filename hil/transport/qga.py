@@ -206,5 +206,11 @@ class QgaTransport:
                 f.write(chunk)
 
     def set_time(self) -> None:
-        """After a restore the guest clock is as old as the save file: set it to now."""
-        self.command("guest-set-time", {"time": time.time_ns()})
+        """After a restore the guest clock is as old as the save file: set it to now.
+
+        Not ``guest-set-time``: after setting the clock it runs ``hwclock -w``, which waits for
+        the RTC's next second edge (seconds under TCG, measured).  ``date`` sets only the system
+        clock, which is what tests read.
+        """
+        ns = time.time_ns()
+        self.run(f"date -u -s @{ns // 1_000_000_000}.{ns % 1_000_000_000:09d} >/dev/null", timeout=10).check()
