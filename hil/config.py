@@ -17,6 +17,7 @@ Every key has a default, so no file at all means the embedded default guest.
     vcpus = 2
     boot_timeout_s = 300
     snapshot = true               # boot once, restore per test (false: cold boot per test)
+    hang_timeout_s = 120          # silent console + silent agent this long = hung (NMI, HANG); 0: off
 """
 
 from __future__ import annotations
@@ -40,6 +41,7 @@ class LinuxGuestConfig:
     vcpus: int = 2
     boot_timeout_s: float = 300.0
     snapshot: bool = True
+    hang_timeout_s: float = 120.0  # no console output and no agent answer this long: a hang (0: off)
 
 
 @dataclass

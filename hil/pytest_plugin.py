@@ -4,6 +4,15 @@ Options (group ``hil``): ``--hil-config``, ``--hil-accel``, ``--hil-keep-failed`
 ``--hil-artifacts``.  Fixtures: ``hil_config``, ``hil_lab`` (session; one per xdist worker),
 ``linux_guest`` (a clean guest per test), ``hil_artifacts`` (the test's artifact folder),
 ``collector`` (the reference collector on 127.0.0.1, see :mod:`hil.collector`).
+
+Crashes (:mod:`hil.crash.monitor`): a guest crash during a test fails that test with the crash
+title as its message, whatever the test itself did (a crash during fixture setup is an error);
+the evidence (console log, ``crash.txt``: title, kind, function, excerpt) goes to the test's
+artifact folder and into the JUnit XML as ``hil_crash_*`` properties; the guest is discarded.
+A ``WARNING`` (or another non-fatal report) fails the test the same way, and the tainted guest
+is discarded too, but commands keep working until the test ends.  A test that means to crash
+the guest says so: ``with linux_guest.expect_crash(kind="BUG", function=..., timeout=10)`` or
+the marker ``@pytest.mark.expect_crash(kind=..., function=..., timeout=...)``.
 """
 
 from __future__ import annotations
@@ -40,7 +49,9 @@ def pytest_configure(config):
                    "windows: a Windows driver test (Wine or lab)",
                    "wine: runs the driver for real under Wine on this host",
                    "windows_lab: needs a real Windows guest (HIL_WINDOWS_IMAGE)",
-                   "hil_windows: the test uses a libvirt Windows guest"):
+                   "hil_windows: the test uses a libvirt Windows guest",
+                   "expect_crash(kind=None, function=None, timeout=10): the test crashes its guest on "
+                   "purpose; it fails unless a matching crash is detected"):
         config.addinivalue_line("markers", marker)
     from hil.config import load_config
 
@@ -103,8 +114,14 @@ def linux_guest(request, hil_lab, hil_artifacts):
         guest = hil_lab.linux_guest(label=request.node.name)
     except HilError as exc:
         pytest.fail(f"kernel-hil: no Linux guest: {exc}", pytrace=False)
+    if guest.monitor is not None and hil_lab.config.linux.hang_timeout_s:
+        guest.monitor.hang_timeout_s = hil_lab.config.linux.hang_timeout_s
+    request.node.stash.setdefault(_GUESTS_KEY, []).append(guest)
     yield guest
+    if guest.monitor is not None:
+        guest.monitor.quiesce()  # a report still being printed belongs to this test
     _collect_guest_artifacts(request, guest, hil_artifacts)
+    _collect_crash_evidence(request, guest, hil_artifacts)
     failed = any(r.failed for r in request.node.stash.get(REPORTS_KEY, {}).values())
     keep = failed and request.config.getoption("--hil-keep-failed")
     hil_lab.discard(guest, keep=keep)
@@ -125,15 +142,94 @@ def _collect_guest_artifacts(request, guest, folder: Path) -> None:
             dst = folder / f"{guest.spec.instance}.{kind}"
             shutil.copyfile(src, dst)
             request.node.user_properties.append((f"hil_{kind.replace('.', '_')}", str(dst)))
-    request.node.stash.setdefault(_GUESTS_KEY, []).append(guest)
+
+
+def _collect_crash_evidence(request, guest, folder: Path) -> None:
+    """``crash.txt`` (every crash, expected ones too) and ``hil_crash_*`` JUnit properties."""
+    crashes = guest.crashes
+    if not crashes:
+        return
+    path = folder / f"{guest.spec.instance}.crash.txt"
+    path.write_text("\n\n".join(c.describe() for c in crashes))
+    first = crashes[0].report
+    props = request.node.user_properties
+    props += [("hil_crash_title", first.title), ("hil_crash_kind", first.kind),
+              ("hil_crash_function", first.function), ("hil_crash_expected", str(crashes[0].expected)),
+              ("hil_crash_txt", str(path))]
 
 
 _GUESTS_KEY = pytest.StashKey[list]()
 
 
 @pytest.hookimpl(wrapper=True)
+def pytest_runtest_call(item):
+    """``@pytest.mark.expect_crash(...)``: the test body runs inside ``guest.expect_crash``."""
+    marker = item.get_closest_marker("expect_crash")
+    guest = _guest_of(item)
+    if marker is None or guest is None:
+        return (yield)
+    with guest.expect_crash(*marker.args, **marker.kwargs):
+        return (yield)
+
+
+def _guest_of(item):
+    guests = item.stash.get(_GUESTS_KEY, [])
+    return guests[0] if guests else None
+
+
+_REPORTED_KEY = pytest.StashKey[set]()
+
+
+class CrashRepr:
+    """A test report's failure text for a guest crash: the title is the message."""
+
+    def __init__(self, title: str, text: str):
+        self.reprcrash = type("ReprCrash", (), {"message": title, "path": "", "lineno": 0})()
+        self.title = title
+        self.text = text
+
+    def toterminal(self, tw) -> None:
+        for line in self.text.splitlines():
+            tw.line(line)
+
+    def __str__(self) -> str:
+        return self.text
+
+
+def _unexpected_crashes(item) -> list:
+    """Crashes on this test's guests nobody expected and no phase has reported yet."""
+    reported = item.stash.setdefault(_REPORTED_KEY, set())
+    out = []
+    for g in item.stash.get(_GUESTS_KEY, []):
+        if g.monitor is not None and g.is_running():
+            g.monitor.poll()
+        for c in g.unexpected_crashes():
+            if id(c) not in reported:
+                reported.add(id(c))
+                out.append((g, c))
+    return out
+
+
+def _fail_for_crashes(report, crashes) -> None:
+    g, first = crashes[0]
+    title = first.title
+    text = [f"guest {g.name} crashed: {title}", ""]
+    for g2, c in crashes:
+        text += [f"--- {g2.name}: {c.title} (kind {c.report.kind}, function {c.report.function or '-'}, "
+                 f"seen on the {c.source})", *c.report.text.splitlines()[:40], ""]
+    if report.failed and report.longrepr is not None:
+        text += ["--- the test's own error:", str(report.longrepr)[-3000:]]
+    report.outcome = "failed"
+    report.longrepr = CrashRepr(title, "\n".join(text))
+
+
+@pytest.hookimpl(wrapper=True)
 def pytest_runtest_makereport(item, call):
     report = yield
+    if report.when in ("setup", "call") or (report.when == "teardown" and item.stash.get(_GUESTS_KEY, None)):
+        crashes = _unexpected_crashes(item)
+        if crashes and not report.skipped:
+            _fail_for_crashes(report, crashes)
     item.stash.setdefault(REPORTS_KEY, {})[report.when] = report
     if report.when == "teardown":
         _attach(item, report)
