@@ -150,7 +150,8 @@ def _collect_crash_evidence(request, guest, folder: Path) -> None:
     if not crashes:
         return
     path = folder / f"{guest.spec.instance}.crash.txt"
-    path.write_text("\n\n".join(c.describe() for c in crashes))
+    console = guest.console_text()
+    path.write_text("\n\n".join(c.describe(console) for c in crashes))
     first = crashes[0].report
     props = request.node.user_properties
     props += [("hil_crash_title", first.title), ("hil_crash_kind", first.kind),

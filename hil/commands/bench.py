@@ -14,6 +14,7 @@ BENCHES: dict[str, str] = {
     "provision": "hil.bench.provision",
     "collector": "hil.bench.collector",
     "crash-corpus": "hil.bench.crash_corpus",
+    "crash": "hil.bench.crash",
 }
 
 

@@ -77,8 +77,9 @@ class Crash:
     def title(self) -> str:
         return self.report.title
 
-    def describe(self) -> str:
-        """The ``crash.txt`` evidence: title, kind, function, how it was seen, the excerpt."""
+    def describe(self, console: str = "") -> str:
+        """The ``crash.txt`` evidence: title, kind, function, how it was seen, the detector's
+        excerpt, and (given the ``console`` text) the console lines from the report on."""
         r = self.report
         lines = [f"title: {r.title}", f"kind: {r.kind}", f"function: {r.function or '-'}",
                  f"source: {self.source}", f"fatal: {is_fatal(r)}",
@@ -87,7 +88,23 @@ class Crash:
         if r.corrupted:
             lines.append("corrupted: True (the title is a best guess)")
         excerpt = r.text.splitlines()[:EXCERPT_LINES]
-        return "\n".join(lines) + "\n\n" + "\n".join(excerpt) + "\n"
+        out = "\n".join(lines) + "\n\n" + "\n".join(excerpt) + "\n"
+        around = console_excerpt(console, r) if console else ""
+        if around:
+            out += "\n--- console from the report on:\n" + around
+        return out
+
+
+def console_excerpt(console: str, report: Report, lines: int = EXCERPT_LINES) -> str:
+    """``lines`` console lines starting at the report's first line (prefixes kept)."""
+    first = report.text.splitlines()[0].strip() if report.text else ""
+    if not first:
+        return ""
+    at = console.find(first)
+    if at < 0:
+        return ""
+    start = console.rfind("\n", 0, at) + 1
+    return "\n".join(console[start:].splitlines()[:lines]) + "\n"
 
 
 class CrashMonitor:
@@ -367,7 +384,7 @@ class ExpectedCrash:
     matching crash report and :attr:`seconds` the time from entering the block until its
     (final) title was known."""
 
-    def __init__(self, guest, *, kind: str | None, function: str | None, timeout: float):
+    def __init__(self, guest, *, kind: str | None = None, function: str | None = None, timeout: float = 10.0):
         self.guest = guest
         self.kind = kind
         self.function = function
