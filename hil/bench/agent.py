@@ -1,7 +1,7 @@
 """``hil bench agent``: how fast the Linux agent module reports execs, and whether it loses any.
 
 Boots a Linux guest, loads ``hil_agent`` (drivers/linux/agent) reporting to a collector on the
-host, runs a paced exec storm (``hil_storm``: fork+exec of a static no-op, one at a time) and
+host, runs a paced exec storm (``hil_storm``: fork+exec of a static, libc-free no-op, one at a time) and
 prints, one ``key: value`` per line:
 
 - ``exec_to_record_p50_ms`` / ``exec_to_record_p99_ms``: from the exec/exit tracepoint to the
@@ -40,8 +40,7 @@ def measure(guest, execs: int, rate: float, interval: float) -> dict:
     from hil.deploy import kmod
 
     ko = kmod.build_agent(guest.kbuild_dir)
-    guest.put(kmod.build_storm_tool(), "/tmp/hil_storm")
-    guest.run(f"chmod +x /tmp/hil_storm && cp /tmp/hil_storm {TARGET}").check()
+    kmod.install_storm_tools(guest, TARGET)
     data = guest.read_file(TARGET)
     size, sha = len(data), hashlib.sha256(data).digest()
 

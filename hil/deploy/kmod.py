@@ -442,8 +442,22 @@ def protocol_sources() -> list[Path]:
 
 
 def build_storm_tool() -> Path:
-    """``hil_storm COUNT TARGET [RATE]``: the exec storm generator (drivers/linux/tools)."""
-    return build_host_tool(drivers_dir() / "linux" / "tools" / "hil_storm.c")
+    """``hil_storm COUNT TARGET [RATE]``: the exec storm generator (drivers/linux/tools).
+    Dynamically linked (15 KB instead of 700 KB static): the guest is the host's Debian release."""
+    return build_host_tool(drivers_dir() / "linux" / "tools" / "hil_storm.c", flags=("-O2", "-Wall", "-s"))
+
+
+def build_noop_tool() -> Path:
+    """``hil_noop``: a static, libc-free program that exits 0 at once (the storm's exec target)."""
+    return build_host_tool(drivers_dir() / "linux" / "tools" / "hil_noop.c",
+                           flags=("-O2", "-static", "-nostdlib", "-s", "-fno-stack-protector"))
+
+
+def install_storm_tools(guest: Guest, target: str, storm: str = "/tmp/hil_storm") -> None:
+    """Put ``hil_storm`` at ``storm`` and the no-op exec target at ``target`` in the guest."""
+    guest.put(build_storm_tool(), storm)
+    guest.put(build_noop_tool(), target)
+    guest.run(f"chmod +x {shlex.quote(storm)} {shlex.quote(target)}", timeout=30).check()
 
 
 def build_kserver(kbuild_dir: Path) -> Path:

@@ -119,8 +119,7 @@ def test_full_buffer_drops_are_counted_and_reported(linux_guest, start_agent, mo
 def test_unload_during_an_exec_storm_with_a_connected_collector(linux_guest, start_agent, collector, modules):
     from hil.deploy import kmod
 
-    linux_guest.put(kmod.build_storm_tool(), "/tmp/hil_storm")
-    linux_guest.run("chmod +x /tmp/hil_storm && cp /tmp/hil_storm /tmp/hil-t").check()
+    kmod.install_storm_tools(linux_guest, "/tmp/hil-t")
     start_agent(collector.port)
     agent = collector.wait_for_agent(kind="linux-kmod", timeout=60)
     storm_pid = int(linux_guest.run(

@@ -19,10 +19,8 @@ TARGET = "/tmp/hil-storm-target"
 def test_process_storm_reports_every_exec_exactly_once(linux_guest, start_agent, collector, modules,
                                                        storm_execs, figures):
     n = storm_execs
-    linux_guest.put(kmod.build_storm_tool(), "/tmp/hil_storm")
-    # the target is hil_storm itself run without arguments: static, exits at once (a dynamic
-    # /bin/true costs 4x more per exec under TCG, all of it in ld.so)
-    linux_guest.run(f"chmod +x /tmp/hil_storm && cp /tmp/hil_storm {TARGET}").check()
+    # the target is a static, libc-free no-op: each exec costs the kernel's exec path, not ld.so
+    kmod.install_storm_tools(linux_guest, TARGET)
     data = linux_guest.read_file(TARGET)
     size, sha = len(data), hashlib.sha256(data).hexdigest()
 
