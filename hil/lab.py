@@ -60,6 +60,7 @@ class Lab:
         self._counter = itertools.count(1)
         self._image: LinuxImage | None = None
         self._snapshot: Snapshot | None = None
+        self._snapshot_error: HilError | None = None
         self.cold_boot_s: float | None = None
 
     # --- session ------------------------------------------------------------------------
@@ -168,9 +169,19 @@ class Lab:
         return g
 
     def snapshot(self) -> Snapshot:
-        """Boot once and save; later guests restore from it."""
+        """Boot once and save; later guests restore from it.
+
+        A failure is remembered: every later test gets the same error at once instead of
+        another doomed boot.
+        """
+        if self._snapshot_error is not None:
+            raise self._snapshot_error
         if self._snapshot is None:
-            g = self.boot_linux_guest()
+            try:
+                g = self.boot_linux_guest()
+            except HilError as exc:
+                self._snapshot_error = exc
+                raise
             save_file = self.dir / "template.save"
             xml = g.save(save_file)
             self.guests.remove(g)

@@ -90,7 +90,8 @@ def domain_xml(spec: GuestSpec) -> str:
     else:
         panic = _sub(dev, "panic", model="isa")
         _sub(panic, "address", type="isa", iobase="0x505")
-    _sub(dev, "rng", model="virtio").append(_backend_random())
+    # QEMU's own getrandom(): no /dev/urandom to open inside libvirt's private /dev
+    _sub(_sub(dev, "rng", model="virtio"), "backend", model="builtin")
     _sub(dev, "memballoon", model="none")
 
     args = ["-netdev", netdev_arg(spec),
@@ -102,12 +103,6 @@ def domain_xml(spec: GuestSpec) -> str:
         ET.SubElement(cmd, f"{{{QEMU_NS}}}arg", value=a)
     ET.indent(dom)
     return ET.tostring(dom, encoding="unicode")
-
-
-def _backend_random() -> ET.Element:
-    el = ET.Element("backend", model="random")
-    el.text = "/dev/urandom"
-    return el
 
 
 def read_owner(xml: str) -> dict[str, str] | None:

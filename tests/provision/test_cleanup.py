@@ -53,9 +53,12 @@ def conn():
 
 
 def start_owner():
-    proc = subprocess.Popen([sys.executable, "-c", OWNER_SCRIPT], stdout=subprocess.PIPE, text=True)
-    info = json.loads(proc.stdout.readline())
-    return proc, info
+    proc = subprocess.Popen([sys.executable, "-c", OWNER_SCRIPT], stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True)
+    line = proc.stdout.readline()
+    if not line:
+        pytest.fail(f"the owner process could not start its guest:\n{proc.stderr.read()}")
+    return proc, json.loads(line)
 
 
 def domain_names(conn):
