@@ -76,11 +76,11 @@ def domain_xml(spec: GuestSpec) -> str:
     _sub(disk, "source", file=str(spec.disk))
     _sub(disk, "target", dev="vda", bus="virtio")
 
-    serial = _sub(dev, "serial", type="pty")
-    _sub(serial, "log", file=str(spec.console_log), append="off")
+    # a file, not a pty: QEMU gets the fd from virtlogd, so nothing in libvirt's private /dev
+    # is needed (a pty fails there inside a chroot, measured); libvirt adds the console itself
+    serial = _sub(dev, "serial", type="file")
+    _sub(serial, "source", path=str(spec.console_log), append="off")
     _sub(serial, "target", port="0")
-    console = _sub(dev, "console", type="pty")
-    _sub(console, "target", type="serial", port="0")
 
     chan = _sub(dev, "channel", type="unix")
     _sub(chan, "target", type="virtio", name="org.qemu.guest_agent.0")
@@ -124,6 +124,8 @@ def with_changes(xml: str, *, name: str | None = None, disk: str | None = None,
     if disk:
         root.find("devices/disk/source").set("file", disk)
     if console_log:
-        for log in root.findall("devices/serial/log"):
-            log.set("file", console_log)
+        for source in root.findall("devices/serial/source"):
+            source.set("path", console_log)
+        for source in root.findall("devices/console/source"):
+            source.set("path", console_log)
     return ET.tostring(root, encoding="unicode")

@@ -25,7 +25,8 @@ def test_tcg_q35_panic_agent_console():
     assert panic.get("model") == "isa" and panic.find("address").get("iobase") == "0x505"
     assert root.find("on_crash").text == "preserve"
     assert root.find("devices/channel/target").get("name") == "org.qemu.guest_agent.0"
-    assert root.find("devices/serial/log").get("file") == "/c/d.log"
+    assert root.find("devices/serial").get("type") == "file"
+    assert root.find("devices/serial/source").get("path") == "/c/d.log"
     assert root.find("devices/disk/source").get("file") == "/c/d.qcow2"
     assert root.find("os/cmdline").text == "root=/dev/vda"
 
@@ -61,4 +62,4 @@ def test_restore_rewrite_changes_disk_and_console_only():
     root = ET.fromstring(xml)
     assert root.find("name").text == "hil-s-gw0-1"
     assert root.find("devices/disk/source").get("file") == "/c/new.qcow2"
-    assert root.find("devices/serial/log").get("file") == "/c/new.log"
+    assert root.find("devices/serial/source").get("path") == "/c/new.log"
