@@ -26,6 +26,7 @@ in guests where a hang should name its function.
 from __future__ import annotations
 
 import logging
+import re
 import threading
 import time
 from dataclasses import dataclass, field, replace
@@ -43,6 +44,8 @@ NON_FATAL_KINDS = frozenset({
     "LEAK", "ATOMIC_SLEEP", "INFO",
 })
 EXCERPT_LINES = 80
+RESUME_AFTER_S = 0.3  # an event with no console report this long after: resume to let it print
+HANG_GRACE_S = 8.0  # after an NMI: time for the kernel to react and print
 
 
 def is_fatal(report: Report) -> bool:
@@ -138,6 +141,7 @@ class CrashMonitor:
         self._offset = 0
         self._last_life = time.monotonic()
         self._thread: threading.Thread | None = None
+        self._resumed = False
         self._dispatcher = None
 
     # --- lifecycle --------------------------------------------------------------------
@@ -255,7 +259,11 @@ class CrashMonitor:
         crash = self.crash
         if crash is None or crash.final or crash.source == "console":
             return
-        if time.monotonic() - crash.detected_at < self.grace_s:
+        waited = time.monotonic() - crash.detected_at
+        if waited >= RESUME_AFTER_S and not self._watcher.busy:
+            self._resume_panicked()
+        grace = max(self.grace_s, HANG_GRACE_S) if crash.source == "hang" else self.grace_s
+        if waited < grace:
             return
         # the console had its chance: name whatever report is half-collected, else keep
         # the event's title
@@ -263,6 +271,31 @@ class CrashMonitor:
             self._watcher.flush()
         if not self.crash.final:
             self._finalise(self.crash)
+
+    def _resume_panicked(self) -> None:
+        """Let a paused, panicked guest finish printing its panic (once per guest).
+
+        QEMU pauses the guest when the kernel's panic notifiers reach the pvpanic device
+        (``on_crash=preserve``).  A panic that starts in NMI context (or with the console
+        busy) has only put its message in the ring buffer by then: the kernel prints it in
+        ``console_flush_on_panic`` *after* the notifiers.  Resuming the crashed domain lets it
+        get there; with ``panic=0`` the kernel then stays in its panic loop.
+        """
+        if self._resumed:
+            return
+        import libvirt
+
+        dom = self.guest.domain
+        if dom is None:
+            return
+        try:
+            state, _ = dom.state()
+            if state == libvirt.VIR_DOMAIN_CRASHED:
+                self._resumed = True
+                dom.resume()
+                log.info("guest %s: resumed after the panic event so its console can finish", self.name)
+        except libvirt.libvirtError as exc:
+            log.info("guest %s: cannot resume the panicked guest: %s", self.name, exc.get_error_message())
 
     def _on_report(self, report: Report) -> None:
         """A console report is complete (monitor thread, lock held)."""
@@ -276,7 +309,7 @@ class CrashMonitor:
         if not crash.final:
             # the console names what an event (or hang) announced
             if crash.source == "hang":
-                report = _hang_report(crash.report, report)
+                report = _hang_report(report, console_excerpt(self.guest.console_text(), report))
             crash.report = replace(report, text=report.text or crash.report.text)
             self._finalise(crash)
             if is_fatal(crash.report):
@@ -309,7 +342,8 @@ class CrashMonitor:
         last = max(self._last_life, getattr(transport, "last_reply", 0.0))
         if time.monotonic() - last < limit:
             return
-        if transport.ping(timeout=min(5.0, max(1.0, limit / 4))):
+        # a generous ping: a timed-out agent command makes libvirt refuse the agent afterwards
+        if transport.ping(timeout=min(10.0, max(1.0, limit / 4))):
             self._last_life = time.monotonic()
             return
         silent = time.monotonic() - last
@@ -338,11 +372,19 @@ class CrashMonitor:
             return False
 
 
-def _hang_report(hang: Report, console: Report) -> Report:
-    """A hang named after what the NMI showed."""
-    where = f" in {console.function}" if console.function else ""
+_KERNEL_RIP = re.compile(r"RIP: 0010:(?:\[<[0-9a-f]+>\] )?([A-Za-z_][\w.]*)\+0x")
+
+
+def _hang_report(console: Report, excerpt: str = "") -> Report:
+    """A hang named after what the NMI showed: the report's function, else the kernel RIP
+    the NMI interrupted (``kernel.unknown_nmi_panic=1`` prints it)."""
+    function = console.function
+    if not function:
+        m = _KERNEL_RIP.search(excerpt)
+        function = m.group(1) if m else ""
+    where = f" in {function}" if function else ""
     return Report(title=f"guest hung{where} (NMI: {console.title})", kind="HANG",
-                  function=console.function, text=console.text)
+                  function=function, text=excerpt or console.text)
 
 
 # --- evidence ---------------------------------------------------------------------------
@@ -424,7 +466,8 @@ class ExpectedCrash:
                 monitor.wait(max(0.0, remaining))
                 c = monitor.crash
                 if c is not None and not c.final:
-                    monitor.wait_settled(max(0.0, min(remaining, monitor.grace_s + 0.5)))
+                    grace = max(monitor.grace_s, HANG_GRACE_S) if c.source == "hang" else monitor.grace_s
+                    monitor.wait_settled(max(0.0, min(remaining, grace + 0.5)))
             new = self.guest.crashes[self._seen:]
             for c in new:
                 if self.matches(c):
