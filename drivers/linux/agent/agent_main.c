@@ -584,7 +584,7 @@ static int session(struct socket *s, bool *productive)
 	int err = say_hello(s);
 
 	while (!err) {
-		struct hil_frame_header h;
+		struct hil_frame_header h = { };
 		u32 request_id, left;
 
 		err = recv_exact(s, hdr, sizeof(hdr));
