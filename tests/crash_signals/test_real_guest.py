@@ -58,3 +58,23 @@ def test_frozen_guest_is_reported_hung_after_an_nmi(linux_guest):
     assert "NMI" in exp.report.title, "the NMI made the kernel print nothing"
     assert exp.report.function == "hil_crash_freeze_cpu"
     assert linux_guest.state.value == "crashed"
+
+
+def test_memory_dump_of_a_panicked_guest(linux_guest, tmp_path):
+    """The Linux analogue of the Windows evidence path: a raw memory-only dump after a panic."""
+    from hil.crash.monitor import dump_memory
+
+    with linux_guest.expect_crash(kind="PANIC", timeout=10):
+        linux_guest.spawn("echo c > /proc/sysrq-trigger")
+    dump = dump_memory(linux_guest.domain, tmp_path / "memory.dump")
+    size = dump.stat().st_size
+    assert size >= linux_guest.spec.memory_mib * 1024 * 1024 * 0.9
+    # the kernel's log buffer is in there
+    with open(dump, "rb") as f:
+        found = False
+        while chunk := f.read(64 << 20):
+            if b"sysrq triggered crash" in chunk:
+                found = True
+                break
+    dump.unlink()
+    assert found
