@@ -203,7 +203,7 @@ def _unexpected_crashes(item) -> list:
     out = []
     for g in item.stash.get(_GUESTS_KEY, []):
         if g.monitor is not None and g.is_running():
-            g.monitor.poll()
+            g.monitor.quiesce()  # waits only while a report is half printed
         for c in g.unexpected_crashes():
             if id(c) not in reported:
                 reported.add(id(c))
