@@ -15,6 +15,7 @@ BENCHES: dict[str, str] = {
     "collector": "hil.bench.collector",
     "crash-corpus": "hil.bench.crash_corpus",
     "crash": "hil.bench.crash",
+    "agent": "hil.bench.agent",
 }
 
 
