@@ -45,7 +45,7 @@ NON_FATAL_KINDS = frozenset({
 })
 EXCERPT_LINES = 80
 RESUME_AFTER_S = 0.3  # an event with no console report this long after: resume to let it print
-HANG_GRACE_S = 8.0  # after an NMI: time for the kernel to react and print
+HANG_GRACE_S = 20.0  # after an NMI: time for the kernel to react and print (8 s was too short on a loaded 2-core host)
 
 
 def is_fatal(report: Report) -> bool:
