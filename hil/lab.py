@@ -189,7 +189,15 @@ class Lab:
         return self._snapshot
 
     def linux_guest(self, label: str = "") -> Guest:
-        """A clean, ready Linux guest: restored from the snapshot, or cold-booted."""
+        """A clean, ready Linux guest (restored from the snapshot, or cold-booted), watched for
+        hangs from now on (not while it boots: a slow boot is not a hang)."""
+        g = self._fresh_linux_guest()
+        g.hang_timeout_s = self.config.linux.hang_timeout_s or None
+        if g.monitor is not None:
+            g.monitor.hang_timeout_s = g.hang_timeout_s
+        return g
+
+    def _fresh_linux_guest(self) -> Guest:
         if not self.config.linux.snapshot:
             return self.boot_linux_guest()
         snap = self.snapshot()
@@ -223,5 +231,8 @@ def _settle(g: Guest) -> None:
     """Wait for boot-time services to finish so every snapshot is taken in the same state."""
     r = g.run("systemctl is-system-running --wait 2>/dev/null || true", timeout=120)
     log.info("guest %s system state: %s", g.name, r.text.strip())
+    # an NMI from the hang detector panics with the interrupted CPU's stack (instead of printing
+    # "Dazed and confused"), so a hang is named after the function it is stuck in
+    g.run("sysctl -q -w kernel.unknown_nmi_panic=1", timeout=30).check()
     # a smaller save file restores faster: flush and drop the page cache first
     g.run("sync && echo 3 > /proc/sys/vm/drop_caches", timeout=60).check()

@@ -75,6 +75,34 @@ def _terminate(signum, frame):
     raise KeyboardInterrupt(f"signal {signum}")
 
 
+def _worker(config) -> str | None:
+    return getattr(config, "workerinput", {}).get("workerid")
+
+
+def pytest_sessionstart(session):
+    if _worker(session.config) is None:  # the controller: forget an earlier run's timelines
+        for old in session.config.stash[ARTIFACTS_KEY].glob("timeline-*.json"):
+            old.unlink(missing_ok=True)
+
+
+def pytest_sessionfinish(session):
+    """Each process dumps its lab steps; the controller draws them as ``timeline.html``."""
+    from hil.report import timeline
+    from hil.steps import TIMELINE
+
+    folder = session.config.stash[ARTIFACTS_KEY]
+    worker = _worker(session.config)
+    if TIMELINE.records:
+        folder.mkdir(parents=True, exist_ok=True)
+        timeline.dump(TIMELINE.records, worker or "main", folder / f"timeline-{worker or 'main'}.json")
+    if worker is None:
+        out = timeline.render(list(folder.glob("timeline-*.json")), folder / "timeline.html")
+        tr = session.config.pluginmanager.get_plugin("terminalreporter")
+        if out and tr:
+            tr.ensure_newline()
+            tr.write_line(f"kernel-hil timeline: {out}")
+
+
 @pytest.fixture(scope="session")
 def hil_config(pytestconfig):
     return pytestconfig._hil_config
@@ -101,8 +129,9 @@ def _safe(nodeid: str) -> str:
 
 @pytest.fixture
 def hil_artifacts(request) -> Path:
-    """This test's artifact folder (created on first use)."""
+    """This test's artifact folder, emptied of an earlier run's files."""
     d = request.config.stash[ARTIFACTS_KEY] / _safe(request.node.nodeid)
+    shutil.rmtree(d, ignore_errors=True)
     d.mkdir(parents=True, exist_ok=True)
     return d
 
@@ -114,8 +143,6 @@ def linux_guest(request, hil_lab, hil_artifacts):
         guest = hil_lab.linux_guest(label=request.node.name)
     except HilError as exc:
         pytest.fail(f"kernel-hil: no Linux guest: {exc}", pytrace=False)
-    if guest.monitor is not None and hil_lab.config.linux.hang_timeout_s:
-        guest.monitor.hang_timeout_s = hil_lab.config.linux.hang_timeout_s
     request.node.stash.setdefault(_GUESTS_KEY, []).append(guest)
     yield guest
     if guest.monitor is not None:
@@ -128,7 +155,7 @@ def linux_guest(request, hil_lab, hil_artifacts):
     if keep:
         tr = request.config.pluginmanager.get_plugin("terminalreporter")
         msg = (f"\nkept guest {guest.name} for {request.node.nodeid}:\n"
-               f"  console: virsh -c {hil_lab.config.libvirt_uri} console {guest.name}  (root, no password)\n"
+               f"  console: tail -f {guest.spec.console_log}\n"
                f"  agent:   virsh -c {hil_lab.config.libvirt_uri} qemu-agent-command {guest.name} "
                "'{\"execute\":\"guest-ping\"}'\n"
                f"  remove:  hil sweep --kept\n")
