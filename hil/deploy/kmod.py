@@ -35,6 +35,7 @@ from typing import Iterable, Protocol
 from hil.errors import EnvironmentProblem, GuestError, HilError
 from hil.paths import cache_root
 from hil.steps import step
+from hil.waiting import wait_until  # noqa: F401  (the suites' helper, re-exported)
 
 # Files in a module directory that are build outputs, never inputs.
 _OUTPUT_PATTERNS = re.compile(
@@ -390,21 +391,6 @@ def parse_counters(text: str) -> dict[str, int]:
 # ---- small helpers shared by the module suites -------------------------------------------------
 
 KSERVER_SERVE_DIR = "/srv/kserver"
-
-
-def wait_until(predicate, timeout: float, what: str, interval: float = 0.05):
-    """Poll ``predicate`` until it returns a truthy value (returned) or ``timeout`` passes.
-    For state that has no event to wait on (a counter in sysfs, a line in dmesg)."""
-    import time
-
-    deadline = time.monotonic() + timeout
-    while True:
-        value = predicate()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise HilError(f"timed out after {timeout:g} s waiting for {what}")
-        time.sleep(interval)
 
 
 def percentile(samples, q: float) -> float:

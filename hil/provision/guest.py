@@ -20,6 +20,7 @@ from hil.provision.spec import GuestSpec
 from hil.steps import step
 from hil.transport.base import RunResult
 from hil.transport.qga import QgaTransport
+from hil.waiting import wait_until
 
 log = logging.getLogger("hil.guest")
 
@@ -319,12 +320,5 @@ class Guest:
         self._transport().set_time()
 
     def wait_until(self, predicate, timeout: float, what: str, interval: float = 0.1):
-        """Poll ``predicate()`` until truthy (returned) or raise after ``timeout`` seconds."""
-        deadline = time.monotonic() + timeout
-        while True:
-            value = predicate()
-            if value:
-                return value
-            if time.monotonic() > deadline:
-                raise GuestError(f"guest {self.name}: {what} did not happen within {timeout:.0f}s")
-            time.sleep(interval)
+        """Poll ``predicate()`` until truthy (returned) or raise a GuestError naming this guest."""
+        return wait_until(predicate, timeout, f"{what} on guest {self.name}", interval, GuestError)
