@@ -120,14 +120,17 @@ def encode_from_meaning(frames: list[dict]) -> bytes:
     return out
 
 
-@pytest.mark.parametrize("name", VECTORS)
+def _reproducible(name: str) -> bool:
+    """Canonical vectors without opaque unknown-type bodies: those the encoder can rebuild
+    (the others are errors, future fields, or records of types the encoder does not know)."""
+    _, meaning = load(name)
+    return meaning["canonical"] and not any(
+        r.get("skipped_type") for f in meaning["frames"] if f["type"] == "RECORDS" for r in f["records"])
+
+
+@pytest.mark.parametrize("name", [n for n in VECTORS if _reproducible(n)])
 def test_python_encoder_reproduces_canonical_vectors(name):
     data, meaning = load(name)
-    if not meaning["canonical"]:
-        pytest.skip("not a canonical encoding (future fields or an error)")
-    if any(r.get("skipped_type") for f in meaning["frames"] if f["type"] == "RECORDS"
-           for r in f["records"]):
-        pytest.skip("unknown-type record bodies are opaque")
     assert encode_from_meaning(meaning["frames"]) == data
 
 
