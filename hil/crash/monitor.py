@@ -373,15 +373,40 @@ class CrashMonitor:
 
 
 _KERNEL_RIP = re.compile(r"RIP: 0010:(?:\[<[0-9a-f]+>\] )?([A-Za-z_][\w.]*)\+0x")
+_FRAME = re.compile(r"^\s*(\?\s+)?([A-Za-z_][\w.]*)\+0x[0-9a-f]+/0x[0-9a-f]+")
+# Where a busy CPU is caught by an NMI without being the culprit: clock reads, delays, idle.
+_INTERRUPTED_GENERIC = re.compile(
+    r"^(read_hpet|read_tsc|ktime_get\w*|native_sched_clock|sched_clock\w*|delay_tsc|__delay|"
+    r"__const_udelay|udelay|cpu_relax|rep_nop|native_safe_halt|default_idle\w*|acpi_idle\w*|"
+    r"mwait_idle\w*|cpu_idle_poll|do_idle|cpuidle_enter\w*|arch_cpu_idle\w*)$")
+
+
+def _interrupted_function(excerpt: str) -> str:
+    """The function the NMI caught the CPU in: the RIP, then the interrupted task's frames
+    (after ``</NMI>``), skipping clock reads, delays and idle loops a spinning CPU sits in."""
+    lines = [re.sub(r"^\[\s*[\d.]+\]\s?", "", line) for line in excerpt.splitlines()]
+    candidates = []
+    rip = next((m.group(1) for m in map(_KERNEL_RIP.search, lines) if m), None)
+    if rip:
+        candidates.append(rip)
+    ends = [i for i, line in enumerate(lines) if line.strip() == "</NMI>"]
+    if ends:
+        for line in lines[ends[0] + 1:]:
+            if line.strip() in ("</TASK>", "</IRQ>"):
+                break
+            m = _FRAME.match(line)
+            if m and not m.group(1):
+                candidates.append(m.group(2))
+    for name in candidates:
+        if not _INTERRUPTED_GENERIC.match(name):
+            return name
+    return candidates[0] if candidates else ""
 
 
 def _hang_report(console: Report, excerpt: str = "") -> Report:
-    """A hang named after what the NMI showed: the report's function, else the kernel RIP
-    the NMI interrupted (``kernel.unknown_nmi_panic=1`` prints it)."""
-    function = console.function
-    if not function:
-        m = _KERNEL_RIP.search(excerpt)
-        function = m.group(1) if m else ""
+    """A hang named after what the NMI showed: the report's function, else the function the
+    NMI interrupted (``kernel.unknown_nmi_panic=1`` makes the kernel print it)."""
+    function = console.function or _interrupted_function(excerpt)
     where = f" in {function}" if function else ""
     return Report(title=f"guest hung{where} (NMI: {console.title})", kind="HANG",
                   function=function, text=excerpt or console.text)

@@ -248,6 +248,19 @@ def test_hang_injects_nmi_and_names_what_it_shows(monitor_of, tmp_path):
     assert crash.report.function == "hil_crash_freeze_cpu"
 
 
+@pytest.mark.parametrize("log", ["nmi_panic.log", "nmi-panic-frozen-cpu-in-clock-read.log"])
+def test_hang_is_named_after_the_interrupted_function_not_the_clock_read(log):
+    """Both real consoles of a frozen guest: in the second, the NMI caught the CPU reading the
+    clock (RIP read_hpet) from inside the stuck function, one frame further down."""
+    from hil.crash import parse
+    from hil.crash.monitor import _hang_report
+
+    text = (DATA / log).read_text()
+    report = _hang_report(parse(text), text)
+    assert report.function == "hil_crash_freeze_cpu"
+    assert report.title == "guest hung in hil_crash_freeze_cpu (NMI: kernel panic: NMI: Not continuing)"
+
+
 def test_no_hang_while_the_agent_answers(monitor_of, tmp_path):
     g, m = monitor_of(FakeGuest(tmp_path, alive=True), hang_timeout_s=0.05)
     deadline = time.monotonic() + WAIT
