@@ -14,15 +14,22 @@ from hil.deploy import kmod
 from hil.errors import GuestError, HilError
 
 
-def _host_kbuild() -> Path | None:
+def _kbuild() -> Path | None:
+    """The embedded guest's own headers (what the suites build against), else the host's."""
+    from hil.images.linux_image import cached_image
+
+    img = cached_image()
+    if img is not None and img.kbuild_dir and img.kbuild_dir.is_dir():
+        return img.kbuild_dir
     for d in sorted(glob.glob("/usr/src/linux-headers-*")):
         if Path(d, "Module.symvers").is_file():
             return Path(d)
     return None
 
 
-KBUILD = _host_kbuild()
-needs_headers = pytest.mark.skipif(KBUILD is None, reason="no kernel headers on this host (apt-get install linux-headers-amd64)")
+KBUILD = _kbuild()
+needs_headers = pytest.mark.skipif(KBUILD is None, reason="no kernel headers: build the guest image "
+                                   "(hil image build linux) or apt-get install linux-headers-amd64")
 
 
 @pytest.fixture
