@@ -188,6 +188,24 @@ static PKSOCK KspWrap(PWSK_SOCKET w, KSOCK_KIND kind)
     return sock;
 }
 
+/* Take ownership of a socket WSK just created or accepted (the IRP's Information). */
+static NTSTATUS KspAdopt(ULONG_PTR info, KSOCK_KIND kind, PKSOCK *out)
+{
+    PWSK_SOCKET w = (PWSK_SOCKET)info;
+    PKSOCK sock;
+
+    if (w == NULL)
+        return STATUS_UNSUCCESSFUL;
+    InterlockedIncrement(&g_live_sockets);
+    sock = KspWrap(w, kind);
+    if (sock == NULL) {
+        KspCloseWsk(w);
+        return STATUS_INSUFFICIENT_RESOURCES;
+    }
+    *out = sock;
+    return STATUS_SUCCESS;
+}
+
 static VOID KspFillAddr(PSOCKADDR_IN a, ULONG ip, USHORT port)
 {
     RtlZeroMemory(a, sizeof(*a));
@@ -239,8 +257,6 @@ NTSTATUS KsockCreate(PKSOCK *out, KSOCK_KIND kind)
     KSOCK_OP op;
     NTSTATUS status;
     ULONG_PTR info;
-    PWSK_SOCKET w;
-    PKSOCK sock;
     ULONG flags;
 
     *out = NULL;
@@ -261,18 +277,7 @@ NTSTATUS KsockCreate(PKSOCK *out, KSOCK_KIND kind)
     status = KspOpFinish(NULL, &op, status, KSOCK_WAIT_FOREVER, &info);
     if (!NT_SUCCESS(status))
         return status;
-    w = (PWSK_SOCKET)info;
-    if (w == NULL)
-        return STATUS_UNSUCCESSFUL;
-    InterlockedIncrement(&g_live_sockets);
-
-    sock = KspWrap(w, kind);
-    if (sock == NULL) {
-        KspCloseWsk(w);
-        return STATUS_INSUFFICIENT_RESOURCES;
-    }
-    *out = sock;
-    return STATUS_SUCCESS;
+    return KspAdopt(info, kind, out);
 }
 
 NTSTATUS KsockBind(PKSOCK sock, ULONG ip, USHORT port)
@@ -319,7 +324,7 @@ NTSTATUS KsockAccept(PKSOCK listener, PKSOCK *accepted, PSOCKADDR_IN remote, ULO
     KSOCK_OP op;
     NTSTATUS status;
     ULONG_PTR info;
-    PWSK_SOCKET w, a;
+    PWSK_SOCKET w;
     PKSOCK sock;
 
     *accepted = NULL;
@@ -341,15 +346,9 @@ NTSTATUS KsockAccept(PKSOCK listener, PKSOCK *accepted, PSOCKADDR_IN remote, ULO
     status = KspOpFinish(listener, &op, status, timeout_ms, &info);
     if (!NT_SUCCESS(status))
         return status;
-    a = (PWSK_SOCKET)info;
-    if (a == NULL)
-        return STATUS_UNSUCCESSFUL;
-    InterlockedIncrement(&g_live_sockets);
-    sock = KspWrap(a, KsockConnectionSocket);
-    if (sock == NULL) {
-        KspCloseWsk(a);
-        return STATUS_INSUFFICIENT_RESOURCES;
-    }
+    status = KspAdopt(info, KsockConnectionSocket, &sock);
+    if (!NT_SUCCESS(status))
+        return status;
     sock->Bound = TRUE;
     if (remote)
         *remote = peer;
