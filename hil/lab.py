@@ -162,9 +162,11 @@ class Lab:
         name = self._new_name()
         g = self._guest(self._linux_spec(name, self._overlay(img.disk, name)))
         g.boot()
+        usual, g.transport.agent_timeout = g.transport.agent_timeout, 60.0  # booting: slow answers
         with step("cold-boot-ready", guest=name) as rec:
             g.wait_ready(self.config.linux.boot_timeout_s)
             _settle(g)
+        g.transport.agent_timeout = usual
         self.cold_boot_s = rec.duration
         return g
 

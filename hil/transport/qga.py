@@ -49,6 +49,10 @@ class QgaTransport:
         self.transcript = AgentTranscript(transcript)
         self.aborted: str | None = None  # set by the crash monitor: why every call fails now
         self.last_reply = 0.0  # time.monotonic() of the last agent answer (a sign of life)
+        # How long one agent exchange may take by default.  Short, so a crashed guest's call
+        # ends soon; the lab raises it while a guest boots, when a loaded host can delay answers
+        # for many seconds (one timed-out exchange makes libvirt refuse the agent afterwards).
+        self.agent_timeout = 10.0
 
     def abort(self, reason: str) -> None:
         """The guest crashed: make waits end now and errors name ``reason``."""
@@ -60,7 +64,7 @@ class QgaTransport:
                              "see the crash report (crash.txt) and the console log")
 
     # --- raw agent access -------------------------------------------------------------
-    def command(self, execute: str, arguments: dict | None = None, timeout: float = 10.0,
+    def command(self, execute: str, arguments: dict | None = None, timeout: float | None = None,
                 what: str | None = None) -> dict:
         import libvirt
         import libvirt_qemu
@@ -71,6 +75,7 @@ class QgaTransport:
         text = json.dumps(msg)
         self.transcript.write(">", text)
         try:
+            timeout = self.agent_timeout if timeout is None else timeout
             reply = libvirt_qemu.qemuAgentCommand(self.domain, text, max(1, int(timeout + 0.999)), 0)
         except libvirt.libvirtError as exc:
             self.transcript.write("!", exc.get_error_message())
