@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import errno
 import os
 import shutil
+import socket
 import subprocess
 import time
 from pathlib import Path
@@ -20,14 +22,35 @@ def _daemon_binary(name: str) -> str | None:
     return shutil.which(name) or next((p for p in (f"/usr/sbin/{name}",) if os.path.exists(p)), None)
 
 
-def ensure_daemons(uri: str, timeout: float = 15.0) -> None:
-    """Start the system daemons behind ``qemu:///system`` when their sockets are missing.
+def socket_answers(path: Path) -> bool:
+    """True when a daemon listens on the Unix socket ``path``.
+
+    The file alone proves nothing: a daemon that was killed (a session that ended, a reboot
+    without tmpfs /run) leaves its socket behind, and connecting to it is refused.
+    """
+    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as s:
+        s.settimeout(2.0)
+        try:
+            s.connect(str(path))
+        except (FileNotFoundError, ConnectionRefusedError):
+            return False
+        except OSError as exc:
+            # anything else (EACCES for a non-root user, a full backlog) means somebody is there
+            return exc.errno not in (errno.ENOENT, errno.ECONNREFUSED, errno.ENOTSOCK)
+        return True
+
+
+def ensure_daemons(uri: str, timeout: float = 15.0,
+                   sockets: dict[str, Path] | None = None) -> None:
+    """Start the system daemons behind ``qemu:///system`` when nobody answers on their sockets.
 
     Only for the local system URI and only as root: anything else is the user's libvirt to run.
+    A stale socket file of a dead daemon is removed first, so the new daemon can bind.
     """
     if uri != "qemu:///system":
         return
-    missing = [name for name, sock in SYSTEM_SOCKETS.items() if not sock.exists()]
+    sockets = SYSTEM_SOCKETS if sockets is None else sockets
+    missing = [name for name, sock in sockets.items() if not socket_answers(sock)]
     if not missing:
         return
     if os.geteuid() != 0:
@@ -39,14 +62,16 @@ def ensure_daemons(uri: str, timeout: float = 15.0) -> None:
         if binary is None:
             raise EnvironmentProblem(f"{name} is not installed",
                                      "apt-get install libvirt-daemon-system qemu-system-x86")
+        sockets[name].unlink(missing_ok=True)  # stale: nobody answered on it
         subprocess.run([binary, "-d"], check=False, stdin=subprocess.DEVNULL,
                        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
-        if all(SYSTEM_SOCKETS[n].exists() for n in missing):
+        if all(socket_answers(sockets[n]) for n in missing):
             return
         time.sleep(0.05)
-    raise EnvironmentProblem(f"started {', '.join(missing)} but no socket appeared within {timeout:.0f}s",
+    raise EnvironmentProblem(f"started {', '.join(missing)} but nobody answered on "
+                             f"{', '.join(str(sockets[n]) for n in missing)} within {timeout:.0f}s",
                              "look at /var/log/libvirt/ and run `libvirtd` in the foreground to see why")
 
 
