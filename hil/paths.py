@@ -4,6 +4,9 @@ QEMU runs as the ``libvirt-qemu`` user, so every file it opens (kernels, images,
 must sit in a directory that user can traverse.  ``/root`` is not such a directory, so when
 running as root the default cache is ``/var/cache/kernel-hil``; otherwise the XDG cache.
 ``HIL_CACHE_DIR`` overrides both.
+
+Test data that is not ours to commit (the crash corpus of real console logs) lives in the
+team's shared folder; ``shared_dir()`` finds it wherever the checkout is.
 """
 
 from __future__ import annotations
@@ -40,3 +43,27 @@ def runtime_dir() -> Path:
 def project_root() -> Path:
     """The checkout this package was imported from (recipes live in ``guests/``)."""
     return Path(__file__).resolve().parent.parent
+
+
+SHARED_CANDIDATES = ("../shared", "/work/shared")
+
+
+def shared_dir() -> Path | None:
+    """The team's shared folder (seeds, test data): ``HIL_SHARED_DIR``, else ``../shared`` beside
+    the checkout, else ``/work/shared`` (where a clone made elsewhere, as CI's, still finds it)."""
+    if env := os.environ.get("HIL_SHARED_DIR"):
+        return Path(env)
+    for cand in SHARED_CANDIDATES:
+        path = (project_root() / cand).resolve()
+        if path.is_dir():
+            return path
+    return None
+
+
+def linux_crash_corpus() -> Path:
+    """The corpus of real Linux console logs; a path that does not exist when none is found."""
+    base = shared_dir() or (project_root() / ".." / "shared").resolve()
+    return base / "testdata" / "crash-logs" / "linux"
+
+
+CORPUS_HINT = "set HIL_SHARED_DIR to the folder that holds testdata/crash-logs/linux"

@@ -17,7 +17,6 @@ the marker ``@pytest.mark.expect_crash(kind=..., function=..., timeout=...)``.
 
 from __future__ import annotations
 
-import os
 import re
 import shutil
 import signal

@@ -24,8 +24,9 @@ TARGETS = {"crash_detect_accuracy": 0.99, "kind_accuracy": 0.95, "function_accur
 
 
 def default_corpus() -> Path:
-    root = Path(__file__).resolve().parents[2]
-    return (root / ".." / "shared" / "testdata" / "crash-logs" / "linux").resolve()
+    from hil.paths import linux_crash_corpus
+
+    return linux_crash_corpus()
 
 
 @dataclass
@@ -115,7 +116,7 @@ def evaluate(directory: Path) -> tuple[dict[str, float], list[Result]]:
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--corpus", type=Path, default=None,
-                        help="directory of annotated console logs (default: ../shared/testdata/crash-logs/linux)")
+                        help="directory of annotated console logs (default: testdata/crash-logs/linux in the shared folder; HIL_SHARED_DIR)")
     parser.add_argument("-v", "--verbose", action="store_true", help="list the misses")
 
 

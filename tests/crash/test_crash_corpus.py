@@ -7,14 +7,15 @@ misses listed below and marked xfail (strict), so a fix or a regression both sho
 from __future__ import annotations
 
 from functools import lru_cache
-from pathlib import Path
 
 import pytest
 
 from hil.bench import crash_corpus
+from hil.paths import CORPUS_HINT, linux_crash_corpus
 
-CORPUS = (Path(__file__).resolve().parents[2] / ".." / "shared" / "testdata" / "crash-logs" / "linux").resolve()
-pytestmark = pytest.mark.skipif(not CORPUS.is_dir(), reason=f"shared crash corpus not found at {CORPUS}")
+CORPUS = linux_crash_corpus()
+pytestmark = pytest.mark.skipif(not CORPUS.is_dir(),
+                                reason=f"shared crash corpus not found at {CORPUS}: {CORPUS_HINT}")
 
 # file -> why the detector disagrees with the expected title (crash/kind/function).
 KNOWN_MISSES: dict[str, str] = {

@@ -8,10 +8,11 @@ from pathlib import Path
 import pytest
 
 from hil.crash import ConsoleWatcher, parse, parse_all
+from hil.paths import CORPUS_HINT, linux_crash_corpus
 
 DATA = Path(__file__).parent / "data"
 OOPS = (DATA / "debian12-6.1-null-deref-oops.log").read_text()
-CORPUS = (Path(__file__).resolve().parents[2] / ".." / "shared" / "testdata" / "crash-logs" / "linux").resolve()
+CORPUS = linux_crash_corpus()
 # A few corpus logs of different shapes: task-context KASAN, stall, lockdep, hung task, arm64.
 CORPUS_SAMPLES = ["130", "264", "558", "1000", "734", "12"]
 
@@ -67,7 +68,7 @@ def test_bytes_and_crlf_are_accepted():
     assert rep is not None and rep.title == parse(OOPS).title
 
 
-@pytest.mark.skipif(not CORPUS.is_dir(), reason=f"shared crash corpus not found at {CORPUS}")
+@pytest.mark.skipif(not CORPUS.is_dir(), reason=f"shared crash corpus not found at {CORPUS}: {CORPUS_HINT}")
 @pytest.mark.parametrize("name", CORPUS_SAMPLES)
 def test_corpus_log_chunking_invariance(name):
     text = _corpus_log(name)
