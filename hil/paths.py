@@ -62,7 +62,7 @@ def shared_dir() -> Path | None:
 
 def linux_crash_corpus() -> Path:
     """The corpus of real Linux console logs; a path that does not exist when none is found."""
-    base = shared_dir() or (project_root() / ".." / "shared").resolve()
+    base = shared_dir() or (project_root() / SHARED_CANDIDATES[0]).resolve()
     return base / "testdata" / "crash-logs" / "linux"
 
 
