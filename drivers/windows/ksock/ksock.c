@@ -1,7 +1,7 @@
 /*
  * ksock.c - see ksock.h for the contract.
  *
- * Every WSK request follows one pattern (KspOpBegin / KspOpFinish):
+ * Every WSK request follows one pattern (KspOpBegin, or KspOpBeginOn for a socket, / KspOpFinish):
  *   allocate an IRP with one stack location -> set a completion routine that signals a
  *   KEVENT and returns STATUS_MORE_PROCESSING_REQUIRED (so the I/O manager never frees our
  *   IRP) -> call the provider -> wait (with a deadline) -> read IoStatus -> IoFreeIrp.
@@ -157,6 +157,24 @@ static VOID KspLeave(PKSOCK sock)
     KeReleaseSpinLock(&sock->Lock, irql);
 }
 
+/*
+ * Start a request on sock: an IRP ready for the provider and the WSK socket to call, entered
+ * (KspLeave after the provider call). When the socket is shut down the IRP is freed again.
+ */
+static NTSTATUS KspOpBeginOn(PKSOCK sock, KSOCK_OP *op, PWSK_SOCKET *w)
+{
+    NTSTATUS status = KspOpBegin(op);
+    if (!NT_SUCCESS(status))
+        return status;
+    *w = KspEnter(sock);
+    if (*w == NULL) {
+        KspFreeIrp(op->Irp);
+        op->Irp = NULL;
+        return STATUS_CONNECTION_ABORTED;
+    }
+    return STATUS_SUCCESS;
+}
+
 static NTSTATUS KspCloseWsk(PWSK_SOCKET w)
 {
     KSOCK_OP op;
@@ -287,14 +305,9 @@ NTSTATUS KsockBind(PKSOCK sock, ULONG ip, USHORT port)
     NTSTATUS status;
     PWSK_SOCKET w;
 
-    status = KspOpBegin(&op);
+    status = KspOpBeginOn(sock, &op, &w);
     if (!NT_SUCCESS(status))
         return status;
-    w = KspEnter(sock);
-    if (w == NULL) {
-        KspFreeIrp(op.Irp);
-        return STATUS_CONNECTION_ABORTED;
-    }
     KspFillAddr(&addr, ip, port);
     if (sock->Kind == KsockListenSocket)
         status = ((const WSK_PROVIDER_LISTEN_DISPATCH *)w->Dispatch)
@@ -330,14 +343,9 @@ NTSTATUS KsockAccept(PKSOCK listener, PKSOCK *accepted, PSOCKADDR_IN remote, ULO
     *accepted = NULL;
     if (listener->Kind != KsockListenSocket || !listener->Bound)
         return STATUS_INVALID_DEVICE_STATE;
-    status = KspOpBegin(&op);
+    status = KspOpBeginOn(listener, &op, &w);
     if (!NT_SUCCESS(status))
         return status;
-    w = KspEnter(listener);
-    if (w == NULL) {
-        KspFreeIrp(op.Irp);
-        return STATUS_CONNECTION_ABORTED;
-    }
     RtlZeroMemory(&local, sizeof(local));
     RtlZeroMemory(&peer, sizeof(peer));
     status = ((const WSK_PROVIDER_LISTEN_DISPATCH *)w->Dispatch)
@@ -370,14 +378,9 @@ NTSTATUS KsockConnect(PKSOCK sock, ULONG ip, USHORT port, ULONG timeout_ms)
         if (!NT_SUCCESS(status))
             return status;
     }
-    status = KspOpBegin(&op);
+    status = KspOpBeginOn(sock, &op, &w);
     if (!NT_SUCCESS(status))
         return status;
-    w = KspEnter(sock);
-    if (w == NULL) {
-        KspFreeIrp(op.Irp);
-        return STATUS_CONNECTION_ABORTED;
-    }
     KspFillAddr(&addr, ip, port);
     status = ((const WSK_PROVIDER_CONNECTION_DISPATCH *)w->Dispatch)
                  ->WskConnect(w, (PSOCKADDR)&addr, 0, op.Irp);
@@ -409,16 +412,10 @@ static NTSTATUS KspTransfer(PKSOCK sock, BOOLEAN is_send, PVOID bounce, SIZE_T l
         return STATUS_INSUFFICIENT_RESOURCES;
     InterlockedIncrement(&g_live_mdls);
     MmBuildMdlForNonPagedPool(mdl);
-    status = KspOpBegin(&op);
+    status = KspOpBeginOn(sock, &op, &w);
     if (!NT_SUCCESS(status)) {
         KspFreeMdl(mdl);
         return status;
-    }
-    w = KspEnter(sock);
-    if (w == NULL) {
-        KspFreeIrp(op.Irp);
-        KspFreeMdl(mdl);
-        return STATUS_CONNECTION_ABORTED;
     }
     wb.Mdl = mdl;
     wb.Offset = 0;
