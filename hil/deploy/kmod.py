@@ -32,6 +32,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Iterable, Protocol
 
+from hil.crash import parse_all
 from hil.errors import EnvironmentProblem, GuestError, HilError
 from hil.paths import cache_root
 from hil.steps import step
@@ -41,14 +42,6 @@ from hil.waiting import wait_until  # noqa: F401  (the suites' helper, re-export
 _OUTPUT_PATTERNS = re.compile(
     r"(\.o|\.ko|\.mod|\.mod\.c|\.cmd|\.symvers|\.order|\.tmp|\.d|\.swp|~)$|^(Module\.symvers|modules\.order)$"
 )
-
-# Console / dmesg lines that mean the kernel is unhappy.
-OOPS_MARKERS = re.compile(
-    r"(BUG: |Oops|general protection fault|WARNING: |Kernel panic|kernel BUG at|"
-    r"unable to handle|Call Trace:|RIP: |watchdog: BUG: soft lockup|INFO: task .* blocked for more than|"
-    r"rcu_sched detected stalls|rcu: INFO: rcu_.*stall|UBSAN:|KASAN:|list_add corruption|list_del corruption)"
-)
-
 
 class Guest(Protocol):
     """What this module needs from a guest (the ``linux_guest`` fixture provides it)."""
@@ -309,8 +302,9 @@ def save_dmesg(guest: Guest, path: Path) -> Path:
 
 
 def kernel_problems(text: str) -> list[str]:
-    """Lines of a kernel log or console that mean an oops, BUG, WARNING, lockup or panic."""
-    return [ln for ln in text.splitlines() if OOPS_MARKERS.search(ln)]
+    """The titles of the crash reports (oops, BUG, WARNING, KASAN, lockup, panic...) in a kernel
+    log or console, found by the same detector that watches every guest (:mod:`hil.crash`)."""
+    return [report.title for report in parse_all(text)]
 
 
 def mark_kernel_log(guest: Guest, text: str) -> str:

@@ -102,10 +102,12 @@ def test_format_params_survives_shell_and_kernel_quoting():
         kmod.format_params({"bad name": 1})
 
 
-def test_kernel_problems_finds_oopses():
-    log = "[ 1.0] kserver: listening\n[ 2.0] BUG: kernel NULL pointer dereference, address: 0\n[ 2.1] Call Trace:\n"
-    assert len(kmod.kernel_problems(log)) == 2
-    assert kmod.kernel_problems("[ 1.0] all fine\n") == []
+def test_kernel_problems_names_each_crash_precisely():
+    oops = (Path(__file__).parents[1] / "crash" / "data" / "debian12-6.1-null-deref-oops.log").read_text()
+    log = "[    1.000000] kserver: listening\n" + oops
+    assert kmod.kernel_problems(log) == [
+        "BUG: unable to handle kernel NULL pointer dereference in hil_demo_rx_complete"]
+    assert kmod.kernel_problems("[    1.000000] all fine\n") == []
 
 
 def test_parse_counters():
