@@ -20,6 +20,7 @@ from __future__ import annotations
 import re
 import shutil
 import signal
+import time
 from pathlib import Path
 
 import pytest
@@ -28,6 +29,7 @@ from hil.collector.pytest_fixtures import collector  # noqa: F401  (re-exported 
 from hil.errors import HilError
 
 ARTIFACTS_KEY = pytest.StashKey[Path]()
+SESSION_START_KEY = pytest.StashKey[float]()  # the controller's start: pages show only this run
 REPORTS_KEY = pytest.StashKey[dict]()
 
 
@@ -82,11 +84,12 @@ def pytest_sessionstart(session):
     if _worker(session.config) is None:  # the controller: forget an earlier run's timelines
         for old in session.config.stash[ARTIFACTS_KEY].glob("timeline-*.json"):
             old.unlink(missing_ok=True)
+        session.config.stash[SESSION_START_KEY] = time.time()
 
 
 def pytest_sessionfinish(session):
     """Each process dumps its lab steps; the controller draws them as ``timeline.html``."""
-    from hil.report import timeline
+    from hil.report import histogram, timeline
     from hil.steps import TIMELINE
 
     folder = session.config.stash[ARTIFACTS_KEY]
@@ -95,11 +98,14 @@ def pytest_sessionfinish(session):
         folder.mkdir(parents=True, exist_ok=True)
         timeline.dump(TIMELINE.records, worker or "main", folder / f"timeline-{worker or 'main'}.json")
     if worker is None:
-        out = timeline.render(list(folder.glob("timeline-*.json")), folder / "timeline.html")
         tr = session.config.pluginmanager.get_plugin("terminalreporter")
-        if out and tr:
-            tr.ensure_newline()
-            tr.write_line(f"kernel-hil timeline: {out}")
+        pages = {"timeline": timeline.render(list(folder.glob("timeline-*.json")), folder / "timeline.html"),
+                 "latency histograms": histogram.render_index(
+                     folder, folder / "latency.html", since=session.config.stash.get(SESSION_START_KEY, 0.0))}
+        for what, out in pages.items():
+            if out and tr:
+                tr.ensure_newline()
+                tr.write_line(f"kernel-hil {what}: {out}")
 
 
 @pytest.fixture(scope="session")

@@ -35,6 +35,7 @@ from typing import Iterable, Protocol
 from hil.crash import parse_all
 from hil.errors import EnvironmentProblem, GuestError, HilError
 from hil.paths import cache_root
+from hil.stats import percentile  # noqa: F401  (the suites' helper, re-exported)
 from hil.steps import step
 from hil.waiting import wait_until  # noqa: F401  (the suites' helper, re-exported)
 
@@ -385,15 +386,6 @@ def parse_counters(text: str) -> dict[str, int]:
 # ---- small helpers shared by the module suites -------------------------------------------------
 
 KSERVER_SERVE_DIR = "/srv/kserver"
-
-
-def percentile(samples, q: float) -> float:
-    """Nearest-rank percentile (q in 0..100) of a sequence; NaN when empty."""
-    s = sorted(samples)
-    if not s:
-        return float("nan")
-    k = max(0, min(len(s) - 1, -(-len(s) * q // 100) - 1 if q > 0 else 0))
-    return s[int(k)]
 
 
 def parse_pid_lines(output: str) -> list[tuple[str, int]]:

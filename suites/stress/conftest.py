@@ -54,11 +54,16 @@ def storm_concurrency() -> int:
 
 
 @pytest.fixture
-def figures(request, record_property):
-    """``figures(title, **values)``: print ``key: value`` lines to the terminal and put them in
-    the JUnit properties."""
+def figures(request, record_property, kmod_artifacts):
+    """``figures(title, latencies_ms=None, **values)``: print ``key: value`` lines to the
+    terminal and put them in the JUnit properties; each ``latencies_ms`` series (name -> samples
+    in ms) is drawn as a histogram in the test's artifacts and on the run's ``latency.html``."""
+    from hil.report import histogram
 
-    def emit(title: str, **values) -> None:
+    def emit(title: str, latencies_ms: dict[str, list[float]] | None = None, **values) -> None:
+        for name, samples in (latencies_ms or {}).items():
+            path = histogram.write(kmod_artifacts, name, samples, f"{title}: {name.replace('_', ' ')}")
+            values[f"{name}_histogram"] = str(path)
         lines = [f"{title}:"] + [f"  {k}: {v:.3f}" if isinstance(v, float) else f"  {k}: {v}"
                                  for k, v in values.items()]
         capman = request.config.pluginmanager.get_plugin("capturemanager")

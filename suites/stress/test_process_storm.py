@@ -64,4 +64,5 @@ def test_process_storm_reports_every_exec_exactly_once(linux_guest, start_agent,
         exec_to_sent_p99_ms=kmod.percentile(lat_us, 99) / 1000,
         records_lost=len(missing),
         hash_cache_hits=st["hash_cache_hits"],
+        latencies_ms={"exec_to_sent": [us / 1000 for us in lat_us]},
     )
