@@ -174,7 +174,7 @@ def test_load_failure_and_oops_are_reported(tmp_path):
     with pytest.raises(GuestError, match="insmod kserver failed"):
         kmod.load_module(FakeGuest(insmod_rc=1, insmod_log="[1.0] kserver: cannot bind port 7070 (-98)"), ko)
     with pytest.raises(GuestError, match="complain"):
-        kmod.load_module(FakeGuest(insmod_log="[1.0] BUG: unable to handle page fault"), ko)
+        kmod.load_module(FakeGuest(insmod_log="[    1.000000] BUG: unable to handle page fault for address: ffffffffc0a3b000"), ko)
 
 
 def test_percentile_nearest_rank():
