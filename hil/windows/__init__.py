@@ -6,7 +6,7 @@ lab points ``HIL_WINDOWS_IMAGE`` (or ``[windows] image``) at a Windows image bui
 in guests/windows/README.md.
 """
 
-from hil.windows.domain import BugCheck, parse_hyperv_panic, windows_domain_xml
+from hil.windows.domain import windows_domain_xml
 from hil.windows.winrm import WinRMTransport
 
-__all__ = ["BugCheck", "WinRMTransport", "parse_hyperv_panic", "windows_domain_xml"]
+__all__ = ["WinRMTransport", "windows_domain_xml"]

@@ -5,7 +5,8 @@ synic, stimer, frequencies: Windows runs much better with them), the ``hypervclo
 and ``<panic model='hyperv'/>`` so a bug check (BSOD) is reported by QEMU as GUEST_PANICKED with
 the bug-check code and parameters.  Per the shared ENVIRONMENT.md that reporting only works
 under KVM (labs); under TCG the crash MSR writes are silently ignored, so the console/RDP is
-the only signal there and :func:`parse_hyperv_panic` is exercised at the parser level.
+the only signal there and :func:`hil.crash.bugcheck.parse_domain_log` is exercised at the
+parser level.
 
 Networking is QEMU user mode with a host-only forward of WinRM (``127.0.0.1:<port>`` ->
 guest 5985) passed through ``<qemu:commandline>`` because libvirt 9.0 has no port-forward
@@ -14,9 +15,7 @@ element for user networking; from the guest, 10.0.2.2 is the host's loopback (co
 
 from __future__ import annotations
 
-import re
 import xml.etree.ElementTree as ET
-from dataclasses import dataclass
 
 QEMU_NS = "http://libvirt.org/schemas/domain/qemu/1.0"
 
@@ -95,31 +94,3 @@ def windows_domain_xml(name: str, disk: str, *, memory_mib: int = 4096, vcpus: i
     ):
         ET.SubElement(cl, f"{{{QEMU_NS}}}arg", value=arg)
     return ET.tostring(dom, encoding="unicode")
-
-
-@dataclass(frozen=True)
-class BugCheck:
-    code: int
-    params: tuple[int, int, int, int]
-
-    @property
-    def title(self) -> str:
-        return f"BUGCHECK 0x{self.code:08X} ({', '.join(f'0x{p:X}' for p in self.params)})"
-
-
-_PANIC = re.compile(
-    r"panic hyper-v: arg1='(0x[0-9a-fA-F]+)', arg2='(0x[0-9a-fA-F]+)', arg3='(0x[0-9a-fA-F]+)', "
-    r"arg4='(0x[0-9a-fA-F]+)', arg5='(0x[0-9a-fA-F]+)'"
-)
-
-
-def parse_hyperv_panic(log_text: str) -> BugCheck | None:
-    """The bug check from libvirt's domain log line ``panic hyper-v: arg1='0x..', ...``
-    (arg1 is the bug-check code, arg2..arg5 its parameters); None if absent."""
-    m = None
-    for m in _PANIC.finditer(log_text):
-        pass  # the last one wins: a guest that rebooted may have crashed twice
-    if m is None:
-        return None
-    vals = [int(g, 16) for g in m.groups()]
-    return BugCheck(vals[0], (vals[1], vals[2], vals[3], vals[4]))

@@ -17,10 +17,15 @@ import subprocess
 import uuid
 from pathlib import Path
 
+from hil.crash import bugcheck
+from hil.crash.report import Report
 from hil.errors import EnvironmentProblem, GuestError
 from hil.steps import step
-from hil.windows.domain import BugCheck, parse_hyperv_panic, windows_domain_xml
+from hil.windows.domain import windows_domain_xml
 from hil.windows.winrm import WinRMTransport
+
+
+LIBVIRT_QEMU_LOGS = Path("/var/log/libvirt/qemu")
 
 
 def _free_port() -> int:
@@ -80,10 +85,18 @@ class WindowsLabGuest:
             self.transport.wait_ready(self.boot_timeout)
         self.state = "ready"
 
-    def bugcheck(self) -> BugCheck | None:
-        """The bug check libvirt logged for this domain (KVM only; see domain.py)."""
-        log = Path(f"/var/log/libvirt/qemu/{self.name}.log")
-        return parse_hyperv_panic(log.read_text(errors="replace")) if log.exists() else None
+    @property
+    def domain_log(self) -> Path:
+        """libvirt's log of this domain (QEMU's stderr, and the hyperv panic device's line)."""
+        return LIBVIRT_QEMU_LOGS / f"{self.name}.log"
+
+    def bugcheck(self) -> Report | None:
+        """The bug check this guest reported, named as Windows names it
+        (``0x000000D1 DRIVER_IRQL_NOT_LESS_OR_EQUAL``, its four parameters in ``parameters``),
+        read from the domain log by the same parser the crash monitor uses (KVM only; see
+        domain.py)."""
+        log = self.domain_log
+        return bugcheck.parse_domain_log(log.read_text(errors="replace")) if log.exists() else None
 
     def reboot(self) -> None:
         """Reboot (Driver Verifier settings need one) and wait for WinRM again."""

@@ -6,7 +6,8 @@ import xml.etree.ElementTree as ET
 
 import pytest
 
-from hil.windows.domain import QEMU_NS, parse_hyperv_panic, windows_domain_xml
+from hil.windows import guest as lab_guest
+from hil.windows.domain import QEMU_NS, windows_domain_xml
 
 pytestmark = pytest.mark.windows
 
@@ -32,12 +33,17 @@ def test_tcg_domain_type():
         windows_domain_xml("w", "/x.qcow2", winrm_port=1, accel="auto")
 
 
-def test_parse_hyperv_panic_line():
-    log = ("2026-11-23 23:40:01.123+0000: starting up\n"
-           "panic hyper-v: arg1='0xd1', arg2='0xfffff80312345678', arg3='0x2', arg4='0x0', "
-           "arg5='0xfffff80387654321'\n")
-    bc = parse_hyperv_panic(log)
-    assert bc.code == 0xD1
-    assert bc.params == (0xFFFFF80312345678, 2, 0, 0xFFFFF80387654321)
-    assert bc.title.startswith("BUGCHECK 0x000000D1")
-    assert parse_hyperv_panic("no crash here") is None
+def test_lab_guest_names_the_bugcheck_from_its_domain_log(tmp_path, monkeypatch):
+    image = tmp_path / "win.qcow2"
+    image.write_bytes(b"")
+    monkeypatch.setattr(lab_guest, "LIBVIRT_QEMU_LOGS", tmp_path)
+    g = lab_guest.WindowsLabGuest(image, tmp_path, user="hil", password="x")
+    assert g.bugcheck() is None  # no log yet
+    g.domain_log.write_text("2026-11-23 23:40:01.123+0000: starting up\n")
+    assert g.bugcheck() is None
+    with g.domain_log.open("a") as f:
+        f.write("panic hyper-v: arg1='0xd1', arg2='0xfffff80312345678', arg3='0x2', arg4='0x0', "
+                "arg5='0xfffff80387654321'\n")
+    rep = g.bugcheck()
+    assert rep.title == "0x000000D1 DRIVER_IRQL_NOT_LESS_OR_EQUAL" and rep.kind == "BSOD"
+    assert rep.parameters == ("0xfffff80312345678", "0x2", "0x0", "0xfffff80387654321")
