@@ -15,8 +15,8 @@ from pathlib import Path
 from hil.stats import percentile
 
 SUFFIX = ".latency.svg"
-WIDTH, HEIGHT = 640, 270
-LEFT, RIGHT, TOP, BOTTOM = 48, 12, 48, 36
+WIDTH, HEIGHT = 640, 280
+LEFT, RIGHT, TOP, BOTTOM = 48, 12, 60, 36
 
 
 def _ticks(lo: float, hi: float) -> list[float]:
@@ -31,7 +31,7 @@ def _ticks(lo: float, hi: float) -> list[float]:
 
 
 def _fmt(v: float) -> str:
-    return f"{v:.3g}"
+    return f"{v:.0f}" if abs(v) >= 100 else f"{v:.3g}"
 
 
 def render_svg(samples: list[float], title: str, unit: str = "ms", bins: int = 40) -> str:
@@ -78,13 +78,16 @@ def render_svg(samples: list[float], title: str, unit: str = "ms", bins: int = 4
         a, b = 10 ** (lo_log + k * span / bins), 10 ** (lo_log + (k + 1) * span / bins)
         out.append(f'<rect x="{LEFT + k * bar_w:.1f}" y="{TOP + plot_h - h:.1f}" width="{max(bar_w - 1, 1):.1f}" '
                    f'height="{h:.1f}" fill="#1f77b4"><title>{_fmt(a)}–{_fmt(b)} {unit}: {c}</title></rect>')
+    row, last_x = 0, -1e9
     for name, v, colour in (("p50", p50, "#2ca02c"), ("p99", p99, "#ff7f0e"), ("max", top, "#d62728")):
         x = x_of(v)
+        row = row + 1 if x - last_x < 30 else 0  # lines close together: labels on rows below
+        last_x = x
         right = x > WIDTH - RIGHT - 40  # near the right edge: label to the left of the line
         label_x, anchor = (x - 3, "end") if right else (x + 3, "start")
-        out.append(f'<line x1="{x:.1f}" y1="{TOP - 10}" x2="{x:.1f}" y2="{TOP + plot_h}" stroke="{colour}" '
-                   f'stroke-dasharray="4 3"/><text x="{label_x:.1f}" y="{TOP - 3}" text-anchor="{anchor}" '
-                   f'fill="{colour}">{name}</text>')
+        out.append(f'<line x1="{x:.1f}" y1="{TOP - 22}" x2="{x:.1f}" y2="{TOP + plot_h}" stroke="{colour}" '
+                   f'stroke-dasharray="4 3"/><text x="{label_x:.1f}" y="{TOP - 15 + 12 * row}" '
+                   f'text-anchor="{anchor}" fill="{colour}">{name}</text>')
     out.append("</svg>")
     return "".join(out)
 
