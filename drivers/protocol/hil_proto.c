@@ -191,6 +191,29 @@ int hil_next_record(const hil_u8 *payload, size_t len, size_t *off, struct hil_r
     return 1;
 }
 
+long hil_index_process_records(const hil_u8 *payload, size_t len, hil_u32 *starts, size_t cap)
+{
+    size_t off = 0, n = 0;
+    if (payload == NULL || starts == NULL || len > HIL_MAX_PAYLOAD)
+        return HIL_E_INVALID_ARG;
+    while (off < len) {
+        const hil_u8 *r = payload + off;
+        hil_u16 type, path_len;
+        if (len - off < HIL_PROCESS_PREFIX_LEN || n == cap)
+            return HIL_E_MALFORMED_RECORD;
+        type = get16(r);
+        path_len = get16(r + 54);
+        if ((type != HIL_REC_PROCESS_CREATED && type != HIL_REC_PROCESS_EXITED)
+            || get16(r + 2) != HIL_PROCESS_BODY_FIXED + path_len || get16(r + 4) != 4
+            || get16(r + 10) != 8 || get16(r + 20) != HIL_SHA256_LEN || path_len > HIL_MAX_PATH
+            || len - off - HIL_PROCESS_PREFIX_LEN < path_len)
+            return HIL_E_MALFORMED_RECORD;
+        starts[n++] = (hil_u32)off;
+        off += HIL_PROCESS_PREFIX_LEN + path_len;
+    }
+    return (long)n;
+}
+
 /* ---- encoding ---- */
 
 int hil_encode_header(hil_u8 *buf, size_t cap, hil_u8 type, hil_u32 length)

@@ -142,6 +142,16 @@ int hil_decode_end(const hil_u8 *payload, size_t len, struct hil_end *out);
  */
 int hil_next_record(const hil_u8 *payload, size_t len, size_t *off, struct hil_record *out);
 
+/*
+ * For a host that keeps records raw: in one pass, store the payload offset of each record in
+ * starts[] (at most cap) when the payload holds only process records of exactly the v1 size
+ * (no trailing fields) that hil_next_record accepts. Returns how many (>= 0), or
+ * HIL_E_MALFORMED_RECORD when any record is not such a record (an unknown type, trailing
+ * fields, an error) or there are more than cap: the caller then walks the payload with
+ * hil_next_record, which decides and names the problem.
+ */
+long hil_index_process_records(const hil_u8 *payload, size_t len, hil_u32 *starts, size_t cap);
+
 /* ---- encoding ---- */
 
 int hil_encode_header(hil_u8 *buf, size_t cap, hil_u8 type, hil_u32 length);

@@ -108,6 +108,39 @@ int main(void)
         }
     }
 
+    /* the host's one-pass index agrees with hil_next_record, and refuses what it must */
+    {
+        static hil_u32 starts[HIL_MAX_PAYLOAD / HIL_PROCESS_PREFIX_LEN + 1];
+        struct hil_frame_header h;
+        struct hil_record r;
+        const hil_u8 *payload = stream + HIL_HEADER_LEN;
+        size_t roff = 0, k = 0;
+        long n;
+        CHECK(hil_decode_header(stream, stream_len, &h) == HIL_OK);
+        n = hil_index_process_records(payload, h.length, starts, 1u << 20);
+        CHECK(n > 0);
+        while (hil_next_record(payload, h.length, &roff, &r) == 1) {
+            CHECK(k < (size_t)n && payload + starts[k] == r.raw);
+            k++;
+        }
+        CHECK(k == (size_t)n);
+        CHECK(hil_index_process_records(payload, h.length, starts, (size_t)n - 1) ==
+              HIL_E_MALFORMED_RECORD); /* more records than room */
+        for (i = 1; i < 600; i++) { /* a cut payload: refused unless cut between records */
+            long m = hil_index_process_records(payload, i, starts, 1u << 20);
+            size_t walked = 0;
+            roff = 0;
+            while ((rc = hil_next_record(payload, i, &roff, &r)) == 1)
+                walked++;
+            CHECK(m == (rc == 0 ? (long)walked : HIL_E_MALFORMED_RECORD));
+        }
+        memcpy(frame, payload, h.length);
+        frame[0] = 9; /* an unknown record type: the caller walks with hil_next_record */
+        CHECK(hil_index_process_records(frame, h.length, starts, 1u << 20) ==
+              HIL_E_MALFORMED_RECORD);
+        CHECK(hil_index_process_records(payload, 0, starts, 1u << 20) == 0);
+    }
+
     /* encoders respect their capacity and the protocol bounds */
     CHECK(hil_encode_request(frame, HIL_REQUEST_FRAME_LEN - 1, 1) == HIL_E_NO_SPACE);
     CHECK(hil_encode_end(frame, HIL_END_FRAME_LEN - 1, 1, 0, 0) == HIL_E_NO_SPACE);
