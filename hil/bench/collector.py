@@ -8,7 +8,9 @@ stored). ``decode_over_raw`` is the ratio of the two byte rates. Memory (RSS) is
 the stream grows; the collector keeps at most ``--keep`` records (oldest batches evicted), so
 RSS should stay flat however long the stream.
 
-Targets: decode_records_per_s >= 1,000,000 and decode_over_raw >= 0.5 on one core. On a
+Targets: decode_records_per_s >= 1,000,000 and decode_over_raw >= 0.5 on one core.
+``native_codec`` says whether the collector indexed the records with the drivers' C codec
+(:mod:`hil.protocol.native`; ``HIL_NATIVE_CODEC=0`` measures the pure Python codec). On a
 shared host wall-clock rates swing with other load; ``decode_records_per_cpu_s`` (records per
 CPU second of the collector thread) is the steadier figure.
 """
@@ -191,6 +193,9 @@ def run(args) -> int:
     n_frames = max(1, args.records // per_frame)
     total_records = n_frames * per_frame
     total_bytes = n_frames * len(frame)
+    from hil.protocol import native
+
+    print(f"native_codec: {native.status()}")
     print(f"records: {total_records}")
     print(f"record_bytes: {(len(frame) - 8) / per_frame:.1f}")
     print(f"stream_bytes: {total_bytes}")

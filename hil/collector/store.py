@@ -1,8 +1,9 @@
 """Thread-safe store of the records a collector received, and the queries tests run on it.
 
 The asyncio thread appends whole RECORDS frames (a batch of raw records with one receive
-time); test threads query. Records stay raw (``bytes`` per record) until a query looks at
-them, which keeps the receive path fast and memory compact.
+time); test threads query. Records stay raw until a query looks at them (a sequence of
+``bytes``: a :class:`~hil.protocol.codec.RawRecords` view into the received bytes when the C
+codec indexed the frame), which keeps the receive path fast and memory compact.
 """
 
 from __future__ import annotations
@@ -10,7 +11,7 @@ from __future__ import annotations
 import itertools
 import threading
 from collections import deque
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, NamedTuple
@@ -112,7 +113,7 @@ class RecordStore:
     def __init__(self, max_records: int | None = None):
         self.max_records = max_records
         self.cond = threading.Condition()
-        self._batches: deque[tuple[AgentId, float, float, list[bytes]]] = deque()
+        self._batches: deque[tuple[AgentId, float, float, Sequence[bytes]]] = deque()
         self._evicted_batches = 0  # index of _batches[0] in the arrival sequence
         self._stored = 0
         self.stats: dict[AgentId, AgentStats] = {}
@@ -122,7 +123,7 @@ class RecordStore:
 
     # --- writer side (collector thread) ---
 
-    def add(self, agent: AgentId, raws: list[bytes], skipped: int, mono: float,
+    def add(self, agent: AgentId, raws: Sequence[bytes], skipped: int, mono: float,
             wall: float) -> None:
         with self.cond:
             st = self.stats[agent]

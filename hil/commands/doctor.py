@@ -78,6 +78,12 @@ def checks(uri: str) -> list[Check]:
     tool("x86_64-w64-mingw32-gcc", "gcc-mingw-w64-x86-64 mingw-w64-x86-64-dev", required=False,
          why=" (building Windows drivers)")
     tool("cc", "gcc", why=" (protocol vectors, kernel modules)")
+    from hil.protocol import native
+
+    status = native.status()
+    out.append(Check("native protocol codec", status.startswith("on"), status,
+                     "apt-get install gcc (the collector then indexes records with hil_proto.c)",
+                     required=False))
     return out
 
 

@@ -3,13 +3,15 @@
 Decoding speed matters (the collector must keep up with a kernel agent flushing a full
 buffer): a RECORDS payload is walked with one ``struct.unpack_from`` of the fixed 56-byte
 process-record prefix and one slice per record; anything unusual (unknown record types,
-future fields) falls to a slower, fully checked path.
+future fields) falls to a slower, fully checked path.  A decoder made with ``native=True``
+(the collector's) indexes payloads with the drivers' C codec instead, when it can be loaded
+(:mod:`hil.protocol.native`), and hands out :class:`RawRecords` views instead of copies.
 """
 
 from __future__ import annotations
 
 import struct
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Sequence
 from typing import NamedTuple
 
 from hil.protocol.errors import (
@@ -63,11 +65,51 @@ class Request(NamedTuple):
         return encode_request(self.request_id)
 
 
+class RawRecords(Sequence):
+    """The raw process records of one RECORDS payload without copying them: the received bytes,
+    where the payload starts and ends in them, and each record's start (payload-relative).
+    Items are ``bytes``, as in the list the Python codec makes; equal to an equal list."""
+
+    __slots__ = ("_data", "_base", "_end", "_starts")
+
+    def __init__(self, data: bytes, base: int, end: int, starts: Sequence[int]):
+        self._data, self._base, self._end, self._starts = data, base, end, starts
+
+    def __len__(self) -> int:
+        return len(self._starts)
+
+    def __getitem__(self, i):
+        if isinstance(i, slice):
+            return [self[k] for k in range(*i.indices(len(self)))]
+        starts, n = self._starts, len(self._starts)
+        if i < 0:
+            i += n
+        if not 0 <= i < n:
+            raise IndexError("record index out of range")
+        stop = self._base + starts[i + 1] if i + 1 < n else self._end
+        return self._data[self._base + starts[i]:stop]
+
+    def __iter__(self) -> Iterator[bytes]:
+        data, base, starts = self._data, self._base, self._starts
+        for i in range(len(starts) - 1):
+            yield data[base + starts[i]:base + starts[i + 1]]
+        if starts:
+            yield data[base + starts[-1]:self._end]
+
+    def __eq__(self, other) -> bool:
+        if isinstance(other, (list, tuple, RawRecords)):
+            return len(self) == len(other) and all(a == b for a, b in zip(self, other))
+        return NotImplemented
+
+    def __repr__(self) -> str:
+        return f"RawRecords({len(self)} records, {self._end - self._base} bytes)"
+
+
 class Records(NamedTuple):
     """A RECORDS frame: ``records`` are raw process records (see :mod:`hil.protocol.records`),
     ``skipped`` the (type, body_len) of records of unknown types."""
 
-    records: list[bytes]
+    records: list[bytes] | RawRecords
     skipped: list[tuple[int, int]]
 
     @property
@@ -292,12 +334,17 @@ class StreamDecoder:
     earlier frame has been yielded; the decoder is unusable afterwards.
     """
 
-    __slots__ = ("_buf", "offset", "frames")
+    __slots__ = ("_buf", "offset", "frames", "_indexer")
 
-    def __init__(self) -> None:
+    def __init__(self, native: bool = False) -> None:
         self._buf = bytearray()
         self.offset = 0  # stream offset of the first byte not yet consumed
         self.frames = 0
+        self._indexer = None
+        if native:
+            from hil.protocol.native import indexer
+
+            self._indexer = indexer()
 
     @property
     def pending(self) -> int:
@@ -306,24 +353,38 @@ class StreamDecoder:
 
     def feed(self, data: bytes) -> Iterator[Frame]:
         buf = self._buf
-        unpack_header = HEADER.unpack_from
+        start = 0
         if buf:
-            # Only copy the buffer out once a whole frame is there: a peer trickling bytes
-            # one at a time costs O(1) per byte, not O(buffer).
-            buf += data
+            # Complete the buffered frame with just the bytes it lacks, then walk the rest of
+            # ``data`` in place: a peer trickling bytes costs O(1) per byte, and a frame split
+            # across two reads costs one copy of that frame, not of the whole read.
             if len(buf) < HEADER_LEN:
-                _check_magic_prefix(buf, self.offset)
-                return
-            magic, version, ftype, length = unpack_header(buf, 0)
+                start = min(HEADER_LEN - len(buf), len(data))
+                buf += data[:start]
+                if len(buf) < HEADER_LEN:
+                    _check_magic_prefix(buf, self.offset)
+                    return
+            magic, version, ftype, length = HEADER.unpack_from(buf, 0)
             if magic != MAGIC or version != VERSION or length > MAX_PAYLOAD \
                     or ftype not in FRAME_NAMES:
                 _check_header(magic, version, ftype, length, self.offset)
-            if len(buf) < HEADER_LEN + length:
+            need = HEADER_LEN + length - len(buf)
+            if len(data) - start < need:
+                buf += memoryview(data)[start:]
                 return
-            data = bytes(buf)
+            buf += memoryview(data)[start:start + need]
+            start += need
+            frame = bytes(buf)
             buf.clear()
+            yield from self._walk(frame, 0)
+        yield from self._walk(data, start)
+
+    def _walk(self, data: bytes, off: int) -> Iterator[Frame]:
+        """Yield the whole frames in ``data[off:]``; keep an incomplete last one in the buffer."""
+        buf = self._buf
+        unpack_header = HEADER.unpack_from
+        indexer = self._indexer
         end = len(data)
-        off = 0
         try:
             while end - off >= HEADER_LEN:
                 magic, version, ftype, length = unpack_header(data, off)
@@ -335,6 +396,14 @@ class StreamDecoder:
                 if nxt > end:
                     break
                 if ftype == RECORDS:
+                    if indexer is not None:
+                        starts = indexer.index(data, p, nxt)
+                        if starts is not None:  # all v1 process records, checked in C
+                            self.frames += 1
+                            self.offset += nxt - off
+                            off = nxt
+                            yield Records(RawRecords(data, p, nxt, starts), [])
+                            continue
                     out: list[bytes] = []
                     skipped: list[tuple[int, int]] = []
                     try:

@@ -1,0 +1,119 @@
+"""The drivers' own C codec (``drivers/protocol/hil_proto.c``), loaded into the collector.
+
+The collector's hot path is indexing RECORDS payloads: finding where each process record starts
+and checking that it is well formed.  In Python that costs a bytecode loop per record; the C
+codec does it at memory speed.  So the same ``hil_proto.c`` the agents are built from is
+compiled here as a shared library (with the host's C compiler, once per source hash, cached
+outside the repo) and called through :mod:`ctypes`, one call per frame.
+
+Only the fast, common case runs in C: a payload of v1-sized process records.  Everything else
+(unknown record types, trailing fields, errors) is decided by the Python codec, so both give
+the same records and the same errors (``tests/protocol/test_native.py``).  Where no compiler
+exists, or ``HIL_NATIVE_CODEC=0``, the Python codec does all the work; :func:`status` says which.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import hashlib
+import logging
+import os
+import shutil
+import subprocess
+import threading
+from pathlib import Path
+
+from hil.paths import cache_root, project_root
+
+log = logging.getLogger("hil.protocol")
+
+SOURCE_DIR = project_root() / "drivers" / "protocol"
+SOURCES = ("hil_proto.c", "hil_proto.h")
+CFLAGS = ("-std=c99", "-O2", "-fPIC", "-shared", "-Wall", "-Wextra", "-Werror")
+MAX_RECORDS = 65535 // 56 + 1  # the most process records one RECORDS payload can hold
+
+_lock = threading.Lock()
+_lib: ctypes.CDLL | None = None
+_status = "not loaded yet"
+
+
+def _compiler() -> str | None:
+    return shutil.which("cc") or shutil.which("gcc") or shutil.which("clang")
+
+
+def _build() -> Path:
+    """Compile the codec once per source hash; returns the shared library's path."""
+    h = hashlib.sha256(" ".join(CFLAGS).encode())
+    for name in SOURCES:
+        h.update((SOURCE_DIR / name).read_bytes())
+    out = cache_root() / "build" / "native" / f"libhilproto-{h.hexdigest()[:16]}.so"
+    if out.exists():
+        return out
+    cc = _compiler()
+    if cc is None:
+        raise OSError("no C compiler (cc, gcc or clang)")
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = out.with_name(f"{out.name}.{os.getpid()}.{threading.get_ident()}.tmp")
+    res = subprocess.run([cc, *CFLAGS, "-o", str(tmp), str(SOURCE_DIR / "hil_proto.c")],
+                         capture_output=True, text=True, stdin=subprocess.DEVNULL)
+    if res.returncode != 0:
+        tmp.unlink(missing_ok=True)
+        raise OSError(f"{cc} failed: {res.stderr.strip()[:500]}")
+    os.replace(tmp, out)  # atomic: concurrent builders (xdist workers) never see a partial file
+    return out
+
+
+def load() -> ctypes.CDLL | None:
+    """The loaded codec, building it on first use; None (with :func:`status` saying why) when
+    the Python codec must do the work."""
+    global _lib, _status
+    with _lock:
+        if _lib is not None or _status not in ("not loaded yet",):
+            return _lib
+        if os.environ.get("HIL_NATIVE_CODEC", "1") == "0":
+            _status = "off (HIL_NATIVE_CODEC=0): the Python codec indexes records"
+            return None
+        try:
+            lib = ctypes.CDLL(str(_build()))
+        except OSError as exc:
+            _status = f"unavailable ({exc}): the Python codec indexes records"
+            log.warning("native protocol codec %s", _status)
+            return None
+        fn = lib.hil_index_process_records
+        fn.restype = ctypes.c_long
+        fn.argtypes = (ctypes.c_void_p, ctypes.c_size_t, ctypes.c_void_p, ctypes.c_size_t)
+        _lib, _status = lib, "on (drivers/protocol/hil_proto.c through ctypes)"
+        return _lib
+
+
+def status() -> str:
+    load()
+    return _status
+
+
+class RecordIndexer:
+    """Indexes RECORDS payloads with the C codec; one per decoder (it owns a scratch array)."""
+
+    def __init__(self, lib: ctypes.CDLL):
+        self._fn = lib.hil_index_process_records
+        self._starts = (ctypes.c_uint32 * MAX_RECORDS)()
+        self._starts_addr = ctypes.addressof(self._starts)
+        self._data: bytes | None = None  # the last buffer seen and its address: several frames
+        self._base = 0                   # arrive in one read, so most calls skip the lookup
+
+    def index(self, data: bytes, off: int, end: int) -> memoryview | None:
+        """Payload-relative starts of the records in ``data[off:end]`` (a ``uint32`` view), or
+        None when the payload is not all v1 process records (the Python codec decides then)."""
+        if data is not self._data:
+            if type(data) is not bytes:  # ctypes needs an immutable buffer; the Python codec copes
+                return None
+            self._data, self._base = data, ctypes.cast(ctypes.c_char_p(data), ctypes.c_void_p).value
+        n = self._fn(self._base + off, end - off, self._starts_addr, MAX_RECORDS)
+        if n < 0:
+            return None
+        return memoryview(ctypes.string_at(self._starts_addr, 4 * n)).cast("I")
+
+
+def indexer() -> RecordIndexer | None:
+    lib = load()
+    return RecordIndexer(lib) if lib is not None else None

@@ -1,0 +1,111 @@
+"""The collector's C fast path (the drivers' hil_proto.c through ctypes) against the Python
+codec: the same frames, records and errors for every input, however the bytes are cut."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from hil.protocol import (
+    MAX_PATH,
+    ProtocolError,
+    Records,
+    StreamDecoder,
+    encode_batch,
+    encode_hello,
+    encode_process_record,
+    encode_raw_record,
+    encode_request,
+)
+from hil.protocol import native
+from hil.protocol.codec import RawRecords
+
+
+VECTOR_DIR = Path(__file__).resolve().parents[2] / "drivers" / "protocol" / "vectors"
+VECTORS = sorted(p.stem for p in VECTOR_DIR.glob("*.bin"))
+u32 = st.integers(0, 2**32 - 1)
+process = st.tuples(st.sampled_from(["created", "exited"]), u32,
+                    st.binary(max_size=200) | st.binary(min_size=MAX_PATH, max_size=MAX_PATH),
+                    st.integers(0, 2**64 - 1), st.binary(min_size=32, max_size=32),
+                    st.binary(max_size=8) | st.just(b""))  # last: future fields after the path
+unknown = st.tuples(st.integers(3, 0xFFFF), st.binary(max_size=60))
+
+
+def outcome(data: bytes, cuts: list[int], native_codec: bool):
+    """Frames (records as plain lists) and the error, as a decoder fed in those pieces sees them."""
+    dec = StreamDecoder(native=native_codec)
+    frames, pos = [], 0
+    try:
+        for cut in [*cuts, len(data)]:
+            for f in dec.feed(data[pos:pos + cut]):
+                frames.append(Records(list(f.records), f.skipped) if isinstance(f, Records) else f)
+            pos += cut
+        dec.close()
+    except ProtocolError as exc:
+        return frames, (type(exc).__name__, str(exc))
+    return frames, None
+
+
+def test_the_native_codec_is_built_and_loaded():
+    assert native.status().startswith("on"), native.status()
+
+
+def test_a_collector_decoder_uses_it():
+    data = encode_batch(1, [encode_process_record("created", 7, "/bin/true")])
+    frame = next(iter(StreamDecoder(native=True).feed(data)))
+    assert isinstance(frame.records, RawRecords) and frame.records == [
+        encode_process_record("created", 7, "/bin/true")]
+
+
+@pytest.mark.parametrize("chunk", [None, 1, 7, 4096])
+@pytest.mark.parametrize("name", VECTORS)
+def test_golden_vectors_decode_the_same(name, chunk):
+    data = (VECTOR_DIR / f"{name}.bin").read_bytes()
+    cuts = [] if chunk is None else [chunk] * (len(data) // chunk)
+    assert outcome(data, cuts, True) == outcome(data, cuts, False)
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.lists(st.lists(st.one_of(process, unknown), max_size=40), min_size=1, max_size=4),
+       st.lists(st.integers(1, 70000), max_size=8))
+def test_any_batches_any_cuts_decode_the_same(batches, cuts):
+    data = encode_hello("k", "linux", "h") + encode_request(1)
+    for items in batches:
+        data += encode_batch(1, [encode_process_record(*i) if len(i) == 6 else encode_raw_record(*i)
+                                 for i in items])
+    assert outcome(data, cuts, True) == outcome(data, cuts, False)
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.lists(process, min_size=1, max_size=30), st.data())
+def test_mutated_frames_fail_the_same_way(items, data):
+    raw = bytearray(encode_batch(1, [encode_process_record(*i) for i in items]))
+    for _ in range(data.draw(st.integers(1, 4))):
+        raw[data.draw(st.integers(0, len(raw) - 1))] = data.draw(st.integers(0, 255))
+    cuts = data.draw(st.lists(st.integers(1, 5000), max_size=4))
+    assert outcome(bytes(raw), cuts, True) == outcome(bytes(raw), cuts, False)
+
+
+def test_raw_records_behave_like_the_list_they_stand_for():
+    recs = [encode_process_record("exited", pid, f"/p/{pid}" * pid) for pid in range(1, 6)]
+    payload = b"".join(recs)
+    data = b"head" + payload + b"tail"
+    view = RawRecords(data, 4, 4 + len(payload), native.indexer().index(data, 4, 4 + len(payload)))
+    assert len(view) == 5 and list(view) == recs and view == recs and view != recs[:4]
+    assert view[0] == recs[0] and view[-1] == recs[-1] and view[1:3] == recs[1:3]
+    with pytest.raises(IndexError):
+        view[5]
+
+
+def test_it_can_be_switched_off():
+    code = ("from hil.protocol import native, StreamDecoder, encode_batch;"
+            "print(native.status());"
+            "print(len(list(StreamDecoder(native=True).feed(encode_batch(1, [])))))")
+    out = subprocess.run([sys.executable, "-c", code], env={"HIL_NATIVE_CODEC": "0", "PATH": ""},
+                         capture_output=True, text=True, check=True).stdout
+    assert out.startswith("off (HIL_NATIVE_CODEC=0)") and out.split()[-1] == "1"
