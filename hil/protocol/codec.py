@@ -46,6 +46,7 @@ _REC_HDR = struct.Struct("<HH")
 # the 56-byte process prefix with the values we do not need on the hot path skipped
 _FAST = struct.Struct("<HHH4xH8xH32xH")
 _FULL = struct.Struct("<HHHIHQH32sH")
+SMALL_FRAME = 8  # records: up to this many, a RawRecords view would cost more than copies
 
 
 class Hello(NamedTuple):
@@ -399,10 +400,12 @@ class StreamDecoder:
                     if indexer is not None:
                         starts = indexer.index(data, p, nxt)
                         if starts is not None:  # all v1 process records, checked in C
+                            view = RawRecords(data, p, nxt, starts)
                             self.frames += 1
                             self.offset += nxt - off
                             off = nxt
-                            yield Records(RawRecords(data, p, nxt, starts), [])
+                            # a view costs ~150 bytes of its own: for a few records, copies
+                            yield Records(view if len(starts) > SMALL_FRAME else list(view), [])
                             continue
                     out: list[bytes] = []
                     skipped: list[tuple[int, int]] = []

@@ -21,6 +21,7 @@ import os
 import shutil
 import subprocess
 import threading
+from array import array
 from pathlib import Path
 
 from hil.paths import cache_root, project_root
@@ -101,9 +102,10 @@ class RecordIndexer:
         self._data: bytes | None = None  # the last buffer seen and its address: several frames
         self._base = 0                   # arrive in one read, so most calls skip the lookup
 
-    def index(self, data: bytes, off: int, end: int) -> memoryview | None:
-        """Payload-relative starts of the records in ``data[off:end]`` (a ``uint32`` view), or
-        None when the payload is not all v1 process records (the Python codec decides then)."""
+    def index(self, data: bytes, off: int, end: int) -> array | None:
+        """Payload-relative starts of the records in ``data[off:end]`` (a compact ``uint32``
+        array), or None when the payload is not all v1 process records (the Python codec
+        decides then)."""
         if data is not self._data:
             if type(data) is not bytes:  # ctypes needs an immutable buffer; the Python codec copes
                 return None
@@ -111,7 +113,9 @@ class RecordIndexer:
         n = self._fn(self._base + off, end - off, self._starts_addr, MAX_RECORDS)
         if n < 0:
             return None
-        return memoryview(ctypes.string_at(self._starts_addr, 4 * n)).cast("I")
+        starts = array("I")
+        starts.frombytes(ctypes.string_at(self._starts_addr, 4 * n))
+        return starts
 
 
 def indexer() -> RecordIndexer | None:

@@ -23,7 +23,7 @@ from hil.protocol import (
     encode_request,
 )
 from hil.protocol import native
-from hil.protocol.codec import RawRecords
+from hil.protocol.codec import SMALL_FRAME, RawRecords
 
 
 VECTOR_DIR = Path(__file__).resolve().parents[2] / "drivers" / "protocol" / "vectors"
@@ -56,10 +56,12 @@ def test_the_native_codec_is_built_and_loaded():
 
 
 def test_a_collector_decoder_uses_it():
-    data = encode_batch(1, [encode_process_record("created", 7, "/bin/true")])
-    frame = next(iter(StreamDecoder(native=True).feed(data)))
-    assert isinstance(frame.records, RawRecords) and frame.records == [
-        encode_process_record("created", 7, "/bin/true")]
+    recs = [encode_process_record("created", pid, "/bin/true") for pid in range(20)]
+    frame = next(iter(StreamDecoder(native=True).feed(encode_batch(1, recs))))
+    assert isinstance(frame.records, RawRecords) and frame.records == recs
+    # a view costs more than a few copies: small frames get a plain list
+    small = next(iter(StreamDecoder(native=True).feed(encode_batch(1, recs[:SMALL_FRAME]))))
+    assert type(small.records) is list and small.records == recs[:SMALL_FRAME]
 
 
 @pytest.mark.parametrize("chunk", [None, 1, 7, 4096])
