@@ -96,15 +96,24 @@ class AgentConnection(asyncio.BufferedProtocol):
             self.stats.bytes += n
         decoder = self.decoder
         before = decoder.frames
+        batches: list[Records] = []  # the RECORDS frames of this read go to the store at once
         try:
             for frame in decoder.feed(data):
                 if type(frame) is Records:
                     self._on_records(frame)
+                    batches.append(frame)
                 else:
+                    if batches:  # an END must find its records stored
+                        self._store(batches)
+                        batches = []
                     self._on_frame(frame)
         except ProtocolError as exc:
+            if batches:  # every good frame before the bad one is kept
+                self._store(batches)
             self.fail(exc)
             return
+        if batches:
+            self._store(batches)
         if decoder.frames != before or not decoder.pending:
             self.partial_since = time.monotonic() if decoder.pending else None
         elif self.partial_since is None:
@@ -131,8 +140,9 @@ class AgentConnection(asyncio.BufferedProtocol):
                 "RECORDS frame before HELLO: an agent must say HELLO first"
             )
         self.batch_count += frame.count
-        self.c._store.add(self.agent, frame.records, len(frame.skipped),
-                          time.monotonic(), time.time())
+
+    def _store(self, batches: list[Records]) -> None:
+        self.c._store.add_frames(self.agent, batches, time.monotonic(), time.time())
 
     def _on_frame(self, frame) -> None:
         if self.agent is None:

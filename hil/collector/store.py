@@ -123,23 +123,29 @@ class RecordStore:
 
     # --- writer side (collector thread) ---
 
-    def add(self, agent: AgentId, raws: Sequence[bytes], skipped: int, mono: float,
-            wall: float) -> None:
+    def add_frames(self, agent: AgentId, frames, mono: float, wall: float) -> None:
+        """The RECORDS frames of one read (each a batch of raw records received at
+        ``mono``/``wall``): one lock and one wake-up for all of them."""
         with self.cond:
-            st = self.stats[agent]
-            st.records += len(raws)
-            st.skipped += skipped
-            if raws:
-                self._batches.append((agent, mono, wall, raws))
-                self._stored += len(raws)
-                if self.max_records is not None:
-                    while self._stored > self.max_records and len(self._batches) > 1:
-                        old_agent, _, _, old = self._batches.popleft()
-                        self._evicted_batches += 1
-                        self._stored -= len(old)
-                        self.stats[old_agent].evicted += len(old)
+            for frame in frames:
+                self._add(agent, frame.records, len(frame.skipped), mono, wall)
             self.version += 1
             self.cond.notify_all()
+
+    def _add(self, agent: AgentId, raws: Sequence[bytes], skipped: int, mono: float,
+             wall: float) -> None:
+        st = self.stats[agent]
+        st.records += len(raws)
+        st.skipped += skipped
+        if raws:
+            self._batches.append((agent, mono, wall, raws))
+            self._stored += len(raws)
+            if self.max_records is not None:
+                while self._stored > self.max_records and len(self._batches) > 1:
+                    old_agent, _, _, old = self._batches.popleft()
+                    self._evicted_batches += 1
+                    self._stored -= len(old)
+                    self.stats[old_agent].evicted += len(old)
 
     def changed(self) -> None:
         with self.cond:
