@@ -45,25 +45,17 @@ def project_root() -> Path:
     return Path(__file__).resolve().parent.parent
 
 
-SHARED_CANDIDATES = ("../shared", "/work/shared")
-
-
-def shared_dir() -> Path | None:
-    """The team's shared folder (seeds, test data): ``HIL_SHARED_DIR``, else ``../shared`` beside
-    the checkout, else ``/work/shared`` (where a clone made elsewhere, as CI's, still finds it)."""
+def shared_dir() -> Path:
+    """The team's shared folder (seeds, test data): ``HIL_SHARED_DIR``, else ``shared`` beside
+    the checkout (which may not exist: callers check)."""
     if env := os.environ.get("HIL_SHARED_DIR"):
         return Path(env)
-    for cand in SHARED_CANDIDATES:
-        path = (project_root() / cand).resolve()
-        if path.is_dir():
-            return path
-    return None
+    return project_root().parent / "shared"
 
 
 def linux_crash_corpus() -> Path:
-    """The corpus of real Linux console logs; a path that does not exist when none is found."""
-    base = shared_dir() or (project_root() / SHARED_CANDIDATES[0]).resolve()
-    return base / "testdata" / "crash-logs" / "linux"
+    """The corpus of real Linux console logs (a path that may not exist)."""
+    return shared_dir() / "testdata" / "crash-logs" / "linux"
 
 
 CORPUS_HINT = "set HIL_SHARED_DIR to the folder that holds testdata/crash-logs/linux"

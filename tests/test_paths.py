@@ -1,4 +1,4 @@
-"""Finding the team's shared folder wherever the checkout is (CI clones it elsewhere)."""
+"""Finding the team's shared folder: HIL_SHARED_DIR, else beside the checkout."""
 
 from hil import paths
 
@@ -9,14 +9,11 @@ def test_env_names_the_shared_folder(tmp_path, monkeypatch):
     assert paths.linux_crash_corpus() == tmp_path / "testdata" / "crash-logs" / "linux"
 
 
-def test_without_env_a_candidate_folder_is_used(tmp_path, monkeypatch):
+def test_without_env_the_folder_beside_the_checkout_is_used(monkeypatch):
     monkeypatch.delenv("HIL_SHARED_DIR", raising=False)
-    monkeypatch.setattr(paths, "SHARED_CANDIDATES", (str(tmp_path),))
-    assert paths.shared_dir() == tmp_path.resolve()
+    assert paths.shared_dir() == paths.project_root().parent / "shared"
 
 
-def test_none_found_gives_a_path_that_does_not_exist(tmp_path, monkeypatch):
-    monkeypatch.delenv("HIL_SHARED_DIR", raising=False)
-    monkeypatch.setattr(paths, "SHARED_CANDIDATES", (str(tmp_path / "absent"),))
-    assert paths.shared_dir() is None
+def test_a_missing_folder_gives_a_path_that_does_not_exist(tmp_path, monkeypatch):
+    monkeypatch.setenv("HIL_SHARED_DIR", str(tmp_path / "absent"))
     assert not paths.linux_crash_corpus().exists()
