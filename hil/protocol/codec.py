@@ -397,27 +397,23 @@ class StreamDecoder:
                 if nxt > end:
                     break
                 if ftype == RECORDS:
-                    if indexer is not None:
-                        starts = indexer.index(data, p, nxt)
-                        if starts is not None:  # all v1 process records, checked in C
-                            view = RawRecords(data, p, nxt, starts)
-                            self.frames += 1
-                            self.offset += nxt - off
-                            off = nxt
-                            # a view costs ~150 bytes of its own: for a few records, copies
-                            yield Records(view if len(starts) > SMALL_FRAME else list(view), [])
-                            continue
-                    out: list[bytes] = []
-                    skipped: list[tuple[int, int]] = []
-                    try:
-                        decode_records(data, p, nxt, out, skipped)
-                    except MalformedRecord as exc:
-                        exc.problem = (
-                            f"{exc.problem} (RECORDS frame at stream offset {self.offset + off})"
-                        )
-                        exc.args = (exc.problem,)
-                        raise
-                    frame: Frame = Records(out, skipped)
+                    starts = indexer.index(data, p, nxt) if indexer is not None else None
+                    if starts is not None:  # all v1 process records, checked in C
+                        view = RawRecords(data, p, nxt, starts)
+                        # a view costs ~150 bytes of its own: for a few records, copies
+                        frame: Frame = Records(view if len(starts) > SMALL_FRAME else list(view), [])
+                    else:
+                        out: list[bytes] = []
+                        skipped: list[tuple[int, int]] = []
+                        try:
+                            decode_records(data, p, nxt, out, skipped)
+                        except MalformedRecord as exc:
+                            exc.problem = (
+                                f"{exc.problem} (RECORDS frame at stream offset {self.offset + off})"
+                            )
+                            exc.args = (exc.problem,)
+                            raise
+                        frame = Records(out, skipped)
                 else:
                     frame = decode_payload(ftype, data[p:nxt])
                 self.frames += 1

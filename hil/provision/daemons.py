@@ -32,10 +32,9 @@ def socket_answers(path: Path) -> bool:
         s.settimeout(2.0)
         try:
             s.connect(str(path))
-        except (FileNotFoundError, ConnectionRefusedError):
-            return False
         except OSError as exc:
-            # anything else (EACCES for a non-root user, a full backlog) means somebody is there
+            # no file, refused, not a socket: nobody. Anything else (EACCES for a non-root
+            # user, a full backlog, a timeout) means somebody is there.
             return exc.errno not in (errno.ENOENT, errno.ECONNREFUSED, errno.ENOTSOCK)
         return True
 
