@@ -33,6 +33,7 @@ from pathlib import Path
 from typing import Iterable, Protocol
 
 from hil.crash import parse_all
+from hil.deploy.host_build import compile_c, compiler_messages
 from hil.errors import EnvironmentProblem, GuestError, HilError
 from hil.paths import cache_root
 from hil.stats import percentile  # noqa: F401  (the suites' helper, re-exported)
@@ -131,15 +132,6 @@ def make_arguments(kbuild_dir: Path) -> list[str]:
     return args
 
 
-def _compiler_messages(output: str, limit: int = 60) -> str:
-    """The lines of a failed kbuild run a human needs: errors and warnings first."""
-    lines = output.splitlines()
-    keep = [ln for ln in lines if re.search(r"(error|warning|undefined|\*\*\*)", ln, re.I)]
-    picked = keep or lines
-    text = "\n".join(picked[-limit:])
-    return text
-
-
 def build_module(
     src_dir: Path,
     kbuild_dir: Path,
@@ -199,11 +191,11 @@ def build_module(
         if proc.returncode != 0:
             raise HilError(
                 f"building module {src_dir.name} against {kbuild_dir} failed "
-                f"(make exit {proc.returncode}):\n{_compiler_messages(output)}",
+                f"(make exit {proc.returncode}):\n{compiler_messages(output)}",
                 "fix the compiler errors above",
             )
         if _find_ko(work, name) is None:
-            raise HilError(f"building {src_dir.name} produced no .ko:\n{_compiler_messages(output)}")
+            raise HilError(f"building {src_dir.name} produced no .ko:\n{compiler_messages(output)}")
         if strip_debug and shutil.which("objcopy"):
             # like INSTALL_MOD_STRIP=1: a tenth of the size to copy into every guest
             for ko_file in work.glob("*.ko"):
@@ -238,21 +230,7 @@ def _find_ko(directory: Path, name: str | None) -> Path | None:
 def build_host_tool(source: Path, *, cc: str = "gcc", flags: Iterable[str] = ("-O2", "-static", "-Wall")) -> Path:
     """Compile a one-file C helper for the guest (statically, so it runs whatever the guest's
     libc); cached like modules, keyed by the source, the flags and the compiler version."""
-    source = Path(source)
-    if shutil.which(cc) is None:
-        raise EnvironmentProblem(f"'{cc}' not found", "apt-get install -y gcc libc6-dev")
-    version = subprocess.run([cc, "--version"], capture_output=True, text=True).stdout
-    h = hashlib.sha256(source.read_bytes() + "\0".join([cc, version, *flags]).encode()).hexdigest()[:24]
-    out = cache_root() / "kmod" / "tools" / h / source.stem
-    if out.is_file():
-        return out
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.with_name(f".{out.name}.{os.getpid()}")
-    proc = subprocess.run([cc, *flags, "-o", str(tmp), str(source)], capture_output=True, text=True)
-    if proc.returncode != 0:
-        raise HilError(f"compiling {source.name} failed:\n{_compiler_messages(proc.stdout + proc.stderr)}")
-    os.replace(tmp, out)
-    return out
+    return compile_c(source, cc=cc, flags=flags)
 
 
 # ---- loading into a guest ---------------------------------------------------------------------

@@ -15,27 +15,29 @@ exists, or ``HIL_NATIVE_CODEC=0``, the Python codec does all the work; :func:`st
 from __future__ import annotations
 
 import ctypes
-import hashlib
 import logging
 import os
 import shutil
-import subprocess
 import threading
 from array import array
 from pathlib import Path
 
-from hil.paths import cache_root, project_root
+from hil.deploy.host_build import compile_c
+from hil.errors import EnvironmentProblem, HilError
+from hil.paths import project_root
+from hil.protocol.codec import MAX_PAYLOAD
+from hil.protocol.records import PROCESS_PREFIX_LEN
 
 log = logging.getLogger("hil.protocol")
 
 SOURCE_DIR = project_root() / "drivers" / "protocol"
-SOURCES = ("hil_proto.c", "hil_proto.h")
 CFLAGS = ("-std=c99", "-O2", "-fPIC", "-shared", "-Wall", "-Wextra", "-Werror")
-MAX_RECORDS = 65535 // 56 + 1  # the most process records one RECORDS payload can hold
+MAX_RECORDS = MAX_PAYLOAD // PROCESS_PREFIX_LEN + 1  # the most one RECORDS payload can hold
 
 _lock = threading.Lock()
 _lib: ctypes.CDLL | None = None
-_status = "not loaded yet"
+NOT_LOADED = "not loaded yet"
+_status = NOT_LOADED
 
 
 def _compiler() -> str | None:
@@ -44,24 +46,11 @@ def _compiler() -> str | None:
 
 def _build() -> Path:
     """Compile the codec once per source hash; returns the shared library's path."""
-    h = hashlib.sha256(" ".join(CFLAGS).encode())
-    for name in SOURCES:
-        h.update((SOURCE_DIR / name).read_bytes())
-    out = cache_root() / "build" / "native" / f"libhilproto-{h.hexdigest()[:16]}.so"
-    if out.exists():
-        return out
     cc = _compiler()
     if cc is None:
-        raise OSError("no C compiler (cc, gcc or clang)")
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.with_name(f"{out.name}.{os.getpid()}.{threading.get_ident()}.tmp")
-    res = subprocess.run([cc, *CFLAGS, "-o", str(tmp), str(SOURCE_DIR / "hil_proto.c")],
-                         capture_output=True, text=True, stdin=subprocess.DEVNULL)
-    if res.returncode != 0:
-        tmp.unlink(missing_ok=True)
-        raise OSError(f"{cc} failed: {res.stderr.strip()[:500]}")
-    os.replace(tmp, out)  # atomic: concurrent builders (xdist workers) never see a partial file
-    return out
+        raise EnvironmentProblem("no C compiler (cc, gcc or clang)", "apt-get install gcc")
+    return compile_c(SOURCE_DIR / "hil_proto.c", cc=cc, flags=CFLAGS, depends=[SOURCE_DIR / "hil_proto.h"],
+                     cache="build/native", output="libhilproto.so")
 
 
 def load() -> ctypes.CDLL | None:
@@ -69,14 +58,14 @@ def load() -> ctypes.CDLL | None:
     the Python codec must do the work."""
     global _lib, _status
     with _lock:
-        if _lib is not None or _status not in ("not loaded yet",):
+        if _status != NOT_LOADED:  # loaded, or known not to load
             return _lib
         if os.environ.get("HIL_NATIVE_CODEC", "1") == "0":
             _status = "off (HIL_NATIVE_CODEC=0): the Python codec indexes records"
             return None
         try:
             lib = ctypes.CDLL(str(_build()))
-        except OSError as exc:
+        except (HilError, OSError) as exc:
             _status = f"unavailable ({exc}): the Python codec indexes records"
             log.warning("native protocol codec %s", _status)
             return None
