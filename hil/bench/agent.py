@@ -38,6 +38,7 @@ def measure(guest, execs: int, rate: float, interval: float) -> dict:
     """Run the storm in an already running guest; returns the figures. Usable without a Lab."""
     from hil.collector.collector import Collector
     from hil.deploy import kmod
+    from hil.stats import percentile
 
     ko = kmod.build_agent(guest.kbuild_dir)
     kmod.install_storm_tools(guest, TARGET)
@@ -74,8 +75,8 @@ def measure(guest, execs: int, rate: float, interval: float) -> dict:
         "execs_per_second": float(m.group(1)) if m else float("nan"),
         "poll_interval_s": interval,
         "latency_samples": len(lat_us),
-        "exec_to_record_p50_ms": kmod.percentile(lat_us, 50) / 1000,
-        "exec_to_record_p99_ms": kmod.percentile(lat_us, 99) / 1000,
+        "exec_to_record_p50_ms": percentile(lat_us, 50) / 1000,
+        "exec_to_record_p99_ms": percentile(lat_us, 99) / 1000,
         "exec_to_record_max_ms": (max(lat_us) / 1000) if lat_us else float("nan"),
         "records_lost": lost,
         "records_dropped_reported": dropped,

@@ -36,7 +36,6 @@ from hil.crash import parse_all
 from hil.deploy.host_build import compile_c, compiler_messages
 from hil.errors import EnvironmentProblem, GuestError, HilError
 from hil.paths import cache_root
-from hil.stats import percentile  # noqa: F401  (the suites' helper, re-exported)
 from hil.steps import step
 from hil.waiting import wait_until  # noqa: F401  (the suites' helper, re-exported)
 
