@@ -40,17 +40,29 @@ def runtime_dir() -> Path:
     return ensure_dir(cache_root() / "run")
 
 
-def project_root() -> Path:
-    """The checkout this package was imported from (recipes live in ``guests/``)."""
-    return Path(__file__).resolve().parent.parent
+BUNDLED = ("drivers", "guests", "suites")
+"""The repository's top-level folders the framework needs at run time.  The wheel maps each into
+the package (``hil/drivers``, ``hil/guests``, ``hil/suites``: see pyproject.toml); in a source
+checkout (an editable install) they stand beside ``hil/``."""
+
+_PACKAGE = Path(__file__).resolve().parent
+
+
+def bundled(name: str) -> Path:
+    """Where the bundled folder ``name`` (one of :data:`BUNDLED`) is: inside the installed
+    package, else beside it in a source checkout.  The one place that knows both layouts."""
+    if name not in BUNDLED:
+        raise ValueError(f"{name!r} is not one of the bundled folders {BUNDLED}")
+    inside = _PACKAGE / name
+    return inside if inside.is_dir() else _PACKAGE.parent / name
 
 
 def shared_dir() -> Path:
     """The team's shared folder (seeds, test data): ``HIL_SHARED_DIR``, else ``shared`` beside
-    the checkout (which may not exist: callers check)."""
+    the source checkout (which may not exist: callers check)."""
     if env := os.environ.get("HIL_SHARED_DIR"):
         return Path(env)
-    return project_root().parent / "shared"
+    return _PACKAGE.parent.parent / "shared"
 
 
 def linux_crash_corpus() -> Path:

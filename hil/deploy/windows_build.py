@@ -29,7 +29,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from hil.errors import EnvironmentProblem, HilError
-from hil.paths import cache_root
+from hil.paths import bundled, cache_root
 from hil.steps import step
 
 CC = "x86_64-w64-mingw32-gcc"
@@ -39,7 +39,7 @@ BUILD_FORMAT = "1"  # bump when this module changes how outputs are produced
 
 
 def source_root() -> Path:
-    return Path(__file__).resolve().parents[2] / "drivers"
+    return bundled("drivers")
 
 
 def windows_dir() -> Path:

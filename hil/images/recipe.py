@@ -8,7 +8,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from hil.errors import ConfigError
-from hil.paths import project_root
+from hil.paths import bundled
 
 # Bump when the builder changes what it makes from the same recipe.
 BUILDER_VERSION = "1"
@@ -43,14 +43,14 @@ class LinuxRecipe:
 
 
 def default_recipe_path(os_name: str = "linux") -> Path:
-    return project_root() / "guests" / os_name / "recipe.toml"
+    return bundled("guests") / os_name / "recipe.toml"
 
 
 def load_linux_recipe(path: Path | None = None) -> LinuxRecipe:
     path = path or default_recipe_path("linux")
     if not path.is_file():
         raise ConfigError(f"guest recipe {path} does not exist",
-                          "run from a kernel-hil checkout, or pass the path of a recipe.toml")
+                          "reinstall kernel-hil (the wheel ships guests/), or pass the path of a recipe.toml")
     try:
         data = tomllib.loads(path.read_text())
         ds, img, boot, sd = data["debootstrap"], data.get("image", {}), data["boot"], data.get("systemd", {})

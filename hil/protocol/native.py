@@ -24,13 +24,13 @@ from pathlib import Path
 
 from hil.deploy.host_build import compile_c
 from hil.errors import EnvironmentProblem, HilError
-from hil.paths import project_root
+from hil.paths import bundled
 from hil.protocol.codec import MAX_PAYLOAD
 from hil.protocol.records import PROCESS_PREFIX_LEN
 
 log = logging.getLogger("hil.protocol")
 
-SOURCE_DIR = project_root() / "drivers" / "protocol"
+SOURCE_DIR = bundled("drivers") / "protocol"
 CFLAGS = ("-std=c99", "-O2", "-fPIC", "-shared", "-Wall", "-Wextra", "-Werror")
 MAX_RECORDS = MAX_PAYLOAD // PROCESS_PREFIX_LEN + 1  # the most one RECORDS payload can hold
 
