@@ -18,6 +18,14 @@ Every key has a default, so no file at all means the embedded default guest.
     boot_timeout_s = 300
     snapshot = true               # boot once, restore per test (false: cold boot per test)
     hang_timeout_s = 120          # silent console + silent agent this long = hung (NMI, HANG); 0: off
+
+    [drivers]                     # your build's artifacts; unset: the in-repo reference build
+    kserver = "build/kserver.ko"
+    linux_agent = "build/hil_agent.ko"
+    windows_agent = "out/hilagent.sys"
+    minifilter = "out/hilflt.sys" # its .inf beside it
+
+Relative paths are relative to the file that names them.
 """
 
 from __future__ import annotations
@@ -55,12 +63,24 @@ class WindowsGuestConfig:
 
 
 @dataclass
+class DriversConfig:
+    """The artifacts the suites deploy instead of the reference builds ("" = reference build).
+    Checked at load by :func:`hil.deploy.artifacts.check_configured`."""
+
+    kserver: str = ""
+    linux_agent: str = ""
+    windows_agent: str = ""
+    minifilter: str = ""
+
+
+@dataclass
 class HilConfig:
     libvirt_uri: str = "qemu:///system"
     accel: str = "auto"
     artifacts: str = "reports/out"
     linux: LinuxGuestConfig = field(default_factory=LinuxGuestConfig)
     windows: WindowsGuestConfig = field(default_factory=WindowsGuestConfig)
+    drivers: DriversConfig = field(default_factory=DriversConfig)
     source: str = "defaults"
 
     def validate(self) -> "HilConfig":
@@ -79,6 +99,9 @@ class HilConfig:
         if lx.memory_mib < 256 or lx.vcpus < 1:
             raise ConfigError(f"{self.source}: linux.memory_mib must be >= 256 and linux.vcpus >= 1",
                               "the default (1024 MiB, 2 vCPUs) suits the embedded guest")
+        from hil.deploy.artifacts import check_configured
+
+        check_configured(self.drivers, self.source)
         return self
 
     def _must_exist(self, key: str, value: str, fix: str) -> None:
@@ -147,6 +170,9 @@ def _make(data: dict, source: str, base: Path) -> HilConfig:
         v = getattr(cfg.linux, key)
         if v and v != "embedded" and not Path(v).is_absolute():
             setattr(cfg.linux, key, str(base / v))
+    for role, v in vars(cfg.drivers).items():
+        if v and not Path(v).is_absolute():
+            setattr(cfg.drivers, role, str(base / v))
     if cfg.artifacts and not Path(cfg.artifacts).is_absolute():
         cfg.artifacts = str(base / cfg.artifacts)
     return cfg.validate()

@@ -23,6 +23,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from hil.config import HilConfig
+from hil.deploy.artifacts import check_kernel
+from hil.deploy.kmod import kernel_release
 from hil.errors import EnvironmentProblem, HilError
 from hil.images.linux_image import LinuxImage, ensure_linux_image
 from hil.paths import ensure_dir, runtime_dir
@@ -121,8 +123,12 @@ class Lab:
                     kernel=Path(lx.kernel) if lx.kernel else None,
                     initrd=Path(lx.initrd) if lx.initrd else None,
                     cmdline=lx.cmdline or "root=/dev/vda rw console=ttyS0,115200",
-                    kernel_release=lx.kbuild_dir and Path(lx.kbuild_dir).name.removeprefix("linux-headers-") or "",
+                    kernel_release=kernel_release(Path(lx.kbuild_dir)) if lx.kbuild_dir else "",
                     kbuild_dir=Path(lx.kbuild_dir) if lx.kbuild_dir else None)
+            if self._image.kernel_release not in ("", "unknown"):
+                # a team's .ko built for another kernel is refused here, before any guest boots
+                check_kernel(self.config.drivers, self._image.kernel_release, self.config.source,
+                             self._image.kbuild_dir)
         return self._image
 
     # --- guests -------------------------------------------------------------------------
