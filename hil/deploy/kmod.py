@@ -78,6 +78,14 @@ def kbuild_identity(kbuild_dir: Path) -> str:
 
 
 def kernel_release(kbuild_dir: Path) -> str:
+    """The release modules built against ``kbuild_dir`` carry in their vermagic (``uname -r`` of
+    the kernel they load into): ``UTS_RELEASE``.  Debian's headers say ``6.1.176`` in
+    ``include/config/kernel.release`` but ``6.1.0-50-cloud-amd64`` there, which is what counts."""
+    uts = Path(kbuild_dir) / "include/generated/utsrelease.h"
+    if uts.is_file():
+        m = re.search(r'#define\s+UTS_RELEASE\s+"([^"]+)"', uts.read_text(errors="replace"))
+        if m:
+            return m.group(1)
     p = Path(kbuild_dir) / "include/config/kernel.release"
     return p.read_text().strip() if p.is_file() else "unknown"
 
