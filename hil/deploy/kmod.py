@@ -387,9 +387,9 @@ def parse_pid_lines(output: str) -> list[tuple[str, int]]:
 
 
 def drivers_dir() -> Path:
-    from hil.paths import project_root
+    from hil.paths import bundled
 
-    return project_root() / "drivers"
+    return bundled("drivers")
 
 
 def protocol_sources() -> list[Path]:
