@@ -3,7 +3,8 @@
 Options (group ``hil``): ``--hil-config``, ``--hil-accel``, ``--hil-keep-failed``,
 ``--hil-artifacts``.  Fixtures: ``hil_config``, ``hil_lab`` (session; one per xdist worker),
 ``linux_guest`` (a clean guest per test), ``hil_artifacts`` (the test's artifact folder),
-``collector`` (the reference collector on 127.0.0.1, see :mod:`hil.collector`).
+``collector`` (the reference collector on 127.0.0.1, see :mod:`hil.collector`), ``kmod``
+(build, load and unload kernel modules in ``linux_guest``, see :mod:`hil.deploy.pytest_fixtures`).
 
 Crashes (:mod:`hil.crash.monitor`): a guest crash during a test fails that test with the crash
 title as its message, whatever the test itself did (a crash during fixture setup is an error);
@@ -26,6 +27,7 @@ from pathlib import Path
 import pytest
 
 from hil.collector.pytest_fixtures import collector  # noqa: F401  (re-exported fixture)
+from hil.deploy.pytest_fixtures import kmod  # noqa: F401  (re-exported fixture)
 from hil.errors import HilError
 
 ARTIFACTS_KEY = pytest.StashKey[Path]()

@@ -315,10 +315,33 @@ class CrashMonitor:
             if is_fatal(crash.report):
                 self.guest._crashed(crash)
             return
-        self.crashes.append(Crash(report=report, source="console", detected_at=now, final_at=now))
-        if is_fatal(report) and not is_fatal(crash.report):
+        self._add_later(Crash(report=report, source="console", detected_at=now, final_at=now))
+
+    def _add_later(self, later: Crash) -> None:
+        """A report after the first crash (lock held)."""
+        first = self.crash
+        self.crashes.append(later)
+        if is_fatal(later.report) and not is_fatal(first.report):
             # a warning first, then the guest died: it is crashed now
-            self.guest._crashed(self.crashes[-1])
+            self.guest._crashed(later)
+
+    def add_report(self, report: Report, source: str) -> Crash | None:
+        """A report found outside the console (``dmesg`` read through the agent, where a
+        low-priority message may be the only trace): recorded exactly like a console report,
+        so it fails the test through the same path, unless a crash of that title is known."""
+        with self._lock:
+            if not self._stop.is_set():
+                self._read_console()  # the console may hold the same report: it stays the source
+            if any(c.title == report.title for c in self.crashes):
+                return None
+            now = time.monotonic()
+            crash = Crash(report=report, source=source, detected_at=now, final_at=now)
+            if self.crash is None:
+                self._declare(crash)
+                self.settled.set()
+            else:
+                self._add_later(crash)
+            return crash
 
     def _declare(self, crash: Crash) -> None:
         self.crashes.append(crash)

@@ -425,6 +425,11 @@ def build_agent(kbuild_dir: Path) -> Path:
     return build_module(drivers_dir() / "linux" / "agent", kbuild_dir, protocol_sources(), name="hil_agent")
 
 
+def build_crashmod(kbuild_dir: Path) -> Path:
+    """``hil_crash``: crashes the kernel on command (``echo null|bug|warn|... > /proc/hil_crash``)."""
+    return build_module(drivers_dir() / "linux" / "crashmod", kbuild_dir, name="hil_crash")
+
+
 # ---- kserver client (drivers/linux/kserver/PROTOCOL.md) ---------------------------------------
 
 

@@ -27,7 +27,7 @@ def _spawn(guest, paths: list[str]) -> list[tuple[str, int]]:
     return guest_pids(guest.run(loop, timeout=120).check().stdout.decode())
 
 
-def test_spawned_processes_appear_once_with_pid_path_size_and_sha256(linux_guest, start_agent, collector, modules):
+def test_spawned_processes_appear_once_with_pid_path_size_and_sha256(linux_guest, start_agent, collector, kmod):
     start_agent(collector.port)
     agent = collector.wait_for_agent(kind="linux-kmod", timeout=60)
     linux_guest.run(
@@ -59,10 +59,10 @@ def test_spawned_processes_appear_once_with_pid_path_size_and_sha256(linux_guest
     assert [r.pid for r in collector.records(kind="created", image_path="/tmp/hil-a")] == a_pids
     st = collector.stats(agent)
     assert st.protocol_errors == 0 and st.dropped_by_agent == 0
-    assert modules.stats("hil_agent")["dropped"] == 0
+    assert kmod.stats("hil_agent")["dropped"] == 0
 
 
-def test_agent_reconnects_after_collector_restart_and_loses_nothing(linux_guest, start_agent, modules, tmp_path):
+def test_agent_reconnects_after_collector_restart_and_loses_nothing(linux_guest, start_agent, kmod, tmp_path):
     linux_guest.run("cp /bin/true /tmp/hil-before && cp /bin/true /tmp/hil-during").check()
     first = Collector(interval=0.5, capture_dir=tmp_path / "first").start()
     port = first.port
@@ -73,11 +73,11 @@ def test_agent_reconnects_after_collector_restart_and_loses_nothing(linux_guest,
         (_, before_pid), = _spawn(linux_guest, ["/tmp/hil-before"])
         first.wait_for(kind="created", pid=before_pid, image_path="/tmp/hil-before", timeout=60)
         first.stop()
-        wait_until(lambda: modules.stats("hil_agent")["connected"] == 0, timeout=60,
+        wait_until(lambda: kmod.stats("hil_agent")["connected"] == 0, timeout=60,
                    what="the agent to notice the collector is gone")
 
         during = _spawn(linux_guest, ["/tmp/hil-during"] * 5)
-        st = modules.stats("hil_agent")
+        st = kmod.stats("hil_agent")
         assert st["connected"] == 0 and st["buffered_bytes"] > 0
 
         second = Collector(port=port, interval=0.5, capture_dir=tmp_path / "second").start()
@@ -87,14 +87,14 @@ def test_agent_reconnects_after_collector_restart_and_loses_nothing(linux_guest,
         assert got == [pid for _, pid in during], "every record buffered while away, once, in order"
         assert second.records(kind="created", image_path="/tmp/hil-before") == [], "nothing resent"
         assert second.stats(agent).dropped_by_agent == 0
-        assert modules.stats("hil_agent")["connects"] >= 2
+        assert kmod.stats("hil_agent")["connects"] >= 2
     finally:
         first.stop()
         if second is not None:
             second.stop()
 
 
-def test_full_buffer_drops_are_counted_and_reported(linux_guest, start_agent, modules, tmp_path):
+def test_full_buffer_drops_are_counted_and_reported(linux_guest, start_agent, kmod, tmp_path):
     # a port with no collector yet: the agent buffers, then its 16 KiB buffer overflows
     probe = Collector(interval=0.5).start()
     port = probe.port
@@ -102,33 +102,33 @@ def test_full_buffer_drops_are_counted_and_reported(linux_guest, start_agent, mo
     start_agent(port, buffer_kb=16, backoff_max_ms=500)
     linux_guest.run("cp /bin/true /tmp/hil-x && i=0; while [ $i -lt 600 ]; do /tmp/hil-x; i=$((i+1)); done",
                     timeout=300).check()
-    dropped_before = modules.stats("hil_agent")["dropped"]
+    dropped_before = kmod.stats("hil_agent")["dropped"]
     assert dropped_before > 0
 
     with Collector(port=port, interval=0.5, capture_dir=tmp_path / "c") as collector:
         agent = collector.wait_for_agent(kind="linux-kmod", timeout=60)
         collector.flush()
         reported = collector.stats(agent).dropped_by_agent
-        agent_dropped = modules.stats("hil_agent")["dropped"]
+        agent_dropped = kmod.stats("hil_agent")["dropped"]
         assert reported >= dropped_before
         assert reported == agent_dropped, "every drop the agent counted reached the collector"
         received = len(collector.records(kind="created", image_path="/tmp/hil-x"))
         assert 0 < received < 600
 
 
-def test_unload_during_an_exec_storm_with_a_connected_collector(linux_guest, start_agent, collector, modules):
-    from hil.deploy import kmod
+def test_unload_during_an_exec_storm_with_a_connected_collector(linux_guest, start_agent, collector, kmod):
+    from hil.deploy import kmod as kmods
 
-    kmod.install_storm_tools(linux_guest, "/tmp/hil-t")
+    kmods.install_storm_tools(linux_guest, "/tmp/hil-t")
     start_agent(collector.port)
     agent = collector.wait_for_agent(kind="linux-kmod", timeout=60)
     storm_pid = int(linux_guest.run(
         "/tmp/hil_storm 1000000 /tmp/hil-t >/dev/null 2>&1 & echo $!").check().stdout.decode())
     try:
         collector.wait_for(kind="created", image_path="/tmp/hil-t", timeout=60)
-        modules.unload("hil_agent", timeout=120)  # raises on failure or a kernel complaint
+        kmod.unload("hil_agent", timeout=120)  # raises on failure or a kernel complaint
     finally:
         linux_guest.run(f"kill {storm_pid}")
-    assert not kmod.is_loaded(linux_guest, "hil_agent")
-    assert modules.console_problems() == []
+    assert not kmods.is_loaded(linux_guest, "hil_agent")
+    assert kmod.console_problems() == []
     assert collector.stats(agent).protocol_errors == 0

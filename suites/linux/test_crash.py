@@ -17,19 +17,9 @@ from __future__ import annotations
 
 import pytest
 
-from hil.deploy import kmod
-
 pytestmark = pytest.mark.hil_linux
 
 DETECT_S = 10.0
-
-
-@pytest.fixture
-def crashmod(linux_guest):
-    """The guest with hil_crash loaded (``echo CMD > /proc/hil_crash``)."""
-    ko = kmod.build_module(kmod.drivers_dir() / "linux" / "crashmod", linux_guest.kbuild_dir, name="hil_crash")
-    kmod.load_module(linux_guest, ko)
-    return linux_guest
 
 
 def _trigger(guest, command: str, background: bool = False) -> None:

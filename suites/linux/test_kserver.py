@@ -10,7 +10,7 @@ import threading
 
 import pytest
 
-from hil.deploy import kmod
+from hil.deploy import kmod as kmods
 
 from hil.deploy.kmod import KSERVER_SERVE_DIR as SERVE_DIR, wait_until
 
@@ -64,13 +64,13 @@ def test_host_client_arrives_as_10_0_2_2_and_gets_replies_and_files(linux_guest,
     assert st["files"] == len(files) and st["refused"] == 0
 
 
-def test_client_not_on_allow_list_is_refused_and_logged(linux_guest, start_kserver, modules):
+def test_client_not_on_allow_list_is_refused_and_logged(linux_guest, start_kserver, kmod):
     # allow only the guest's own loopback: the host (10.0.2.2) is not on the list
     ks = start_kserver(allow="127.0.0.1")
     with ks.client() as c:
         assert c.read_response() == ("ERR", b"forbidden")
         assert c.read_response() == ("EOF", b"")
-    log = wait_until(lambda: "refused client 10.0.2.2" in (t := kmod.dmesg(linux_guest)) and t,
+    log = wait_until(lambda: "refused client 10.0.2.2" in (t := kmods.dmesg(linux_guest)) and t,
                      timeout=10, what="kserver's refusal in dmesg")
     assert "not on the allow-list" in log
     # an allow-listed client (the guest itself over loopback) is served meanwhile
@@ -125,7 +125,7 @@ def test_traversal_and_odd_names_are_refused_and_serving_continues(linux_guest, 
         assert c.get_file("sub/ok.txt") == b"ok\n"
         assert c.get_file("secret.txt") == b"inside\n"
     assert ks.stats()["denied"] >= 13
-    assert "root:" not in kmod.dmesg(linux_guest)
+    assert "root:" not in kmods.dmesg(linux_guest)
 
 
 def test_oversize_lines_and_binary_garbage_do_no_harm(linux_guest, start_kserver):
@@ -164,7 +164,7 @@ def test_fifty_concurrent_clients(linux_guest, start_kserver, tmp_path):
     ks = start_kserver()
     # Connect one after the other (QEMU's host-side forward listens with a backlog of 1, so 50
     # simultaneous SYNs would mostly measure SYN retransmits), then all 50 work at once.
-    clients: list[kmod.KServerClient] = []
+    clients: list[kmods.KServerClient] = []
     errors: list[str] = []
     try:
         for i in range(n):
@@ -174,7 +174,7 @@ def test_fifty_concurrent_clients(linux_guest, start_kserver, tmp_path):
         assert ks.stats()["active"] == n, "all 50 clients are connected and served at the same time"
         go = threading.Barrier(n, timeout=120)
 
-        def work(i: int, c: kmod.KServerClient) -> None:
+        def work(i: int, c: kmods.KServerClient) -> None:
             try:
                 go.wait()
                 for _ in range(3):
@@ -213,7 +213,7 @@ def test_clients_beyond_max_clients_are_told_busy(linux_guest, start_kserver):
         assert c.request(b"room again") == ("OK", b"hello from kserver")
 
 
-def test_unload_under_load_neither_hangs_nor_oopses(linux_guest, start_kserver, modules, tmp_path):
+def test_unload_under_load_neither_hangs_nor_oopses(linux_guest, start_kserver, kmod, kserver_ko, tmp_path):
     blob_size = 2 * 1024 * 1024
     _put_files(linux_guest, tmp_path, {"blob": blob_size})
     ks = start_kserver()
@@ -235,7 +235,7 @@ def test_unload_under_load_neither_hangs_nor_oopses(linux_guest, start_kserver, 
                         outcomes.append("eof")
                         return
                     assert status == "OK" and len(body) == blob_size
-        except (OSError, kmod.HilError) as exc:
+        except (OSError, kmods.HilError) as exc:
             outcomes.append(f"closed: {type(exc).__name__}")  # cut mid-body or reset: expected
         except threading.BrokenBarrierError:
             outcomes.append("barrier")
@@ -248,7 +248,7 @@ def test_unload_under_load_neither_hangs_nor_oopses(linux_guest, start_kserver, 
         t.start()
     started.wait()
 
-    modules.unload("kserver", timeout=120)  # raises on failure or a kernel complaint
+    kmod.unload("kserver", timeout=120)  # raises on failure or a kernel complaint
 
     for t in threads:
         t.join(120)
@@ -257,10 +257,10 @@ def test_unload_under_load_neither_hangs_nor_oopses(linux_guest, start_kserver, 
     for c in idle:
         assert c.read_response() == ("EOF", b"")
         c.close()
-    assert not kmod.is_loaded(linux_guest, "kserver")
-    assert modules.console_problems() == []
+    assert not kmods.is_loaded(linux_guest, "kserver")
+    assert kmod.console_problems() == []
     # the port is free again and a fresh load serves at once
-    modules.load(kmod.build_kserver(linux_guest.kbuild_dir), port=ks.guest_port, allow="10.0.2.2",
+    kmod.load(kserver_ko, port=ks.guest_port, allow="10.0.2.2",
                  root=SERVE_DIR)
     with ks.client() as c:
         assert c.request(b"back") == ("OK", b"hello from kserver")

@@ -1,4 +1,4 @@
-"""Stress suites: the module fixtures of suites/linux plus the storm sizes.
+"""Stress suites: the storm sizes and the figures they report (module fixtures: suites/conftest.py).
 
 Sizes come from environment variables (suites in subdirectories cannot add pytest options):
 
@@ -9,25 +9,9 @@ Sizes come from environment variables (suites in subdirectories cannot add pytes
 
 from __future__ import annotations
 
-import importlib.util
 import os
-from pathlib import Path
 
 import pytest
-
-# Re-use suites/linux/conftest.py's fixtures under a unique module name (both files are
-# called conftest.py, so a plain import would pick whichever was loaded last).
-_spec = importlib.util.spec_from_file_location(
-    "hil_suites_linux_conftest", Path(__file__).resolve().parent.parent / "linux" / "conftest.py")
-_linux = importlib.util.module_from_spec(_spec)
-_spec.loader.exec_module(_linux)
-
-kmod_artifacts = _linux.kmod_artifacts
-modules = _linux.modules
-kserver_ko = _linux.kserver_ko
-agent_ko = _linux.agent_ko
-start_kserver = _linux.start_kserver
-start_agent = _linux.start_agent
 
 
 def _env_int(name: str, default: int) -> int:
@@ -54,7 +38,7 @@ def storm_concurrency() -> int:
 
 
 @pytest.fixture
-def figures(request, record_property, kmod_artifacts):
+def figures(request, record_property, hil_artifacts):
     """``figures(title, latencies_ms=None, **values)``: print ``key: value`` lines to the
     terminal and put them in the JUnit properties; each ``latencies_ms`` series (name -> samples
     in ms) is drawn as a histogram in the test's artifacts and on the run's ``latency.html``."""
@@ -62,7 +46,7 @@ def figures(request, record_property, kmod_artifacts):
 
     def emit(title: str, latencies_ms: dict[str, list[float]] | None = None, **values) -> None:
         for name, samples in (latencies_ms or {}).items():
-            path = histogram.write(kmod_artifacts, name, samples, f"{title}: {name.replace('_', ' ')}")
+            path = histogram.write(hil_artifacts, name, samples, f"{title}: {name.replace('_', ' ')}")
             values[f"{name}_histogram"] = str(path)
         lines = [f"{title}:"] + [f"  {k}: {v:.3f}" if isinstance(v, float) else f"  {k}: {v}"
                                  for k, v in values.items()]

@@ -8,7 +8,7 @@ import time
 
 import pytest
 
-from hil.deploy import kmod
+from hil.deploy import kmod as kmods
 from hil.stats import percentile
 
 pytestmark = pytest.mark.hil_linux
@@ -29,7 +29,7 @@ def _host_listen_overflows() -> int:
     return -1
 
 
-def test_connection_storm_is_fully_served(linux_guest, start_kserver, modules, storm_connections,
+def test_connection_storm_is_fully_served(linux_guest, start_kserver, kmod, storm_connections,
                                           storm_concurrency, figures):
     m, conc = storm_connections, storm_concurrency
     ks = start_kserver(max_clients=max(64, conc * 2))
@@ -63,7 +63,7 @@ def test_connection_storm_is_fully_served(linux_guest, start_kserver, modules, s
     elapsed = time.perf_counter() - t0
 
     assert not errors, f"{len(errors)} failed connections:\n" + "\n".join(errors[:10])
-    kmod.wait_until(lambda: ks.stats()["active"] == 0, timeout=60, what="every client work item to end")
+    kmods.wait_until(lambda: ks.stats()["active"] == 0, timeout=60, what="every client work item to end")
     st = ks.stats()
     assert st["accepted"] == m and st["requests"] == m and st["busy"] == 0
     figures(

@@ -8,7 +8,7 @@ import re
 
 import pytest
 
-from hil.deploy import kmod
+from hil.deploy import kmod as kmods
 from hil.stats import percentile
 
 pytestmark = pytest.mark.hil_linux
@@ -16,11 +16,11 @@ pytestmark = pytest.mark.hil_linux
 TARGET = "/tmp/hil-storm-target"
 
 
-def test_process_storm_reports_every_exec_exactly_once(linux_guest, start_agent, collector, modules,
+def test_process_storm_reports_every_exec_exactly_once(linux_guest, start_agent, collector, kmod,
                                                        storm_execs, figures):
     n = storm_execs
     # the target is a static, libc-free no-op: each exec costs the kernel's exec path, not ld.so
-    kmod.install_storm_tools(linux_guest, TARGET)
+    kmods.install_storm_tools(linux_guest, TARGET)
     data = linux_guest.read_file(TARGET)
     size, sha = len(data), hashlib.sha256(data).hexdigest()
 
@@ -29,7 +29,7 @@ def test_process_storm_reports_every_exec_exactly_once(linux_guest, start_agent,
     linux_guest.run("echo reset > /proc/hil_agent_latency_us").check()
 
     res = linux_guest.run(f"/tmp/hil_storm {n} {TARGET}", timeout=max(600.0, n * 0.25)).check()
-    pids = [pid for _, pid in kmod.parse_pid_lines(res.stdout.decode())]
+    pids = [pid for _, pid in kmods.parse_pid_lines(res.stdout.decode())]
     assert len(pids) == n
     m = re.search(r"seconds=([\d.]+) rate=([\d.]+)", res.stderr.decode())
     storm_seconds, exec_rate = float(m.group(1)), float(m.group(2))
@@ -48,7 +48,7 @@ def test_process_storm_reports_every_exec_exactly_once(linux_guest, start_agent,
     exited = [r for r in collector.records(kind="exited") if r.pid in storm_pids]
     assert sorted(r.pid for r in exited) == sorted(pids), "one exit record per storm process"
 
-    st = modules.stats("hil_agent")
+    st = kmod.stats("hil_agent")
     assert st["dropped"] == 0 and collector.stats(agent).dropped_by_agent == 0
 
     lat_us = [int(x) for x in linux_guest.read_file("/proc/hil_agent_latency_us").decode().split()

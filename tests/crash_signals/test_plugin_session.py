@@ -11,6 +11,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import subprocess
 import sys
 import xml.etree.ElementTree as ET
@@ -23,13 +24,12 @@ pytestmark = pytest.mark.hil_linux
 INNER = '''
 import time
 import pytest
-from hil.deploy import kmod
+from hil.deploy import kmod as kmods
 
 
 @pytest.fixture
-def crashmod(linux_guest):
-    ko = kmod.build_module(kmod.drivers_dir() / "linux" / "crashmod", linux_guest.kbuild_dir, name="hil_crash")
-    kmod.load_module(linux_guest, ko)
+def crashmod(linux_guest, kmod):
+    kmod.load(kmods.build_crashmod(linux_guest.kbuild_dir))
     return linux_guest
 
 
@@ -64,6 +64,11 @@ def test_d_crash_in_fixture(crashing_fixture):
 @pytest.mark.expect_crash(kind="BUG", timeout=3)
 def test_e_expected_crash_never_comes(linux_guest):
     linux_guest.run("true").check()
+
+
+def test_f_warning_only_in_dmesg(crashmod):
+    crashmod.run("dmesg -n 1").check()  # from here on the console shows emergencies only
+    crashmod.run("echo warn > /proc/hil_crash").check()
 '''
 
 
@@ -111,7 +116,25 @@ def test_warning_fails_a_passing_test(inner):
     bad = tc.find("failure") if tc.find("failure") is not None else tc.find("error")
     assert bad is not None
     assert bad.get("message") == "WARNING in hil_crash_warn"
-    assert _props(tc)["hil_crash_function"] == "hil_crash_warn"
+    props = _props(tc)
+    assert props["hil_crash_function"] == "hil_crash_warn"
+    # the kmod fixture names what it loaded: path and SHA-256 of the very file
+    ko = Path(props["hil_deployed_hil_crash"])
+    assert props["hil_deployed_hil_crash_sha256"] == hashlib.sha256(ko.read_bytes()).hexdigest()
+    assert props["hil_deployed_hil_crash_origin"] == "file"
+
+
+def test_a_report_only_dmesg_shows_fails_the_test_the_same_way(inner):
+    """Below the console log level a WARNING never reaches the console; the kmod fixture's
+    teardown finds it in dmesg and hands it to the crash monitor: the same title and evidence,
+    through the same path, in the teardown phase."""
+    proc, cases, _ = inner
+    tc = cases["test_f_warning_only_in_dmesg"]
+    bad = tc.find("error")  # found at teardown, so pytest reports it as a teardown error
+    assert bad is not None, proc.stdout[-3000:]
+    assert bad.get("message") == 'failed on teardown with "WARNING in hil_crash_warn"'
+    text = Path(_props(tc)["hil_crash_txt"]).read_text()
+    assert "source: dmesg" in text
 
 
 def test_crash_in_a_fixture_is_an_error(inner):

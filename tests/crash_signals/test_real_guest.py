@@ -45,8 +45,7 @@ def test_restored_guest_after_a_crash_gets_its_own_events(linux_guest):
 
 
 def test_frozen_guest_is_reported_hung_after_an_nmi(linux_guest):
-    ko = kmod.build_module(kmod.drivers_dir() / "linux" / "crashmod", linux_guest.kbuild_dir, name="hil_crash")
-    kmod.load_module(linux_guest, ko, spin_s=120)
+    kmod.load_module(linux_guest, kmod.build_crashmod(linux_guest.kbuild_dir), spin_s=120)
     # an unknown NMI then panics with the interrupted CPU's stack instead of "Dazed and confused"
     linux_guest.run("sysctl -w kernel.unknown_nmi_panic=1").check()
     linux_guest.monitor.hang_timeout_s = 3
