@@ -4,7 +4,11 @@ Options (group ``hil``): ``--hil-config``, ``--hil-accel``, ``--hil-keep-failed`
 ``--hil-artifacts``.  Fixtures: ``hil_config``, ``hil_lab`` (session; one per xdist worker),
 ``linux_guest`` (a clean guest per test), ``hil_artifacts`` (the test's artifact folder),
 ``collector`` (the reference collector on 127.0.0.1, see :mod:`hil.collector`), ``kmod``
-(build, load and unload kernel modules in ``linux_guest``, see :mod:`hil.deploy.pytest_fixtures`).
+(build, load and unload kernel modules in ``linux_guest``, see :mod:`hil.deploy.pytest_fixtures`);
+Windows drivers (:mod:`hil.wine.pytest_fixtures`): ``mingw`` (build a team's drivers and tools,
+session), ``win_build`` (the reference build, session), ``wine_guest`` (a fresh Wine prefix per
+test), ``wine_driver`` (start a ``.sys`` in it, stopped at teardown); ``windows_guest`` (a real
+Windows guest for labs, see :mod:`hil.windows.pytest_fixtures`).
 
 Crashes (:mod:`hil.crash.monitor`): a guest crash during a test fails that test with the crash
 title as its message, whatever the test itself did (a crash during fixture setup is an error);
@@ -29,6 +33,8 @@ import pytest
 from hil.collector.pytest_fixtures import collector  # noqa: F401  (re-exported fixture)
 from hil.deploy.pytest_fixtures import kmod  # noqa: F401  (re-exported fixture)
 from hil.errors import HilError
+from hil.windows.pytest_fixtures import windows_guest  # noqa: F401  (re-exported fixture)
+from hil.wine.pytest_fixtures import mingw, win_build, wine_driver, wine_guest  # noqa: F401  (re-exported fixtures)
 
 ARTIFACTS_KEY = pytest.StashKey[Path]()
 SESSION_START_KEY = pytest.StashKey[float]()  # the controller's start: pages show only this run

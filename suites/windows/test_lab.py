@@ -1,47 +1,51 @@
-"""Lab-only: a real Windows guest (HIL_WINDOWS_IMAGE).  Skipped with the reason elsewhere.
+"""Lab-only: a real Windows guest (the public ``windows_guest`` fixture: ``HIL_WINDOWS_IMAGE``
+or ``[windows] image``).  Skipped with the reason elsewhere.
 
 What only real Windows can show: process-notify callbacks for real process creations, and
-the minifilter communication port (both are stubs in Wine 8.0).
+the minifilter communication port (both are stubs in Wine 8.0).  The drivers deployed are
+``[drivers] windows_agent`` and ``[drivers] minifilter`` from hil.toml when set (the team's own
+builds; a minifilter's ``.inf`` beside its ``.sys``), the reference builds otherwise.
 """
 
 from __future__ import annotations
 
 import hashlib
-import os
+from pathlib import Path
 
 import pytest
 
+from hil.deploy import artifacts
+from hil.deploy.artifacts import Deployed
 from hil.windows import deploy
 
 pytestmark = [pytest.mark.windows, pytest.mark.windows_lab, pytest.mark.hil_windows]
 
 
 @pytest.fixture
-def windows_guest(windows_image, tmp_path, request):
-    from hil.provision.accel import choose_accel
-    from hil.windows.guest import WindowsLabGuest
-
-    user = os.environ.get("HIL_WINDOWS_USER", "hil")
-    password = os.environ.get("HIL_WINDOWS_PASSWORD", "")
-    try:
-        cfg = request.getfixturevalue("hil_config").windows
-        user, password = cfg.winrm_user or user, cfg.winrm_password or password
-    except pytest.FixtureLookupError:
-        pass
-    if not password:
-        pytest.skip("no WinRM password configured (HIL_WINDOWS_PASSWORD or [windows] winrm_password)")
-    with WindowsLabGuest(windows_image, tmp_path, user=user, password=password,
-                         accel=choose_accel(os.environ.get("HIL_ACCEL", "auto"))) as g:
-        deploy.require_testsigning(g.transport)
-        g.transport.mkdir(r"C:\hil")
-        yield g
-        assert g.bugcheck() is None, f"the guest bug-checked: {g.bugcheck()}"
+def lab_agent(request, hil_config, win_build) -> Deployed:
+    """The release agent: ``[drivers] windows_agent``, else the reference ``hilagent.sys``."""
+    agent = artifacts.resolve(hil_config.drivers, "windows_agent", lambda: win_build["hilagent.sys"])
+    request.node.user_properties.extend(agent.properties())
+    return agent
 
 
-def test_real_process_creations_are_reported(windows_guest, win_build, collector):
+@pytest.fixture
+def minifilter(request, hil_config, win_build) -> tuple[Deployed, Path]:
+    """The minifilter and its INF: ``[drivers] minifilter`` (INF beside it), else ``hilflt.sys``
+    and the INF that ships with its sources."""
+    flt = artifacts.resolve(hil_config.drivers, "minifilter", lambda: win_build["hilflt.sys"])
+    request.node.user_properties.extend(flt.properties())
+    if flt.origin == "configured":
+        return flt, flt.path.with_suffix(".inf")
+    from hil.deploy.windows_build import windows_dir
+
+    return flt, windows_dir() / "minifilter" / "hilflt.inf"
+
+
+def test_real_process_creations_are_reported(windows_guest, lab_agent, collector):
     t = windows_guest.transport
     # The guest reaches the host's collector through QEMU user networking: 10.0.2.2.
-    deploy.install_driver(t, win_build["hilagent.sys"], "hilagent")
+    deploy.install_driver(t, lab_agent.path, "hilagent")
     t.run_ps("New-Item -Force -Path HKLM:\\SYSTEM\\CurrentControlSet\\Services\\hilagent\\Parameters|Out-Null;"
              "Set-ItemProperty HKLM:\\SYSTEM\\CurrentControlSet\\Services\\hilagent\\Parameters "
              f"-Name CollectorPort -Type DWord -Value {collector.port};"
@@ -62,14 +66,14 @@ def test_real_process_creations_are_reported(windows_guest, win_build, collector
     deploy.reset_verifier(t)
 
 
-def test_minifilter_port_round_trip(windows_guest, win_build):
+def test_minifilter_port_round_trip(windows_guest, minifilter, win_build):
     t = windows_guest.transport
-    for name in ("hilflt.sys", "hilfltc.exe"):
-        t.put(win_build[name], rf"C:\hil\{name}")
-    from hil.deploy.windows_build import windows_dir  # the INF ships in the repository
-
-    t.put(windows_dir() / "minifilter" / "hilflt.inf", r"C:\hil\hilflt.inf")
-    t.run_cmd(r"RUNDLL32.EXE SETUPAPI.DLL,InstallHinfSection DefaultInstall.NTamd64 132 C:\hil\hilflt.inf").check()
+    flt, inf = minifilter
+    # The INF names the .sys it copies: both keep their file names.
+    t.put(flt.path, rf"C:\hil\{flt.path.name}")
+    t.put(inf, rf"C:\hil\{inf.name}")
+    t.put(win_build["hilfltc.exe"], r"C:\hil\hilfltc.exe")
+    t.run_cmd(rf"RUNDLL32.EXE SETUPAPI.DLL,InstallHinfSection DefaultInstall.NTamd64 132 C:\hil\{inf.name}").check()
     deploy.fltmc_load(t, "hilflt")
     try:
         r1 = t.run_cmd(r"C:\hil\hilfltc.exe hello").check()
