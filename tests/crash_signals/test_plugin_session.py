@@ -79,6 +79,7 @@ def inner(tmp_path_factory):
     junit = d / "junit.xml"
     proc = subprocess.run(
         [sys.executable, "-m", "pytest", "-q", "-s", "-p", "no:cacheprovider", "-p", "no:randomly",
+         f"--basetemp={d / '.tmp'}",  # not the user's numbered folders: pytest keeps only 3
          f"--junitxml={junit}", f"--hil-artifacts={d / 'artifacts'}", str(d / "test_inner.py")],
         cwd=d, capture_output=True, text=True, timeout=1200)
     cases = {tc.get("name"): tc for tc in ET.parse(junit).getroot().iter("testcase")}
