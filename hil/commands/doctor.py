@@ -22,7 +22,7 @@ def add_arguments(parser) -> None:
     parser.add_argument("--uri", default=None, help="libvirt URI (default: from the config)")
 
 
-def checks(uri: str) -> list[Check]:
+def checks(uri: str, config=None) -> list[Check]:
     from hil.images.linux_image import cached_image
     from hil.images.recipe import load_linux_recipe
     from hil.paths import cache_root
@@ -74,6 +74,8 @@ def checks(uri: str) -> list[Check]:
     out.append(Check("linux image", img is not None,
                      str(img.dir) if img else "not built yet (the first test builds it, ~5 min)",
                      "hil image build linux", required=False))
+    if config is not None:
+        out += driver_checks(config, img.kernel_release if img else "")
     tool("wine", "wine64", required=False, why=" (Windows drivers under Wine)")
     tool("x86_64-w64-mingw32-gcc", "gcc-mingw-w64-x86-64 mingw-w64-x86-64-dev", required=False,
          why=" (building Windows drivers)")
@@ -87,6 +89,29 @@ def checks(uri: str) -> list[Check]:
     return out
 
 
+def driver_checks(config, kernel_release: str) -> list[Check]:
+    """What the suites will deploy for each ``[drivers]`` role, and whether a configured module
+    fits the guest's kernel (the configuration loader has checked the rest)."""
+    from hil.deploy.artifacts import ROLES, Deployed, check_kernel, configured
+    from hil.errors import HilError
+
+    out = []
+    for role in ROLES:
+        path = configured(config.drivers, role)
+        if path is None:
+            out.append(Check(f"drivers.{role}", True, "the reference build (kernel-hil's drivers/)"))
+            continue
+        detail = f"{path} (sha256 {Deployed.of(path).sha256[:16]})"
+        ok, fix = True, ""
+        if ROLES[role].os == "linux" and kernel_release:
+            try:
+                check_kernel(type(config.drivers)(**{role: str(path)}), kernel_release, config.source)
+            except HilError as exc:
+                ok, detail, fix = False, exc.problem, exc.fix or ""
+        out.append(Check(f"drivers.{role}", ok, detail, fix))
+    return out
+
+
 def _version(n: int) -> str:
     return f"{n // 1_000_000}.{n // 1000 % 1000}.{n % 1000}"
 
@@ -94,8 +119,8 @@ def _version(n: int) -> str:
 def run(args) -> int:
     from hil.config import load_config
 
-    uri = args.uri or load_config().libvirt_uri
-    results = checks(uri)
+    config = load_config()
+    results = checks(args.uri or config.libvirt_uri, config)
     width = max(len(c.name) for c in results)
     bad = 0
     for c in results:

@@ -128,3 +128,16 @@ def test_read_modinfo_names_a_damaged_file(tmp_path):
     ko.write_bytes(ko.read_bytes()[:200])
     with pytest.raises(NotAModule, match="damaged ELF file|no .modinfo"):
         read_modinfo(ko)
+
+
+def test_doctor_names_what_each_role_deploys_and_a_kernel_mismatch(tmp_path):
+    from hil.commands.doctor import driver_checks
+
+    ko = _module(tmp_path, "kserver")
+    release = read_modinfo(ko).kernel_release
+    cfg = _config(tmp_path, f'kserver = "{ko}"\n')
+    rows = {c.name: c for c in driver_checks(cfg, release)}
+    assert rows["drivers.kserver"].ok and str(ko) in rows["drivers.kserver"].detail
+    assert rows["drivers.linux_agent"].detail.startswith("the reference build")
+    bad = driver_checks(cfg, "9.9.9-other")[0]
+    assert not bad.ok and f"was built for kernel {release}, but the guest runs 9.9.9-other" in bad.detail
