@@ -6,6 +6,7 @@ Every key has a default, so no file at all means the embedded default guest.
     libvirt_uri = "qemu:///system"
     accel = "auto"                # auto | kvm | tcg
     artifacts = "reports/out"     # per-test console logs, transcripts, captures
+    history = ""                  # hil qualify's history: "" = SQLite in the data folder, or postgresql://...
 
     [linux]
     image = "embedded"            # or the path of your own qcow2 with qemu-guest-agent
@@ -24,6 +25,8 @@ Every key has a default, so no file at all means the embedded default guest.
     linux_agent = "build/hil_agent.ko"
     windows_agent = "out/hilagent.sys"
     minifilter = "out/hilflt.sys" # its .inf beside it
+
+    [profiles.NAME]               # qualification profiles: see hil.qualify.profiles
 
 Relative paths are relative to the file that names them.
 """
@@ -81,6 +84,8 @@ class HilConfig:
     linux: LinuxGuestConfig = field(default_factory=LinuxGuestConfig)
     windows: WindowsGuestConfig = field(default_factory=WindowsGuestConfig)
     drivers: DriversConfig = field(default_factory=DriversConfig)
+    history: str = ""
+    profiles: dict = field(default_factory=dict)  # name -> hil.qualify.profiles.Profile
     source: str = "defaults"
 
     def validate(self) -> "HilConfig":
@@ -116,6 +121,9 @@ def _build(cls, data: dict, where: str, source: str):
         if key not in known:
             raise ConfigError(f"{source}: unknown key {key!r} in {where}",
                               f"known keys there: {', '.join(sorted(known))}")
+        if cls is HilConfig and key == "profiles":
+            kwargs[key] = _profiles(value, source)
+            continue
         f = known[key]
         if dataclasses.is_dataclass(f.default_factory if f.default_factory is not dataclasses.MISSING else None):
             if not isinstance(value, dict):
@@ -130,6 +138,15 @@ def _build(cls, data: dict, where: str, source: str):
                               f"for example {key} = {f.default!r}")
         kwargs[key] = value
     return cls(**kwargs)
+
+
+def _profiles(tables, source: str) -> dict:
+    from hil.qualify.profiles import from_table
+
+    if not isinstance(tables, dict) or not all(isinstance(t, dict) for t in tables.values()):
+        raise ConfigError(f"{source}: profiles must be tables ([profiles.NAME])",
+                          'write [profiles.mine] with its keys, e.g. markers = "smoke"')
+    return {name: from_table(name, table, source) for name, table in tables.items()}
 
 
 def load_config(path: str | Path | None = None, start: Path | None = None) -> HilConfig:

@@ -1,8 +1,10 @@
 """The pytest plugin: options, a few fixtures, hooks.  All real work lives in the library.
 
 Options (group ``hil``): ``--hil-config``, ``--hil-accel``, ``--hil-keep-failed``,
-``--hil-artifacts``.  Fixtures: ``hil_config``, ``hil_lab`` (session; one per xdist worker),
+``--hil-artifacts``, ``--hil-profile``, ``--hil-results``.  Fixtures: ``hil_config``,
+``hil_lab`` (session; one per xdist worker),
 ``linux_guest`` (a clean guest per test), ``hil_artifacts`` (the test's artifact folder),
+``hil_profile`` (the run's qualification profile: stress sizes, soak length),
 ``collector`` (the reference collector on 127.0.0.1, see :mod:`hil.collector`), ``kmod``
 (build, load and unload kernel modules in ``linux_guest``, see :mod:`hil.deploy.pytest_fixtures`);
 Windows drivers (:mod:`hil.wine.pytest_fixtures`): ``mingw`` (build a team's drivers and tools,
@@ -27,18 +29,23 @@ import shutil
 import signal
 import time
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import pytest
 
 from hil.collector.pytest_fixtures import collector  # noqa: F401  (re-exported fixture)
 from hil.deploy.pytest_fixtures import kmod  # noqa: F401  (re-exported fixture)
 from hil.errors import HilError
+
+if TYPE_CHECKING:
+    from hil.qualify.profiles import Profile
 from hil.windows.pytest_fixtures import windows_guest  # noqa: F401  (re-exported fixture)
 from hil.wine.pytest_fixtures import mingw, win_build, wine_driver, wine_guest  # noqa: F401  (re-exported fixtures)
 
 ARTIFACTS_KEY = pytest.StashKey[Path]()
 SESSION_START_KEY = pytest.StashKey[float]()  # the controller's start: pages show only this run
 REPORTS_KEY = pytest.StashKey[dict]()
+PROFILE_KEY = pytest.StashKey["Profile"]()
 
 
 def pytest_addoption(parser):
@@ -51,6 +58,11 @@ def pytest_addoption(parser):
                     help="keep a failed test's guest running for debugging and print how to reach it")
     group.addoption("--hil-artifacts", metavar="DIR",
                     help="where per-test console logs, agent transcripts and captures go")
+    group.addoption("--hil-profile", metavar="NAME", default=None,
+                    help="the qualification profile whose sizes the suites use (smoke, nightly, "
+                    "prerelease or a [profiles.NAME] of hil.toml; default nightly)")
+    group.addoption("--hil-results", metavar="FILE", default=None,
+                    help="write every test report as a JSON line to FILE (what hil qualify reads)")
 
 
 def pytest_configure(config):
@@ -59,6 +71,8 @@ def pytest_configure(config):
                    "wine: runs the driver for real under Wine on this host",
                    "windows_lab: needs a real Windows guest (HIL_WINDOWS_IMAGE)",
                    "hil_windows: the test uses a libvirt Windows guest",
+                   "smoke: part of the smoke profile (boot, deploy, a collector round trip, a crash)",
+                   "soak: runs for the profile's soak_s (deselect with -m 'not soak')",
                    "expect_crash(kind=None, function=None, timeout=10): the test crashes its guest on "
                    "purpose; it fails unless a matching crash is detected"):
         config.addinivalue_line("markers", marker)
@@ -72,6 +86,17 @@ def pytest_configure(config):
         config._hil_config.accel = config.getoption("--hil-accel")
     artifacts = config.getoption("--hil-artifacts") or config._hil_config.artifacts
     config.stash[ARTIFACTS_KEY] = Path(artifacts).resolve()
+    from hil.qualify.profiles import resolve
+
+    try:
+        config.stash[PROFILE_KEY] = resolve(config.getoption("--hil-profile"), config._hil_config.profiles)
+    except HilError as exc:
+        raise pytest.UsageError(f"kernel-hil: {exc}") from None
+    results = config.getoption("--hil-results")
+    if results and _worker(config) is None:
+        from hil.qualify.results import ResultsWriter
+
+        config.pluginmanager.register(ResultsWriter(Path(results), config.rootpath), "hil-results")
     # SIGTERM (CI timeouts, a killed terminal) unwinds like Ctrl-C so guests are cleaned up
     if hasattr(signal, "SIGTERM") and signal.getsignal(signal.SIGTERM) in (signal.SIG_DFL, None):
         try:
@@ -119,6 +144,13 @@ def pytest_sessionfinish(session):
 @pytest.fixture(scope="session")
 def hil_config(pytestconfig):
     return pytestconfig._hil_config
+
+
+@pytest.fixture(scope="session")
+def hil_profile(pytestconfig):
+    """The run's :class:`hil.qualify.profiles.Profile` (``--hil-profile``; default nightly):
+    stress sizes (``hil_profile.size("execs")``, the environment may override), soak length."""
+    return pytestconfig.stash[PROFILE_KEY]
 
 
 @pytest.fixture(scope="session")

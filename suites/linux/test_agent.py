@@ -27,6 +27,7 @@ def _spawn(guest, paths: list[str]) -> list[tuple[str, int]]:
     return guest_pids(guest.run(loop, timeout=120).check().stdout.decode())
 
 
+@pytest.mark.smoke
 def test_spawned_processes_appear_once_with_pid_path_size_and_sha256(linux_guest, start_agent, collector, kmod):
     start_agent(collector.port)
     agent = collector.wait_for_agent(kind="linux-kmod", timeout=60)

@@ -94,6 +94,7 @@ def test_after_sysrq_panic_guest_is_clean(linux_guest):
     _assert_healthy(linux_guest)
 
 
+@pytest.mark.smoke
 @pytest.mark.expect_crash(kind="BUG", function="hil_crash_bug")
 def test_expect_crash_marker(crashmod):
     """The marker form: the GuestError the crash causes in the test body is expected too."""

@@ -33,6 +33,7 @@ def _put_files(guest, tmp_path, files: dict[str, bytes | int]) -> dict[str, str]
     return {line.split(None, 1)[1].strip()[len(SERVE_DIR) + 1:]: line.split()[0] for line in sums.splitlines()}
 
 
+@pytest.mark.smoke
 def test_host_client_arrives_as_10_0_2_2_and_gets_replies_and_files(linux_guest, start_kserver, tmp_path):
     files = {
         "empty": b"",

@@ -10,6 +10,7 @@ import pytest
 pytestmark = pytest.mark.hil_linux
 
 
+@pytest.mark.smoke
 def test_smoke_boot_and_run(linux_guest):
     r = linux_guest.run("uname -r; echo hello >&2; exit 3")
     assert r.exit_code == 3

@@ -1,40 +1,43 @@
-"""Stress suites: the storm sizes and the figures they report (module fixtures: suites/conftest.py).
+"""Stress suites: the storm sizes of the run's profile and the figures they report.
 
-Sizes come from environment variables (suites in subdirectories cannot add pytest options):
-
-- ``HIL_STORM_EXECS``       execs in the process storm (default 10000)
-- ``HIL_STORM_CONNECTIONS`` connections in the kserver connection storm (default 2000)
-- ``HIL_STORM_CONCURRENCY`` client threads in the connection storm (default 16)
+Sizes come from the qualification profile (``--hil-profile``, see :mod:`hil.qualify.profiles`:
+``execs``, ``connections``, ``concurrency``, ``soak_s``); the environment variables
+``HIL_STORM_EXECS``, ``HIL_STORM_CONNECTIONS``, ``HIL_STORM_CONCURRENCY`` and ``HIL_SOAK_S``
+override them for one run.  Module fixtures: suites/conftest.py.
 """
 
 from __future__ import annotations
 
-import os
-
 import pytest
 
+from hil.errors import HilError
 
-def _env_int(name: str, default: int) -> int:
-    value = os.environ.get(name, "")
+
+def _size(profile, key: str) -> int:
     try:
-        return int(value) if value else default
-    except ValueError:
-        raise pytest.UsageError(f"{name}={value!r} is not an integer") from None
+        return profile.size(key)
+    except HilError as exc:
+        raise pytest.UsageError(str(exc)) from None
 
 
 @pytest.fixture
-def storm_execs() -> int:
-    return _env_int("HIL_STORM_EXECS", 10000)
+def storm_execs(hil_profile) -> int:
+    return _size(hil_profile, "execs")
 
 
 @pytest.fixture
-def storm_connections() -> int:
-    return _env_int("HIL_STORM_CONNECTIONS", 2000)
+def storm_connections(hil_profile) -> int:
+    return _size(hil_profile, "connections")
 
 
 @pytest.fixture
-def storm_concurrency() -> int:
-    return _env_int("HIL_STORM_CONCURRENCY", 16)
+def storm_concurrency(hil_profile) -> int:
+    return _size(hil_profile, "concurrency")
+
+
+@pytest.fixture
+def soak_seconds(hil_profile) -> int:
+    return _size(hil_profile, "soak_s")
 
 
 @pytest.fixture

@@ -1,0 +1,1 @@
+"""Qualification runs: profiles, the run itself, its history and its report (``hil qualify``)."""
