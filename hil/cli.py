@@ -15,12 +15,14 @@ import sys
 from hil.errors import HilError
 
 COMMANDS: dict[str, str] = {
+    "qualify": "hil.commands.qualify",
     "image": "hil.commands.image",
     "doctor": "hil.commands.doctor",
     "bench": "hil.commands.bench",
     "collector": "hil.commands.collector",
     "crash-scan": "hil.commands.crash_scan",
     "sweep": "hil.commands.sweep",
+    "history": "hil.commands.history",
 }
 
 
