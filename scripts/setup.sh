@@ -18,6 +18,8 @@ APT_PACKAGES=(
   gcc make libc6-dev libelf1 python3-venv python3-dev
   # Windows drivers: built with mingw-w64, run under Wine
   gcc-mingw-w64-x86-64 mingw-w64-x86-64-dev wine64 wine
+  # qualification runs: a team's history server (tested for real), the report in a real browser
+  postgresql chromium
 )
 missing=()
 for p in "${APT_PACKAGES[@]}"; do
@@ -34,6 +36,12 @@ say "python environment (.venv)"
 [ -x .venv/bin/python ] || python3 -m venv .venv
 .venv/bin/python -m pip install -q --upgrade pip >/dev/null
 .venv/bin/python -m pip install -q -e '.[test]'
+
+say "PostgreSQL (the history database a team shares; SQLite is the default)"
+# no init system here: start the cluster ourselves when it is not answering
+if ! pg_isready -q; then
+  pg_ctlcluster "$(ls /etc/postgresql | sort -V | tail -1)" main start
+fi
 
 say "libvirt daemons, /dev/kvm permissions, leftovers of dead sessions"
 .venv/bin/hil sweep
