@@ -32,8 +32,6 @@ def run(args) -> int:
                       config_path=args.config, extra=args.pytest_args)
     run = outcome.run
     counts = ", ".join(f"{run.count(o)} {o}" for o in ("passed", "failed", "error", "flaky", "skipped"))
-    print(f"\nhil qualify: {'FAIL' if outcome.exit_code else 'PASS'} ({counts})")
-    for reason in outcome.reasons:
-        print(f"  {reason}")
+    print(f"\nhil qualify: {outcome.verdict.word}: {outcome.verdict.reason} ({counts})")
     print(f"report: {outcome.report}")
     return outcome.exit_code

@@ -21,78 +21,21 @@ import html
 import math
 import os
 import re
-from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
 from urllib.parse import quote
 
 from hil.crash.linux import match_header
 from hil.qualify.model import (
-    ERROR, FAILED, FLAKY, PASSED, SKIPPED, CrashSeen, CrashSignature, Run, TestResult, TrendPoint,
+    ERROR, FAILED, FLAKY, PASSED, SKIPPED, CrashSignature, Run, TestResult, TrendPoint,
 )
+from hil.qualify.verdict import Verdict, plural, run_crashes, verdict
 from hil.report import histogram
 from hil.report.histogram import _fmt as fmt_number  # the histograms' number style, on the plots too
 
 CONSOLE_LINES = 400  # a longer excerpt is cut from the top: the crash is at its end
 _ANSI = re.compile(r"\x1b(?:\[[0-?]*[ -/]*[@-~]|\][^\x07\x1b]*(?:\x07|\x1b\\)|[@-_])")
 _CONTROL = re.compile(r"[\x00-\x08\x0b-\x1f\x7f-\x9f]")
-
-
-# --- the verdict -------------------------------------------------------------------------------
-
-@dataclass(frozen=True)
-class Verdict:
-    """PASS or FAIL and why, in the words the report's first line uses."""
-
-    passed: bool
-    reason: str
-
-    @property
-    def word(self) -> str:
-        return "PASS" if self.passed else "FAIL"
-
-
-def _plural(n: int, noun: str) -> str:
-    return f"{n} {noun}" + ("" if n == 1 else "s")
-
-
-def run_crashes(run: Run) -> list[CrashSeen]:
-    """The run's crashes: ``run.crashes``, plus a test's crash the runner left out of them."""
-    out = list(run.crashes)
-    seen = {(c.title, c.nodeid) for c in out}
-    for r in run.results:
-        if r.crash_title and (r.crash_title, r.nodeid) not in seen:
-            out.append(CrashSeen(r.crash_title, r.crash_kind, r.nodeid, r.crash_expected))
-            seen.add((r.crash_title, r.nodeid))
-    return out
-
-
-def new_crash_titles(run: Run, known_crashes: dict[str, CrashSignature]) -> list[str]:
-    """Titles of unexpected crashes the history had never seen, in the order the run met them."""
-    titles: list[str] = []
-    for c in run_crashes(run):
-        if not c.expected and c.title not in known_crashes and c.title not in titles:
-            titles.append(c.title)
-    return titles
-
-
-def verdict(run: Run, known_crashes: dict[str, CrashSignature]) -> Verdict:
-    """FAIL on a failed or erroring test, on an unexpected crash title never seen before, or when
-    no test ran (a qualification that qualified nothing must not look green); PASS otherwise.
-    Flaky tests pass, and are named in the reason."""
-    failures, new = len(run.product_failures), len(new_crash_titles(run, known_crashes))
-    ran = sum(r.outcome != SKIPPED for r in run.results)
-    problems = []
-    if failures:
-        problems.append(_plural(failures, "product failure"))
-    if new:
-        problems.append(_plural(new, "new crash title"))
-    if not ran:
-        problems.append("no test ran")
-    notes = [_plural(run.count(FLAKY), "flaky test")] if run.count(FLAKY) else []
-    if problems:
-        return Verdict(False, "; ".join([", ".join(problems), *notes]))
-    return Verdict(True, "; ".join(["passed", *notes]))
 
 
 # --- escaping and small formatting -------------------------------------------------------------
@@ -146,7 +89,7 @@ def _badge(title: str, expected: bool, known: dict[str, CrashSignature]) -> str:
         state = '<span class="badge new" data-crash-state="new">new</span>'
     else:
         state = (f'<span class="badge known" data-crash-state="known" title="last seen {_esc(sig.last_run)}">'
-                 f"known (first seen {_esc(sig.first_run)}, seen {_plural(sig.count, 'time')})</span>")
+                 f"known (first seen {_esc(sig.first_run)}, seen {plural(sig.count, 'time')})</span>")
     return state + (' <span class="badge expected">expected</span>' if expected else "")
 
 
@@ -155,7 +98,7 @@ def _console(text: str) -> str:
     lines = _clean(text).rstrip("\n").split("\n")
     cut = len(lines) - CONSOLE_LINES
     lines = lines[-CONSOLE_LINES:] if cut > 0 else lines
-    out = [f'<span class="cut">[{_plural(cut, "earlier line")} in the console log]</span>'] if cut > 0 else []
+    out = [f'<span class="cut">[{plural(cut, "earlier line")} in the console log]</span>'] if cut > 0 else []
     for line in lines:
         escaped = html.escape(line)
         out.append(f'<mark class="crash-line">{escaped}</mark>' if match_header(line) else escaped)
@@ -381,7 +324,7 @@ def trend_plots(trends: list[TrendPoint]) -> list[str]:
 def _trends(trends: list[TrendPoint]) -> str:
     plots = trend_plots(trends)
     body = f'<div class="plots">{"".join(plots)}</div>' if plots else '<p class="muted">no history yet</p>'
-    span = f" (last {_plural(len(trends), 'run')} of this profile)" if trends else ""
+    span = f" (last {plural(len(trends), 'run')} of this profile)" if trends else ""
     return f'<h2 id="trends">Trends{span}</h2>{body}'
 
 
@@ -494,14 +437,16 @@ document.querySelectorAll("pre.console").forEach(hilScroll);
 
 
 def write_report(run: Run, out: Path, *, known_crashes: dict[str, CrashSignature], trends: list[TrendPoint],
-                 timeline: Path | None = None, latency: Path | None = None) -> Path:
+                 timeline: Path | None = None, latency: Path | None = None,
+                 verdict_: Verdict | None = None) -> Path:
     """Write the run's report to ``out`` and return it.
 
     ``known_crashes``: each crash title as the history saw it before this run (absent = new).
     ``trends``: the profile's last runs, oldest first, this run included.
     ``timeline`` / ``latency``: the run folder's ``timeline.html`` / ``latency.html``, if drawn.
+    ``verdict_``: the run's verdict as ``hil qualify`` decided it (default: :func:`verdict`).
     """
-    v = verdict(run, known_crashes)
+    v = verdict_ or verdict(run, known_crashes)
     links = _Links(run, out)
     sections = [("failures", f"Failures ({len(run.product_failures)})"),
                 ("crashes", f"Crashes ({len(run_crashes(run))})"), ("flaky", f"Flaky ({run.count(FLAKY)})"),

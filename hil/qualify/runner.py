@@ -10,9 +10,9 @@ hour of tests); run pytest on the profile's selection with xdist workers sized t
 run each failed test again on a fresh guest, up to the profile's ``reruns`` (fail-then-pass is
 ``flaky``, not a product failure); turn the attempts' JSON-line reports into a
 :class:`~hil.qualify.model.Run`; record it; write the report; print ``report: <path>`` last.
-The exit code is non-zero for a product failure, a crash title the history has never seen
-(from a test that did not expect it), flaky tests when the profile says so, or a run that could
-not select or run its tests.
+The exit code is non-zero when the verdict (:mod:`hil.qualify.verdict`) is FAIL: a product
+failure, a crash title the history has never seen (from a test that did not expect it), flaky
+tests when the profile says so, or a run that could not select or run its tests.
 """
 
 from __future__ import annotations
@@ -30,22 +30,22 @@ from datetime import datetime, timezone
 from pathlib import Path
 
 from hil.config import HilConfig
-from hil.errors import HilError
 from hil.qualify import model
 from hil.qualify.profiles import Profile, pytest_selection
 from hil.qualify.results import PhaseReport, read
-
-EXIT_NO_TESTS = 5  # pytest's own code for "nothing collected"
-
+from hil.qualify.verdict import Verdict, verdict
 
 @dataclass
 class Outcome:
-    """What :func:`qualify` hands back: the run, its report and the process exit code."""
+    """What :func:`qualify` hands back: the run, its verdict and its report."""
 
     run: model.Run
+    verdict: Verdict
     report: Path
-    exit_code: int
-    reasons: list[str]
+
+    @property
+    def exit_code(self) -> int:
+        return 0 if self.verdict.passed else 1
 
 
 def workers_for(profile: Profile, config: HilConfig) -> int:
@@ -268,11 +268,12 @@ def qualify(config: HilConfig, profile: Profile, *, history_url: str | None, out
         trends = history.trends(profile.name)
     finally:
         history.close()
+    decided = verdict(run, known, fail_on_flaky=profile.fail_on_flaky, pytest_exit=codes[0])
     art = folder / "artifacts"
     report = write_report(run, folder / "report.html", known_crashes=known, trends=trends,
-                          timeline=_existing(art / "timeline.html"), latency=_existing(art / "latency.html"))
-    reasons = verdict_reasons(run, known, profile, codes[0])
-    return Outcome(run, report, 1 if reasons else 0, reasons)
+                          timeline=_existing(art / "timeline.html"), latency=_existing(art / "latency.html"),
+                          verdict_=decided)
+    return Outcome(run, decided, report)
 
 
 def _existing(p: Path) -> Path | None:
@@ -289,23 +290,3 @@ def _failed_tests(phases: list[PhaseReport]) -> list[str]:
         if outcome in (model.FAILED, model.ERROR):
             out.append(rerun_argument(test_phases[0]))
     return out
-
-
-def verdict_reasons(run: model.Run, known: dict, profile: Profile, first_exit: int) -> list[str]:
-    """Why the run fails (empty: it passes)."""
-    reasons = []
-    if not run.results:
-        reasons.append(f"profile {profile.name} selected no tests" if first_exit == EXIT_NO_TESTS
-                       else f"pytest ended with exit code {first_exit} before running any test")
-    elif first_exit not in (0, 1):  # 1 = some tests failed, which the results say
-        reasons.append(f"pytest ended with exit code {first_exit} (interrupted or a usage error)")
-    failures = run.product_failures
-    if failures:
-        reasons.append(f"{len(failures)} product failure(s)")
-    new = sorted({c.title for c in run.crashes if not c.expected and c.title not in known})
-    if new:
-        reasons.append(f"{len(new)} new crash title(s): {'; '.join(new)}")
-    flaky = run.count(model.FLAKY)
-    if flaky and profile.fail_on_flaky:
-        reasons.append(f"{flaky} flaky test(s) and the profile fails on flaky tests")
-    return reasons

@@ -18,7 +18,8 @@ from hil.qualify import browser
 from hil.qualify.model import (
     Artifact, CrashSeen, CrashSignature, Figure, Run, TestResult, TrendPoint,
 )
-from hil.qualify.report import trend_plots, verdict, write_report
+from hil.qualify.report import trend_plots, write_report
+from hil.qualify.verdict import verdict
 from hil.report import histogram, timeline
 from hil.steps import StepRecord
 

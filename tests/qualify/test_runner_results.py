@@ -7,10 +7,9 @@ import subprocess
 import sys
 
 from hil.qualify import model
-from hil.qualify.profiles import BUILTIN
 from hil.qualify.results import read
 from hil.qualify.runner import test_results as results_of
-from hil.qualify.runner import verdict_reasons
+from hil.qualify.verdict import verdict
 
 INNER = '''
 import pathlib, pytest
@@ -80,17 +79,17 @@ def test_attempts_become_outcomes_with_their_evidence(tmp_path):
 
     run = model.Run("r1", "nightly", "h", "0", "", None, None, results=results,
                     crashes=[model.CrashSeen("WARNING in team_fn", "WARNING", broken.nodeid, False)])
-    reasons = verdict_reasons(run, known={}, profile=BUILTIN["nightly"], first_exit=1)
-    assert reasons == ["2 product failure(s)", "1 new crash title(s): WARNING in team_fn"]
+    decided = verdict(run, {}, pytest_exit=1)
+    assert not decided.passed and decided.reason == "2 product failures, 1 new crash title; 1 flaky test"
 
 
-def test_flaky_alone_passes_unless_the_profile_says_otherwise():
-    import dataclasses
-
+def test_flaky_alone_passes_unless_the_profile_says_otherwise_and_pytest_must_end_normally():
     run = model.Run("r", "p", "h", "0", "", None, None,
                     results=[model.TestResult("t::a", model.FLAKY, attempts=["failed", "passed"])])
-    assert verdict_reasons(run, {}, BUILTIN["smoke"], first_exit=1) == []
-    strict = dataclasses.replace(BUILTIN["smoke"], fail_on_flaky=True)
-    assert verdict_reasons(run, {}, strict, first_exit=1) == ["1 flaky test(s) and the profile fails on flaky tests"]
+    assert verdict(run, {}, pytest_exit=1).passed
+    strict = verdict(run, {}, fail_on_flaky=True, pytest_exit=1)
+    assert not strict.passed and strict.reason == "1 flaky test (the profile fails on flaky tests)"
+    interrupted = verdict(run, {}, pytest_exit=2)
+    assert not interrupted.passed and "exit code 2" in interrupted.reason
     empty = model.Run("r", "p", "h", "0", "", None, None)
-    assert verdict_reasons(empty, {}, BUILTIN["smoke"], first_exit=5) == ["profile smoke selected no tests"]
+    assert verdict(empty, {}, pytest_exit=5).reason == "no test ran (the profile selected none)"
