@@ -70,10 +70,12 @@ def new_run_id() -> str:
 def pytest_command(profile: Profile, folder: Path, attempt: int, selection: list[str], workers: int,
                    config_path: str | None, extra: list[str]) -> list[str]:
     artifacts = folder / "artifacts" if attempt == 1 else folder / "artifacts" / f"rerun-{attempt}"
+    basetemp = folder / ".tmp" / str(attempt)
+    basetemp.parent.mkdir(parents=True, exist_ok=True)  # pytest makes the last level only
     cmd = [sys.executable, "-m", "pytest", *selection, "-p", "no:cacheprovider", "-rfEs",
            f"--hil-profile={profile.name}", f"--hil-artifacts={artifacts}",
            f"--hil-results={folder / f'results-{attempt}.jsonl'}", f"--junitxml={folder / f'junit-{attempt}.xml'}",
-           f"--basetemp={folder / '.tmp' / str(attempt)}"]
+           f"--basetemp={basetemp}"]
     if config_path:
         cmd.append(f"--hil-config={config_path}")
     if workers > 1:

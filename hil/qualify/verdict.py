@@ -63,9 +63,11 @@ def verdict(run: Run, known_crashes: dict[str, CrashSignature], *, fail_on_flaky
         problems.append(plural(new, "new crash title"))
     if flaky and fail_on_flaky:
         problems.append(plural(flaky, "flaky test") + " (the profile fails on flaky tests)")
+    abnormal = pytest_exit not in (None, 0, 1, EXIT_NO_TESTS)
     if not ran:
-        problems.append("no test ran" + (" (the profile selected none)" if pytest_exit == EXIT_NO_TESTS else ""))
-    elif pytest_exit not in (None, 0, 1, EXIT_NO_TESTS):
+        problems.append("no test ran" + (" (the profile selected none)" if pytest_exit == EXIT_NO_TESTS else
+                                         f" (pytest exit code {pytest_exit})" if abnormal else ""))
+    elif abnormal:
         problems.append(f"pytest ended with exit code {pytest_exit} (interrupted, or an internal or usage error)")
     notes = [plural(flaky, "flaky test")] if flaky and not fail_on_flaky else []
     if problems:

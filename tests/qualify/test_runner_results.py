@@ -91,5 +91,7 @@ def test_flaky_alone_passes_unless_the_profile_says_otherwise_and_pytest_must_en
     assert not strict.passed and strict.reason == "1 flaky test (the profile fails on flaky tests)"
     interrupted = verdict(run, {}, pytest_exit=2)
     assert not interrupted.passed and "exit code 2" in interrupted.reason
+    crashed = verdict(model.Run("r", "p", "h", "0", "", None, None), {}, pytest_exit=3)
+    assert crashed.reason == "no test ran (pytest exit code 3)"
     empty = model.Run("r", "p", "h", "0", "", None, None)
     assert verdict(empty, {}, pytest_exit=5).reason == "no test ran (the profile selected none)"
