@@ -29,23 +29,19 @@ import shutil
 import signal
 import time
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 import pytest
 
 from hil.collector.pytest_fixtures import collector  # noqa: F401  (re-exported fixture)
 from hil.deploy.pytest_fixtures import kmod  # noqa: F401  (re-exported fixture)
 from hil.errors import HilError
-
-if TYPE_CHECKING:
-    from hil.qualify.profiles import Profile
 from hil.windows.pytest_fixtures import windows_guest  # noqa: F401  (re-exported fixture)
 from hil.wine.pytest_fixtures import mingw, win_build, wine_driver, wine_guest  # noqa: F401  (re-exported fixtures)
 
 ARTIFACTS_KEY = pytest.StashKey[Path]()
 SESSION_START_KEY = pytest.StashKey[float]()  # the controller's start: pages show only this run
 REPORTS_KEY = pytest.StashKey[dict]()
-PROFILE_KEY = pytest.StashKey["Profile"]()
+PROFILE_KEY = pytest.StashKey[object]()  # hil.qualify.profiles.Profile
 
 
 def pytest_addoption(parser):
