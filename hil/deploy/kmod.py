@@ -464,6 +464,16 @@ class KServerClient:
     def send(self, data: bytes) -> None:
         self.sock.sendall(data)
 
+    def wait(self, timeout: float) -> bool:
+        """Whether the server sent something (or closed) within ``timeout`` seconds. Nothing is
+        consumed: :meth:`read_response` reads it next."""
+        import select
+
+        if self._buf:
+            return True
+        readable, _, _ = select.select([self.sock], [], [], timeout)
+        return bool(readable)
+
     def _fill(self) -> bool:
         chunk = self.sock.recv(1 << 16)
         if not chunk:

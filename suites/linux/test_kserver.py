@@ -162,7 +162,7 @@ def test_oversize_lines_and_binary_garbage_do_no_harm(linux_guest, start_kserver
 def test_fifty_concurrent_clients(linux_guest, start_kserver, tmp_path):
     n = 50
     want = _put_files(linux_guest, tmp_path, {"blob": 256 * 1024})["blob"]
-    ks = start_kserver()
+    ks = start_kserver(max_per_addr=n)  # every client arrives from 10.0.2.2
     # Connect one after the other (QEMU's host-side forward listens with a backlog of 1, so 50
     # simultaneous SYNs would mostly measure SYN retransmits), then all 50 work at once.
     clients: list[kmods.KServerClient] = []
@@ -217,8 +217,8 @@ def test_clients_beyond_max_clients_are_told_busy(linux_guest, start_kserver):
 def test_unload_under_load_neither_hangs_nor_oopses(linux_guest, start_kserver, kmod, kserver_ko, tmp_path):
     blob_size = 2 * 1024 * 1024
     _put_files(linux_guest, tmp_path, {"blob": blob_size})
-    ks = start_kserver()
     busy_clients, idle_clients = 16, 8
+    ks = start_kserver(max_per_addr=busy_clients + idle_clients)  # all from 10.0.2.2
     started = threading.Barrier(busy_clients + 1, timeout=120)
     outcomes: list[str] = []
 

@@ -32,7 +32,7 @@ def _host_listen_overflows() -> int:
 def test_connection_storm_is_fully_served(linux_guest, start_kserver, kmod, storm_connections,
                                           storm_concurrency, figures):
     m, conc = storm_connections, storm_concurrency
-    ks = start_kserver(max_clients=max(64, conc * 2))
+    ks = start_kserver(max_clients=max(64, conc * 2), max_per_addr=max(64, conc * 2))  # all from 10.0.2.2
     latencies: list[float] = []
     errors: list[str] = []
     lock = threading.Lock()

@@ -2,21 +2,32 @@
 /*
  * kserver - a small, defensive kernel TCP server.
  *
- * Listens on a TCP port, admits only IPv4 clients on an allow-list, answers every request line
+ * Listens on a TCP port, admits only IPv4 clients on an allow-list, answers every request
  * with a configured reply and serves regular files beneath one directory on "FILE:<name>".
  * The wire protocol is described in PROTOCOL.md next to this file.
  *
  * Design:
  *  - one listener kthread blocks in kernel_accept();
  *  - each admitted client is a work item on a dedicated unbound workqueue (at most
- *    max_clients at once, further clients get "ERR busy");
+ *    max_clients at once, further clients get "ERR busy"; at most max_per_addr from one
+ *    address, further ones get "ERR peerlimit");
  *  - every buffer is fixed-size and lives in the per-client struct; over-long lines are
  *    discarded up to the next newline and answered with "ERR toolong";
+ *  - a request line must be complete within request_timeout seconds of its first byte, or it
+ *    is answered with "ERR timeout" and the connection is closed (idle_timeout alone would let
+ *    a client hold its slot forever with one byte a minute);
+ *  - framing=line (the default) reads newline-terminated requests and frames every response;
+ *    framing=message takes each received chunk as one request and answers unframed, the way
+ *    a plain send()/recv() client expects (FILE: sends the raw file, then closes);
  *  - file names are checked component by component (no '/'-prefix, no '.', '..' or empty
  *    components, no control bytes) and then resolved with vfs_path_lookup() from the served
  *    directory with LOOKUP_BENEATH | LOOKUP_NO_SYMLINKS | LOOKUP_NO_MAGICLINKS |
  *    LOOKUP_NO_XDEV: no symlink is ever followed and the lookup cannot leave the directory;
  *    only regular files are opened;
+ *  - the lookup and the open run under an unprivileged credential (serve_uid/serve_gid, no
+ *    capabilities, no supplementary groups): the walk checks search permission on every
+ *    directory and path_permission(MAY_OPEN | MAY_READ) is the check a real open makes on the
+ *    file, which dentry_open() alone would skip;
  *  - unloading sets "stopping", shuts the listening socket down (which wakes accept),
  *    stops the listener, shuts every client socket down (which wakes recv/send) and then
  *    destroy_workqueue() waits for every client work item to return.  No module code runs
@@ -40,6 +51,10 @@
 #include <linux/file.h>
 #include <linux/uio.h>
 #include <linux/string.h>
+#include <linux/cred.h>
+#include <linux/capability.h>
+#include <linux/sched/task.h>
+#include <linux/uidgid.h>
 #include <net/sock.h>
 
 #define KS_LINE_MAX	256	/* longest request line, newline excluded */
@@ -47,7 +62,8 @@
 #define KS_IO_CHUNK	4096	/* one file read / send */
 #define KS_REPLY_MAX	1024	/* longest configured reply */
 #define KS_ALLOW_MAX	16	/* allow-list entries */
-#define KS_CLIENTS_CAP	512	/* upper bound for max_clients */
+#define KS_CLIENTS_CAP	512	/* upper bound for max_clients and max_per_addr */
+#define KS_TIMEOUT_MAX	86400	/* upper bound for request_timeout, seconds */
 
 #ifndef LOOKUP_BENEATH
 #error "kserver needs LOOKUP_BENEATH (Linux 5.6 or later)"
@@ -84,17 +100,40 @@ static int idle_timeout = 60;
 module_param(idle_timeout, int, 0444);
 MODULE_PARM_DESC(idle_timeout, "seconds a client may stay silent before it is dropped (default 60)");
 
+static int request_timeout = 30;
+module_param(request_timeout, int, 0444);
+MODULE_PARM_DESC(request_timeout, "seconds from a line's first byte to its newline (default 30)");
+
+static int max_per_addr = 16;
+module_param(max_per_addr, int, 0444);
+MODULE_PARM_DESC(max_per_addr, "clients at once from one address (default 16)");
+
+static uint serve_uid = 65534;
+module_param(serve_uid, uint, 0444);
+MODULE_PARM_DESC(serve_uid, "uid whose permissions FILE: is opened with (default 65534)");
+
+static uint serve_gid = 65534;
+module_param(serve_gid, uint, 0444);
+MODULE_PARM_DESC(serve_gid, "gid whose permissions FILE: is opened with (default 65534)");
+
+static char *framing = "line";
+module_param(framing, charp, 0444);
+MODULE_PARM_DESC(framing, "'line' (default): requests end at newlines, responses are framed; "
+		 "'message': one request per received chunk, raw responses");
+
 static atomic_t st_accepted, st_refused, st_busy, st_requests, st_files, st_denied,
-	st_toolong, st_active;
+	st_toolong, st_timeout, st_peerlimit, st_active;
 
 static int ks_stats_get(char *buf, const struct kernel_param *kp)
 {
 	return scnprintf(buf, PAGE_SIZE,
-			 "accepted=%d refused=%d busy=%d requests=%d files=%d denied=%d toolong=%d active=%d\n",
+			 "accepted=%d refused=%d busy=%d requests=%d files=%d denied=%d toolong=%d "
+			 "timeout=%d peerlimit=%d active=%d\n",
 			 atomic_read(&st_accepted), atomic_read(&st_refused),
 			 atomic_read(&st_busy), atomic_read(&st_requests),
 			 atomic_read(&st_files), atomic_read(&st_denied),
-			 atomic_read(&st_toolong), atomic_read(&st_active));
+			 atomic_read(&st_toolong), atomic_read(&st_timeout),
+			 atomic_read(&st_peerlimit), atomic_read(&st_active));
 }
 
 static const struct kernel_param_ops ks_stats_ops = { .get = ks_stats_get };
@@ -107,6 +146,8 @@ static char reply_buf[KS_REPLY_MAX];
 static size_t reply_len;
 static struct path root_path;
 static bool root_set;
+static bool msg_framing;			/* framing=message */
+static const struct cred *serve_cred;	/* FILE: lookups and opens run as this */
 
 static struct socket *listen_sock;
 static struct task_struct *listen_task;
@@ -123,6 +164,8 @@ struct ks_client {
 	struct sockaddr_in peer;
 	size_t line_len;
 	bool discarding;
+	bool in_line;			/* a line has begun and its newline has not arrived */
+	unsigned long deadline;		/* jiffies by which that line must be complete */
 	char line[KS_LINE_MAX + 1];
 	u8 rx[KS_RX_CHUNK];
 	u8 io[KS_IO_CHUNK];
@@ -206,12 +249,68 @@ static void ks_refuse_name(struct ks_client *c, const char *why)
 			    ntohs(c->peer.sin_port), why);
 }
 
-/* Returns 0 to keep the connection, < 0 to close it. */
-static int ks_send_file(struct ks_client *c, const char *name, size_t len)
+/*
+ * Look @name up beneath root and open it for reading.  Runs under serve_cred: the walk checks
+ * search permission on every directory as serve_uid/serve_gid, and path_permission() makes the
+ * read check of a real open (may_open()), which dentry_open() does not make.  Returns the file,
+ * or NULL with *reason set to the ERR reason.
+ */
+static struct file *ks_open(struct ks_client *c, const char *name, const char **reason)
 {
 	unsigned int flags = LOOKUP_BENEATH | LOOKUP_NO_SYMLINKS | LOOKUP_NO_MAGICLINKS |
 			     LOOKUP_NO_XDEV;
 	struct path p;
+	struct file *filp;
+	int err;
+
+	*reason = "denied";
+	err = vfs_path_lookup(root_path.dentry, root_path.mnt, name, flags, &p);
+	if (err == -ENOENT || err == -ENOTDIR) {
+		*reason = "notfound";
+		return NULL;
+	}
+	if (err) {
+		/*
+		 * -EACCES: a directory on the way may not be searched; -ELOOP: a symlink on the
+		 * way; -EXDEV: would leave the directory or mount
+		 */
+		ks_refuse_name(c, err == -EACCES ? "permission" : err == -ELOOP ? "symlink" :
+			       err == -EXDEV ? "escape" : "lookup");
+		return NULL;
+	}
+	if (!d_is_reg(p.dentry)) {
+		bool link = d_is_symlink(p.dentry);
+
+		path_put(&p);
+		if (link)
+			ks_refuse_name(c, "symlink");
+		else
+			*reason = "notfile";
+		return NULL;
+	}
+	err = path_permission(&p, MAY_OPEN | MAY_READ);
+	if (err) {
+		path_put(&p);
+		ks_refuse_name(c, "permission");
+		return NULL;
+	}
+	filp = dentry_open(&p, O_RDONLY | O_LARGEFILE, serve_cred);
+	path_put(&p);
+	if (IS_ERR(filp)) {
+		if (PTR_ERR(filp) == -EACCES || PTR_ERR(filp) == -EPERM)
+			ks_refuse_name(c, "permission");
+		else
+			*reason = "io";
+		return NULL;
+	}
+	return filp;
+}
+
+/* Returns 0 to keep the connection, < 0 to close it. */
+static int ks_send_file(struct ks_client *c, const char *name, size_t len)
+{
+	const struct cred *old;
+	const char *reason;
 	struct file *filp;
 	loff_t size, pos = 0, sent = 0;
 	int err;
@@ -222,31 +321,14 @@ static int ks_send_file(struct ks_client *c, const char *name, size_t len)
 		ks_refuse_name(c, "bad name");
 		return ks_send_err(c, "denied");
 	}
-	err = vfs_path_lookup(root_path.dentry, root_path.mnt, name, flags, &p);
-	if (err == -ENOENT || err == -ENOTDIR)
-		return ks_send_err(c, "notfound");
-	if (err) {
-		/* -ELOOP: a symlink on the way; -EXDEV: would leave the directory or mount */
-		ks_refuse_name(c, err == -ELOOP ? "symlink" : err == -EXDEV ? "escape" : "lookup");
-		return ks_send_err(c, "denied");
-	}
-	if (!d_is_reg(p.dentry)) {
-		bool link = d_is_symlink(p.dentry);
-
-		path_put(&p);
-		if (link) {
-			ks_refuse_name(c, "symlink");
-			return ks_send_err(c, "denied");
-		}
-		return ks_send_err(c, "notfile");
-	}
-	filp = dentry_open(&p, O_RDONLY | O_LARGEFILE, current_cred());
-	path_put(&p);
-	if (IS_ERR(filp))
-		return ks_send_err(c, PTR_ERR(filp) == -EACCES ? "denied" : "io");
+	old = override_creds(serve_cred);
+	filp = ks_open(c, name, &reason);
+	revert_creds(old);
+	if (!filp)
+		return ks_send_err(c, reason);
 
 	size = i_size_read(file_inode(filp));
-	err = ks_send_ok_header(c, size);
+	err = msg_framing ? 0 : ks_send_ok_header(c, size);	/* message framing: raw bytes */
 	while (!err && sent < size) {
 		ssize_t n = kernel_read(filp, c->io, min_t(loff_t, size - sent, KS_IO_CHUNK), &pos);
 
@@ -263,30 +345,65 @@ static int ks_send_file(struct ks_client *c, const char *name, size_t len)
 	return err;
 }
 
-static int ks_handle_line(struct ks_client *c)
+/* Answers the request in c->line[0..len); returns 0 to keep the connection, < 0 to close it. */
+static int ks_handle_request(struct ks_client *c, size_t len)
 {
-	size_t len = c->line_len;
+	int err;
 
 	if (len && c->line[len - 1] == '\r')
 		len--;
 	c->line[len] = '\0';
 	atomic_inc(&st_requests);
-	if (len >= 5 && !memcmp(c->line, "FILE:", 5))
-		return ks_send_file(c, c->line + 5, len - 5);
-	{
-		int err = ks_send_ok_header(c, reply_len);
-
-		return err ? err : ks_send_all(c->sock, reply_buf, reply_len);
+	if (len >= 5 && !memcmp(c->line, "FILE:", 5)) {
+		err = ks_send_file(c, c->line + 5, len - 5);
+		/* message framing: the close marks the end of the file (or of its ERR line) */
+		return err ?: (msg_framing ? -ESHUTDOWN : 0);
 	}
+	if (msg_framing)
+		return ks_send_all(c->sock, reply_buf, reply_len);	/* one send, unframed */
+	err = ks_send_ok_header(c, reply_len);
+	return err ?: ks_send_all(c->sock, reply_buf, reply_len);
 }
 
-static void ks_serve(struct ks_client *c)
+/*
+ * The receive timeout for the next recv: idle_timeout, or less when a line has begun and its
+ * deadline comes first (*on_deadline is then true).
+ */
+static long ks_recv_timeout(struct ks_client *c, bool *on_deadline)
+{
+	long idle = (long)idle_timeout * HZ;
+	long left;
+
+	*on_deadline = false;
+	if (!c->in_line)
+		return idle;
+	left = (long)(c->deadline - jiffies);
+	if (left > idle)
+		return idle;
+	*on_deadline = true;
+	return max(left, 1L);
+}
+
+/* framing=line: requests end at '\n'; every one must be complete within request_timeout. */
+static void ks_serve_lines(struct ks_client *c)
 {
 	while (!READ_ONCE(stopping)) {
 		struct kvec iov = { .iov_base = c->rx, .iov_len = sizeof(c->rx) };
 		struct msghdr msg = { };
-		int i, n = kernel_recvmsg(c->sock, &msg, &iov, 1, sizeof(c->rx), 0);
+		bool on_deadline;
+		int i, n;
 
+		if (c->in_line && time_after_eq(jiffies, c->deadline)) {
+			atomic_inc(&st_timeout);
+			pr_warn_ratelimited("client %pI4:%u: request not complete within %d s, closing\n",
+					    &c->peer.sin_addr, ntohs(c->peer.sin_port), request_timeout);
+			ks_send_err(c, "timeout");
+			return;
+		}
+		WRITE_ONCE(c->sock->sk->sk_rcvtimeo, ks_recv_timeout(c, &on_deadline));
+		n = kernel_recvmsg(c->sock, &msg, &iov, 1, sizeof(c->rx), 0);
+		if (n == -EAGAIN && on_deadline)
+			continue;	/* the deadline passed: answered above */
 		if (n <= 0)
 			return;	/* closed, shut down, idle timeout or error */
 		for (i = 0; i < n; i++) {
@@ -299,12 +416,17 @@ static void ks_serve(struct ks_client *c)
 					c->discarding = false;
 					err = ks_send_err(c, "toolong");
 				} else {
-					err = ks_handle_line(c);
+					err = ks_handle_request(c, c->line_len);
 				}
 				c->line_len = 0;
+				c->in_line = false;
 				if (err)
 					return;
 				continue;
+			}
+			if (!c->in_line) {
+				c->in_line = true;
+				c->deadline = jiffies + (unsigned long)request_timeout * HZ;
 			}
 			if (c->discarding)
 				continue;
@@ -317,11 +439,42 @@ static void ks_serve(struct ks_client *c)
 	}
 }
 
+/*
+ * framing=message: each received chunk is one request (a trailing "\n" or "\r\n" is dropped).
+ * A chunk longer than KS_LINE_MAX is answered with "ERR toolong" and the connection is closed:
+ * where the next message would start cannot be told.
+ */
+static void ks_serve_messages(struct ks_client *c)
+{
+	while (!READ_ONCE(stopping)) {
+		struct kvec iov = { .iov_base = c->line, .iov_len = KS_LINE_MAX + 1 };
+		struct msghdr msg = { };
+		int n = kernel_recvmsg(c->sock, &msg, &iov, 1, KS_LINE_MAX + 1, 0);
+		size_t len;
+
+		if (n <= 0)
+			return;	/* closed, shut down, idle timeout or error */
+		if (n > KS_LINE_MAX) {
+			atomic_inc(&st_toolong);
+			ks_send_err(c, "toolong");
+			return;
+		}
+		len = n;
+		if (c->line[len - 1] == '\n')
+			len--;
+		if (ks_handle_request(c, len))
+			return;
+	}
+}
+
 static void ks_client_work(struct work_struct *w)
 {
 	struct ks_client *c = container_of(w, struct ks_client, work);
 
-	ks_serve(c);
+	if (msg_framing)
+		ks_serve_messages(c);
+	else
+		ks_serve_lines(c);
 
 	mutex_lock(&clients_lock);
 	list_del(&c->node);
@@ -342,6 +495,18 @@ static void ks_reject(struct socket *cs, const char *line)
 	ks_send_all(cs, line, strlen(line));
 	kernel_sock_shutdown(cs, SHUT_RDWR);
 	sock_release(cs);
+}
+
+/* Clients connected from @addr; clients_lock held. */
+static int ks_clients_from(__be32 addr)
+{
+	struct ks_client *c;
+	int n = 0;
+
+	list_for_each_entry(c, &clients, node)
+		if (c->peer.sin_addr.s_addr == addr)
+			n++;
+	return n;
 }
 
 static void ks_admit(struct socket *cs)
@@ -367,6 +532,15 @@ static void ks_admit(struct socket *cs)
 		return;
 	}
 	mutex_lock(&clients_lock);
+	if (!stopping && ks_clients_from(peer.sin_addr.s_addr) >= max_per_addr) {
+		mutex_unlock(&clients_lock);
+		kfree(c);
+		atomic_inc(&st_peerlimit);
+		pr_warn_ratelimited("refused client %pI4:%u: %d clients from this address already\n",
+				    &peer.sin_addr, ntohs(peer.sin_port), max_per_addr);
+		ks_reject(cs, "ERR peerlimit\n");
+		return;
+	}
 	if (stopping || n_clients >= max_clients) {
 		mutex_unlock(&clients_lock);
 		kfree(c);
@@ -414,6 +588,35 @@ static int ks_listen_fn(void *unused)
 
 /* ---- load / unload ---------------------------------------------------------------------- */
 
+/*
+ * The credential FILE: is looked up and opened with: a copy of init's (no supplementary
+ * groups, the kernel's LSM label) with serve_uid/serve_gid and every capability dropped, so
+ * that DAC is enforced as for that user (no CAP_DAC_OVERRIDE, CAP_DAC_READ_SEARCH...).
+ */
+static int ks_make_cred(void)
+{
+	kuid_t uid = make_kuid(&init_user_ns, serve_uid);
+	kgid_t gid = make_kgid(&init_user_ns, serve_gid);
+	struct cred *cred;
+
+	if (!uid_valid(uid) || !gid_valid(gid)) {
+		pr_err("serve_uid %u / serve_gid %u: not a valid id\n", serve_uid, serve_gid);
+		return -EINVAL;
+	}
+	cred = prepare_kernel_cred(&init_task);
+	if (!cred)
+		return -ENOMEM;
+	cred->uid = cred->euid = cred->suid = cred->fsuid = uid;
+	cred->gid = cred->egid = cred->sgid = cred->fsgid = gid;
+	cap_clear(cred->cap_inheritable);
+	cap_clear(cred->cap_permitted);
+	cap_clear(cred->cap_effective);
+	cap_clear(cred->cap_bset);
+	cap_clear(cred->cap_ambient);
+	serve_cred = cred;
+	return 0;
+}
+
 static int ks_parse_allow(void)
 {
 	const char *s = allow;
@@ -456,6 +659,20 @@ static int __init ks_init(void)
 		pr_err("idle_timeout must be at least 1 second\n");
 		return -EINVAL;
 	}
+	if (request_timeout < 1 || request_timeout > KS_TIMEOUT_MAX) {
+		pr_err("request_timeout must be 1..%d seconds\n", KS_TIMEOUT_MAX);
+		return -EINVAL;
+	}
+	if (max_per_addr < 1 || max_per_addr > KS_CLIENTS_CAP) {
+		pr_err("max_per_addr must be 1..%d\n", KS_CLIENTS_CAP);
+		return -EINVAL;
+	}
+	if (framing && sysfs_streq(framing, "message")) {
+		msg_framing = true;
+	} else if (!framing || !sysfs_streq(framing, "line")) {
+		pr_err("framing must be 'line' or 'message'\n");
+		return -EINVAL;
+	}
 	err = ks_parse_allow();
 	if (err)
 		return err;
@@ -466,11 +683,14 @@ static int __init ks_init(void)
 	}
 	memcpy(reply_buf, reply, reply_len);
 
+	err = ks_make_cred();
+	if (err)
+		return err;
 	if (root && *root) {
 		err = kern_path(root, LOOKUP_FOLLOW | LOOKUP_DIRECTORY, &root_path);
 		if (err) {
 			pr_err("root '%s': cannot open directory (%d)\n", root, err);
-			return err;
+			goto out_cred;
 		}
 		root_set = true;
 	}
@@ -502,8 +722,9 @@ static int __init ks_init(void)
 		err = PTR_ERR(listen_task);
 		goto out_sock;
 	}
-	pr_info("listening on port %u, %d allowed address(es), files %s%s\n", port, n_allowed,
-		root_set ? "from " : "disabled", root_set ? root : "");
+	pr_info("listening on port %u, %d allowed address(es), %s framing, files %s%s (as %u:%u)\n",
+		port, n_allowed, msg_framing ? "message" : "line", root_set ? "from " : "disabled",
+		root_set ? root : "", serve_uid, serve_gid);
 	return 0;
 
 out_sock:
@@ -513,6 +734,8 @@ out_wq:
 out_root:
 	if (root_set)
 		path_put(&root_path);
+out_cred:
+	put_cred(serve_cred);
 	return err;
 }
 
@@ -536,9 +759,11 @@ static void __exit ks_exit(void)
 	sock_release(listen_sock);
 	if (root_set)
 		path_put(&root_path);
-	pr_info("stopped: accepted=%d refused=%d requests=%d files=%d denied=%d\n",
+	put_cred(serve_cred);
+	pr_info("stopped: accepted=%d refused=%d requests=%d files=%d denied=%d timeout=%d peerlimit=%d\n",
 		atomic_read(&st_accepted), atomic_read(&st_refused), atomic_read(&st_requests),
-		atomic_read(&st_files), atomic_read(&st_denied));
+		atomic_read(&st_files), atomic_read(&st_denied), atomic_read(&st_timeout),
+		atomic_read(&st_peerlimit));
 }
 
 module_init(ks_init);
