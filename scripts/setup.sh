@@ -40,7 +40,13 @@ say "python environment (.venv)"
 say "PostgreSQL (the history database a team shares; SQLite is the default)"
 # no init system here: start the cluster ourselves when it is not answering
 if ! pg_isready -q; then
-  pg_ctlcluster "$(ls /etc/postgresql | sort -V | tail -1)" main start
+  pg_version=$(ls /etc/postgresql | sort -V | tail -1)
+  pg_ctlcluster "$pg_version" main start || true
+  pg_isready -q -t 30 || {
+    echo "setup: PostgreSQL $pg_version did not start (is port 5432 taken by another server?):" \
+         "see /var/log/postgresql/postgresql-$pg_version-main.log" >&2
+    exit 1
+  }
 fi
 
 say "libvirt daemons, /dev/kvm permissions, leftovers of dead sessions"
