@@ -13,7 +13,8 @@ whether re-encoding the decoded frames reproduces the bytes (false when the inpu
 future fields, which decoders ignore). Record entries are either a process record
 ``{"kind", "pid", "image_size", "sha256" (hex), "image_path"}`` (``"image_path_hex"``
 instead when the path bytes are not UTF-8) or an unknown record
-``{"skipped_type", "body_len"}``. HELLO strings are given as text.
+``{"skipped_type", "body_len"}``. HELLO strings are given as text, the HELLO token (opaque
+bytes, empty when the agent sent none) as ``"token_hex"``.
 
 The Python and C test suites (tests/protocol/) decode every vector and compare; the test suite
 also re-runs this script and checks the committed files are what it produces.
@@ -73,9 +74,10 @@ def records_frame(*recs):
         "type": "RECORDS", "records": [r[1] for r in recs]}
 
 
-def hello(kind, os_, host):
-    return encode_hello(kind, os_, host), {
-        "type": "HELLO", "protocol_version": 1, "kind": kind, "os": os_, "host": host}
+def hello(kind, os_, host, token=b""):
+    return encode_hello(kind, os_, host, token=token), {
+        "type": "HELLO", "protocol_version": 1, "kind": kind, "os": os_, "host": host,
+        "token_hex": token.hex()}
 
 
 def request(rid):
@@ -104,6 +106,10 @@ vector("hello", "HELLO from a Windows kernel agent",
        *seq(hello("win-kmdf", "windows-10-22h2", "win10-gw0")))
 vector("hello_utf8_empty_os", "HELLO with a non-ASCII host name and an empty os",
        *seq(hello("py-ref", "", "게스트-1")))
+vector("hello_token", "HELLO with the optional shared token after host",
+       *seq(hello("linux-kmod", "linux-6.1.0-18-amd64", "deb12-gw0", b"s3cret-token")))
+vector("hello_token_binary_max", "HELLO with a 255-byte token of arbitrary bytes",
+       *seq(hello("win-wdm", "windows-10.0.19045", "win10", bytes(range(255)))))
 vector("request", "REQUEST id 7", *seq(request(7)))
 vector("end_empty", "END of an empty batch", *seq(end(1, 0)))
 vector("batch_one", "one process-created record, then END",
@@ -151,6 +157,10 @@ vector("future_fields", "bytes after the known fields (HELLO, END, record body) 
        [_hello[1], {"type": "RECORDS", "records": [_p[1]]}, end(4, 1)[1]],
        canonical=False)
 
+_hello = hello("py-ref", "linux", "future-host", b"tok")
+vector("hello_token_future_fields", "bytes after the token are future fields, ignored",
+       encode_frame(HELLO, _hello[0][8:] + b"\x07\x00later"), [_hello[1]], canonical=False)
+
 # ------------------------------------------------------------------------------ invalid
 vector("bad_magic_http", "an HTTP request instead of a frame",
        b"GET / HTTP/1.1\r\nHost: 10.0.2.2\r\n\r\n", [], "BadMagic")
@@ -184,6 +194,13 @@ vector("hello_string_overrun", "HELLO kind length overruns the payload",
 vector("hello_string_too_long", "HELLO kind of 256 bytes",
        encode_frame(HELLO, struct.pack("<HH", 1, 256) + b"k" * 256 + struct.pack("<H", 0)
                     + struct.pack("<H", 1) + b"h"), [], "MalformedFrame")
+_hello = hello("py-ref", "linux", "h")[0][8:]
+vector("hello_token_length_cut", "one byte after host: a token length cut short",
+       encode_frame(HELLO, _hello + b"\x05"), [], "MalformedFrame")
+vector("hello_token_overrun", "HELLO token length overruns the payload",
+       encode_frame(HELLO, _hello + struct.pack("<H", 10) + b"abc"), [], "MalformedFrame")
+vector("hello_token_too_long", "HELLO token of 256 bytes",
+       encode_frame(HELLO, _hello + struct.pack("<H", 256) + b"t" * 256), [], "MalformedFrame")
 vector("request_short", "REQUEST payload of 3 bytes", header(REQUEST, 3) + b"\x01\x00\x00",
        [], "MalformedFrame")
 vector("end_short", "END payload of 8 bytes", header(END, 8) + b"\0" * 8, [], "MalformedFrame")

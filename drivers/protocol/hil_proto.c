@@ -119,7 +119,11 @@ int hil_decode_hello(const hil_u8 *payload, size_t len, struct hil_hello *out)
         rc = decode_str16(payload, len, &off, 0, &out->os);
     if (rc == HIL_OK)
         rc = decode_str16(payload, len, &off, 1, &out->host);
-    return rc; /* bytes after host are future fields: ignored */
+    out->token.ptr = NULL;
+    out->token.len = 0;
+    if (rc == HIL_OK && off < len) /* the optional token (HIL_MAX_TOKEN == the string bound) */
+        rc = decode_str16(payload, len, &off, 0, &out->token);
+    return rc; /* bytes after the token are future fields: ignored */
 }
 
 int hil_decode_request(const hil_u8 *payload, size_t len, hil_u32 *request_id)
@@ -242,14 +246,21 @@ static size_t put_str16(hil_u8 *p, const hil_u8 *s, size_t n)
 int hil_encode_hello(hil_u8 *buf, size_t cap, const hil_u8 *kind, size_t kind_len,
                      const hil_u8 *os, size_t os_len, const hil_u8 *host, size_t host_len)
 {
+    return hil_encode_hello_token(buf, cap, kind, kind_len, os, os_len, host, host_len, NULL, 0);
+}
+
+int hil_encode_hello_token(hil_u8 *buf, size_t cap, const hil_u8 *kind, size_t kind_len,
+                           const hil_u8 *os, size_t os_len, const hil_u8 *host, size_t host_len,
+                           const hil_u8 *token, size_t token_len)
+{
     size_t payload, off;
     if (buf == NULL || (kind == NULL && kind_len) || (os == NULL && os_len) ||
-        (host == NULL && host_len))
+        (host == NULL && host_len) || (token == NULL && token_len))
         return HIL_E_INVALID_ARG;
     if (kind_len < 1 || kind_len > HIL_MAX_HELLO_STRING || os_len > HIL_MAX_HELLO_STRING ||
-        host_len < 1 || host_len > HIL_MAX_HELLO_STRING)
+        host_len < 1 || host_len > HIL_MAX_HELLO_STRING || token_len > HIL_MAX_TOKEN)
         return HIL_E_INVALID_ARG;
-    payload = 2 + 2 + kind_len + 2 + os_len + 2 + host_len;
+    payload = 2 + 2 + kind_len + 2 + os_len + 2 + host_len + (token_len ? 2 + token_len : 0);
     if (cap < HIL_HEADER_LEN + payload)
         return HIL_E_NO_SPACE;
     hil_encode_header(buf, cap, HIL_FRAME_HELLO, (hil_u32)payload);
@@ -259,6 +270,8 @@ int hil_encode_hello(hil_u8 *buf, size_t cap, const hil_u8 *kind, size_t kind_le
     off += put_str16(buf + off, kind, kind_len);
     off += put_str16(buf + off, os, os_len);
     off += put_str16(buf + off, host, host_len);
+    if (token_len) /* none: the original HELLO, byte for byte */
+        off += put_str16(buf + off, token, token_len);
     return (int)off;
 }
 

@@ -47,6 +47,7 @@ extern "C" {
 #define HIL_MAX_PAYLOAD (HIL_MAX_FRAME - HIL_HEADER_LEN)
 #define HIL_MAX_PATH 4096u
 #define HIL_MAX_HELLO_STRING 255u
+#define HIL_MAX_TOKEN 255u /* HELLO's optional shared token, opaque bytes */
 #define HIL_SHA256_LEN 32u
 #define HIL_RECORD_HEADER_LEN 4u
 #define HIL_PROCESS_PREFIX_LEN 56u /* record header + pid + image_size + sha256 + path length */
@@ -54,7 +55,8 @@ extern "C" {
 #define HIL_PROCESS_RECORD_MAX (HIL_PROCESS_PREFIX_LEN + HIL_MAX_PATH)
 #define HIL_REQUEST_FRAME_LEN (HIL_HEADER_LEN + 4u)
 #define HIL_END_FRAME_LEN (HIL_HEADER_LEN + 12u)
-#define HIL_HELLO_FRAME_MAX (HIL_HEADER_LEN + 2u + 3u * (2u + HIL_MAX_HELLO_STRING))
+#define HIL_HELLO_FRAME_MAX \
+    (HIL_HEADER_LEN + 2u + 3u * (2u + HIL_MAX_HELLO_STRING) + 2u + HIL_MAX_TOKEN)
 
 enum hil_frame_type {
     HIL_FRAME_HELLO = 1,
@@ -98,6 +100,7 @@ struct hil_hello {
     struct hil_str kind;
     struct hil_str os;
     struct hil_str host;
+    struct hil_str token; /* opaque bytes; len 0 when the agent sent none */
 };
 
 struct hil_end {
@@ -157,6 +160,11 @@ long hil_index_process_records(const hil_u8 *payload, size_t len, hil_u32 *start
 int hil_encode_header(hil_u8 *buf, size_t cap, hil_u8 type, hil_u32 length);
 int hil_encode_hello(hil_u8 *buf, size_t cap, const hil_u8 *kind, size_t kind_len,
                      const hil_u8 *os, size_t os_len, const hil_u8 *host, size_t host_len);
+/* The same with the optional shared token (PROTOCOL.md 3.1): token_len <= HIL_MAX_TOKEN;
+ * token_len 0 writes exactly what hil_encode_hello writes. */
+int hil_encode_hello_token(hil_u8 *buf, size_t cap, const hil_u8 *kind, size_t kind_len,
+                           const hil_u8 *os, size_t os_len, const hil_u8 *host, size_t host_len,
+                           const hil_u8 *token, size_t token_len);
 int hil_encode_request(hil_u8 *buf, size_t cap, hil_u32 request_id);
 int hil_encode_end(hil_u8 *buf, size_t cap, hil_u32 request_id, hil_u32 count,
                    hil_u32 dropped);

@@ -157,6 +157,39 @@ int main(void)
     CHECK(hil_encode_header(frame, sizeof frame, HIL_FRAME_RECORDS, HIL_MAX_PAYLOAD + 1) ==
           HIL_E_INVALID_ARG);
     {
+        /* HELLO's optional token: after host, decoded back, bounded; none = the old bytes */
+        static hil_u8 plain[HIL_HELLO_FRAME_MAX];
+        struct hil_hello m;
+        hil_u8 tok[HIL_MAX_TOKEN + 1];
+        const hil_u8 *k = (const hil_u8 *)"k", *h = (const hil_u8 *)"h";
+        int n;
+        for (i = 0; i < sizeof tok; i++)
+            tok[i] = (hil_u8)i;
+        rc = hil_encode_hello_token(frame, sizeof frame, k, 1, NULL, 0, h, 1, tok, HIL_MAX_TOKEN);
+        CHECK(rc == (int)(HIL_HEADER_LEN + 10 + 2 + HIL_MAX_TOKEN));
+        CHECK(hil_encode_hello_token(frame, sizeof frame, (const hil_u8 *)saved, 255, saved, 255,
+                                     saved, 255, tok, HIL_MAX_TOKEN) == (int)HIL_HELLO_FRAME_MAX);
+        rc = hil_encode_hello_token(frame, sizeof frame, k, 1, NULL, 0, h, 1, tok, HIL_MAX_TOKEN);
+        CHECK(hil_decode_hello(frame + HIL_HEADER_LEN, (size_t)rc - HIL_HEADER_LEN, &m) == HIL_OK);
+        CHECK(m.token.len == HIL_MAX_TOKEN && memcmp(m.token.ptr, tok, HIL_MAX_TOKEN) == 0);
+        CHECK(m.host.len == 1 && m.host.ptr[0] == 'h');
+        for (i = 0; i < (hil_u32)rc - HIL_HEADER_LEN; i++) { /* every cut: no overread */
+            int d = hil_decode_hello(frame + HIL_HEADER_LEN, i, &m);
+            CHECK(i == 10 ? d == HIL_OK && m.token.len == 0 : d == HIL_E_MALFORMED_FRAME);
+        }
+        CHECK(hil_encode_hello_token(frame, sizeof frame, k, 1, NULL, 0, h, 1, tok,
+                                     HIL_MAX_TOKEN + 1) == HIL_E_INVALID_ARG);
+        CHECK(hil_encode_hello_token(frame, sizeof frame, k, 1, NULL, 0, h, 1, NULL, 3) ==
+              HIL_E_INVALID_ARG);
+        CHECK(hil_encode_hello_token(frame, HIL_HEADER_LEN + 10 + 2 + 4, k, 1, NULL, 0, h, 1, tok,
+                                     5) == HIL_E_NO_SPACE);
+        n = hil_encode_hello(plain, sizeof plain, k, 1, NULL, 0, h, 1);
+        rc = hil_encode_hello_token(frame, sizeof frame, k, 1, NULL, 0, h, 1, NULL, 0);
+        CHECK(n == rc && n == (int)HIL_HEADER_LEN + 10 && memcmp(plain, frame, (size_t)n) == 0);
+        CHECK(hil_decode_hello(frame + HIL_HEADER_LEN, (size_t)rc - HIL_HEADER_LEN, &m) == HIL_OK);
+        CHECK(m.token.len == 0);
+    }
+    {
         /* a corrupt saved buffer is reported, not walked past */
         struct hil_records_builder b;
         size_t soff = 0;

@@ -2,7 +2,7 @@
  * Host test driver for hil_proto.c: decode one golden vector file and print its meaning,
  * one line per frame/record, in the form tests/protocol/test_vectors.py expects:
  *
- *   HELLO version=1 kind=<hex> os=<hex> host=<hex>
+ *   HELLO version=1 kind=<hex> os=<hex> host=<hex> token=<hex>
  *   REQUEST id=N
  *   RECORDS n=N
  *   PROCESS type=T pid=P size=S sha=<hex> path=<hex>
@@ -79,9 +79,12 @@ int main(int argc, char **argv)
                 hex(m.os.ptr, m.os.len);
                 printf(" host=");
                 hex(m.host.ptr, m.host.len);
+                printf(" token=");
+                hex(m.token.ptr, m.token.len);
                 printf("\n");
-                n = hil_encode_hello(out, sizeof out, m.kind.ptr, m.kind.len, m.os.ptr,
-                                     m.os.len, m.host.ptr, m.host.len);
+                n = hil_encode_hello_token(out, sizeof out, m.kind.ptr, m.kind.len, m.os.ptr,
+                                           m.os.len, m.host.ptr, m.host.len, m.token.ptr,
+                                           m.token.len);
             }
         } else if (h.type == HIL_FRAME_REQUEST) {
             hil_u32 id;

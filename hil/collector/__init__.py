@@ -6,9 +6,10 @@ from hil.collector.store import (
     AgentId,
     AgentStats,
     ProtocolErrorEvent,
+    RecordsEvicted,
     RecordTimeout,
     UnexpectedRecord,
 )
 
 __all__ = ["AgentId", "AgentStats", "Collector", "ProtocolErrorEvent", "RecordTimeout",
-           "ReferenceAgent", "UnexpectedRecord"]
+           "RecordsEvicted", "ReferenceAgent", "UnexpectedRecord"]

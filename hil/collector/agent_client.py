@@ -29,14 +29,16 @@ from hil.protocol import (
 
 
 class ReferenceAgent:
-    """A protocol-v1 agent. ``buffer_bytes`` bounds the saved-records buffer."""
+    """A protocol-v1 agent. ``buffer_bytes`` bounds the saved-records buffer; ``token`` is the
+    shared secret its HELLO carries (for a collector made with ``token=``)."""
 
     def __init__(self, host: str, kind: str = "py-ref", os: str = "python",
-                 buffer_bytes: int = 1 << 20):
+                 buffer_bytes: int = 1 << 20, token: str | bytes = b""):
         self.host = host
         self.kind = kind
         self.os = os
         self.buffer_bytes = buffer_bytes
+        self.token = token
         self._lock = threading.Lock()
         self._saved: list[bytes] = []
         self._saved_bytes = 0
@@ -90,7 +92,7 @@ class ReferenceAgent:
         self.closed.clear()
         self.error = None
         if hello:
-            sock.sendall(encode_hello(self.kind, self.os, self.host))
+            sock.sendall(encode_hello(self.kind, self.os, self.host, token=self.token))
         self._reader = threading.Thread(target=self._serve, args=(sock,),
                                         name=f"ref-agent-{self.host}", daemon=True)
         self._reader.start()

@@ -9,6 +9,12 @@
 It polls every agent each ``interval`` seconds (and at once after HELLO, and on
 :meth:`Collector.flush`), keeps every raw byte per connection in a capture file, and every
 decoded record with its receive times (``time.monotonic`` and wall clock).
+
+Any process of a guest reaches the collector (10.0.2.2 under QEMU user networking), so every
+peer is treated as hostile: what one can make the collector hold is capped (connections,
+identities, capture files, records by count and by bytes, per agent and in total; see
+PROTOCOL.md section 5), and ``token=`` makes it refuse agents that do not know a shared
+secret.
 """
 
 from __future__ import annotations
@@ -22,13 +28,15 @@ from pathlib import Path
 from typing import Any
 
 from hil.errors import EnvironmentProblem, HilError
+from hil.protocol import MAX_TOKEN
 from hil.protocol.records import Record
 
-from hil.collector.connection import AgentConnection
+from hil.collector.connection import READ_BUFFER, AgentConnection, LogLimiter
 from hil.collector.store import (
     AgentId,
     AgentStats,
     ProtocolErrorEvent,
+    RecordsEvicted,
     RecordStore,
     RecordTimeout,
     UnexpectedRecord,
@@ -39,6 +47,10 @@ from hil.collector.store import (
 
 log = logging.getLogger("hil.collector")
 _TICK = 0.1
+_AUTO = object()
+_EVICTED_FIX = ("raise the collector's caps (max_records, max_bytes, agent_max_records, "
+                "agent_max_bytes) or query before the agent floods it; stats(agent).evicted "
+                "counts what was lost")
 
 
 class Collector:
@@ -48,7 +60,18 @@ class Collector:
     interval -- seconds between polls (REQUEST to every agent), default 1.0
     capture_dir -- folder for one raw capture file per connection (None: no capture)
     max_capture_bytes -- per connection capture cap (default 256 MiB)
-    max_records -- records kept in memory over all agents (default 1,000,000; oldest evicted)
+    capture_budget, max_capture_files -- over all connections: capture bytes (1 GiB) and
+        files (4096); connections beyond are decoded, not captured
+    max_records, max_bytes -- records kept over all agents: their number (1,000,000) and the
+        memory they take (512 MiB); beyond, the agent holding the most loses its oldest batches
+    agent_max_records, agent_max_bytes -- the same per agent (default: the global caps); an
+        agent beyond loses its own oldest batches
+    max_connections, max_connections_per_peer -- open connections in total (64) and from one
+        address (32); one more is closed at once (ResourceLimit)
+    max_agents -- identities kept (4096; no cap when max_records is None); a new one forgets
+        the longest-idle disconnected identity holding no records, or is refused
+    token -- shared secret (str or bytes, 1..255 bytes) every HELLO must carry (Unauthorized
+        otherwise); None (default): any agent is accepted
     hello_timeout, frame_timeout, reply_timeout -- stalled-peer limits in seconds (10, 10, 60)
     """
 
@@ -60,7 +83,16 @@ class Collector:
         interval: float = 1.0,
         capture_dir: str | Path | None = None,
         max_capture_bytes: int = 256 << 20,
+        capture_budget: int = 1 << 30,
+        max_capture_files: int = 4096,
         max_records: int | None = 1_000_000,
+        max_bytes: int | None = 512 << 20,
+        agent_max_records: int | None = None,
+        agent_max_bytes: int | None = None,
+        max_connections: int = 64,
+        max_connections_per_peer: int = 32,
+        max_agents: int | None = _AUTO,
+        token: str | bytes | None = None,
         hello_timeout: float = 10.0,
         frame_timeout: float = 10.0,
         reply_timeout: float = 60.0,
@@ -68,17 +100,38 @@ class Collector:
         if interval <= 0:
             raise HilError(f"collector poll interval must be > 0, got {interval}",
                            "pass interval in seconds, e.g. 0.5")
+        if max_agents is _AUTO:
+            max_agents = None if max_records is None else 4096
+        for name, value in (("max_connections", max_connections),
+                            ("max_connections_per_peer", max_connections_per_peer),
+                            ("max_agents", max_agents), ("max_records", max_records),
+                            ("max_bytes", max_bytes), ("agent_max_records", agent_max_records),
+                            ("agent_max_bytes", agent_max_bytes)):
+            if value is not None and value < 1:
+                raise HilError(f"collector {name} must be >= 1, got {value}",
+                               f"pass a positive {name} (or None where no cap is allowed)")
         self.host = host
         self.port = port
         self.interval = interval
         self.capture_dir = Path(capture_dir) if capture_dir is not None else None
         self.max_capture_bytes = max_capture_bytes
+        self.capture_budget = capture_budget
+        self.max_capture_files = max_capture_files
+        self.max_connections = max_connections
+        self.max_connections_per_peer = max_connections_per_peer
+        self.max_agents = max_agents
+        self.token = _check_token(token)
         self.hello_timeout = hello_timeout
         self.frame_timeout = frame_timeout
         self.reply_timeout = reply_timeout
-        self._store = RecordStore(max_records)
+        self._store = RecordStore(max_records, max_bytes, agent_max_records, agent_max_bytes)
         self._conns: set[AgentConnection] = set()
+        self._peer_conns: dict[str, int] = {}  # open connections per peer address
         self._capture_files: list[Path] = []
+        self._capture_total = 0  # bytes written to every capture file
+        self._capture_full = False  # said once that new connections go uncaptured
+        self._read_buffer: memoryview | None = None  # one for all connections (one thread)
+        self._limited_log = LogLimiter(log)
         self._error_count = 0
         self._frames_decoded = 0  # by connections that have ended
         self._seq = 0
@@ -155,6 +208,13 @@ class Collector:
         self._seq += 1
         return AgentConnection(self, self._seq)
 
+    def read_buffer(self) -> memoryview:
+        """The buffer every connection reads into: the event loop reads one socket at a time
+        and each connection takes what it keeps out of it before the next read."""
+        if self._read_buffer is None:
+            self._read_buffer = memoryview(bytearray(READ_BUFFER))
+        return self._read_buffer
+
     async def _shutdown(self) -> None:
         self._server.close()
         for conn in list(self._conns):
@@ -173,6 +233,7 @@ class Collector:
             if not stalled:  # after a stall of this process, let pending reads run first
                 for conn in list(self._conns):
                     conn.check_deadlines(now)
+            self._limited_log.flush(now)
             if now >= next_poll:
                 next_poll = now + self.interval
                 for conn in list(self._conns):
@@ -339,8 +400,13 @@ class Collector:
                 if left <= 0:
                     break
                 store.cond.wait(left)
-            raise RecordTimeout(self._timeout_message(want, predicate, timeout),
-                                self._timeout_fix())
+            message = self._timeout_message(want, predicate, timeout)
+            lost = store.evictions(only_agent, only_host)
+            if lost:
+                raise RecordsEvicted(
+                    f"{message}\nthe record may have been evicted: " + _describe_lost(lost),
+                    _EVICTED_FIX)
+            raise RecordTimeout(message, self._timeout_fix())
 
     def assert_none(self, *, agent: AgentId | str | None = None, flush: bool = True,
                     predicate: Callable[[Record], bool] | None = None, **fields: Any) -> None:
@@ -350,13 +416,21 @@ class Collector:
         found = self.records(agent=agent, **fields)
         if predicate is not None:
             found = [r for r in found if predicate(r)]
+        query = describe_query(normalize_fields(fields), predicate)
         if found:
-            query = describe_query(normalize_fields(fields), predicate)
             raise UnexpectedRecord(
                 f"{len(found)} record(s) match {query}, expected none:\n"
                 + "\n".join(f"  {r}" for r in found[:10]),
                 "the driver reported an event the test says must not happen",
             )
+        aid = self.resolve_agent(agent) if agent is not None else None
+        host = fields.get("host") if isinstance(fields.get("host"), str) else None
+        with self._store.cond:
+            lost = self._store.evictions(aid, host)
+        if lost:
+            raise RecordsEvicted(
+                f"assert_none({query}) cannot tell: records it would have checked were "
+                "evicted: " + _describe_lost(lost), _EVICTED_FIX)
 
     def wait_for_agent(self, host: str | None = None, *, kind: str | None = None,
                        timeout: float = 30.0) -> AgentId:
@@ -397,8 +471,11 @@ class Collector:
         scored.sort(key=lambda x: -x[0])
         nearest = scored[:5]
         agents = ", ".join(f"{a} ({s.records} records"
+                           f"{f', {s.evicted} evicted' if s.evicted else ''}"
                            f"{', connected' if s.connected else ', disconnected'})"
-                           for a, s in store.stats.items()) or "no agent connected"
+                           for a, s in list(store.stats.items())[:20]) or "no agent connected"
+        if len(store.stats) > 20:
+            agents += f" and {len(store.stats) - 20} more"
         lines = [f"no record matching {describe_query(want, predicate)} within {timeout:g} s; "
                  f"{total} records seen from: {agents}"]
         if store.errors:
@@ -412,3 +489,20 @@ class Collector:
     def _timeout_fix(self) -> str:
         return (f"check the driver is loaded and the agent is connected to port {self.port}; "
                 "records arrive when the collector polls (interval) or on flush()")
+
+
+def _describe_lost(lost: list[tuple[str, int]]) -> str:
+    return "; ".join(f"{who} lost {n} record(s)" for who, n in lost[:10]) + (
+        f"; and {len(lost) - 10} more agents" if len(lost) > 10 else "")
+
+
+def _check_token(token: str | bytes | None) -> bytes | None:
+    """The token as HELLO carries it (text as UTF-8); an empty one would accept agents that
+    send none, so it is refused like one the protocol cannot carry."""
+    if token is None:
+        return None
+    raw = token.encode("utf-8") if isinstance(token, str) else bytes(token)
+    if not 1 <= len(raw) <= MAX_TOKEN:
+        raise HilError(f"collector token must be 1..{MAX_TOKEN} bytes, got {len(raw)}",
+                       "pass a shorter secret, or token=None to accept agents without one")
+    return raw

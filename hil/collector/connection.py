@@ -1,9 +1,11 @@
 """One agent connection inside the collector's event loop: decode, enforce the session rules
-(PROTOCOL.md 3.2), store records, capture raw bytes, and close on the first protocol error."""
+(PROTOCOL.md 3.2) and the collector's caps (section 5), store records, capture raw bytes, and
+close on the first protocol error."""
 
 from __future__ import annotations
 
 import asyncio
+import hmac
 import logging
 import re
 import time
@@ -17,8 +19,10 @@ from hil.protocol import (
     ProtocolError,
     Records,
     Request,
+    ResourceLimit,
     StalledPeer,
     StreamDecoder,
+    Unauthorized,
     UnexpectedFrame,
     encode_request,
 )
@@ -35,12 +39,42 @@ _UNSAFE = re.compile(r"[^A-Za-z0-9._-]+")
 READ_BUFFER = 1 << 20  # one socket read takes up to this much (fewer loop iterations)
 
 
+class LogLimiter:
+    """Warnings about peers (protocol errors, refusals), at most ``rate`` lines a second: a
+    hostile peer can cause them as fast as it can connect, and every line is kept somewhere
+    (pytest captures logs in memory). The lines held back are counted and summarised."""
+
+    def __init__(self, logger: logging.Logger, rate: int = 20):
+        self.log = logger
+        self.rate = rate
+        self.window = 0.0
+        self.sent = 0
+        self.held_back = 0
+
+    def warning(self, msg: str, *args) -> None:
+        self.flush(time.monotonic())
+        if self.sent < self.rate:
+            self.sent += 1
+            self.log.warning(msg, *args)
+        else:
+            self.held_back += 1
+
+    def flush(self, now: float) -> None:
+        if now - self.window < 1.0:
+            return
+        if self.held_back:
+            self.log.warning("%d more warnings about peers held back in the last second "
+                             "(see Collector.errors() and error_counts())", self.held_back)
+        self.window, self.sent, self.held_back = now, 0, 0
+
+
 class AgentConnection(asyncio.BufferedProtocol):
     """asyncio protocol for one TCP connection from an agent.
 
-    Buffered: the event loop reads into one preallocated buffer (up to :data:`READ_BUFFER` per
-    read) and :meth:`buffer_updated` copies out exactly the bytes that came, which the decoder
-    then keeps as the records' storage (no further copy).
+    Buffered: the event loop reads into the collector's one read buffer (up to
+    :data:`READ_BUFFER` per read, shared by every connection: the loop reads one socket at a
+    time) and the decoder takes out of it what it keeps: an incomplete frame, each RECORDS
+    frame's own bytes (the records' storage), the other frames decoded.
     """
 
     def __init__(self, collector: Collector, seq: int):
@@ -49,6 +83,8 @@ class AgentConnection(asyncio.BufferedProtocol):
         self.decoder = StreamDecoder(native=True)  # the drivers' C codec indexes records
         self.transport: asyncio.Transport | None = None
         self.peer = "?"
+        self.peer_host = "?"
+        self.accepted = False  # within the connection caps (counted in c._peer_conns)
         self.agent: AgentId | None = None
         self.stats = None  # AgentStats once identified
         self.nbytes = 0
@@ -62,7 +98,6 @@ class AgentConnection(asyncio.BufferedProtocol):
         self.capture_path: Path | None = None
         self.capture_bytes = 0
         self.capture_dropped = 0
-        self._read_view: memoryview | None = None
 
     # ------------------------------------------------------------------ asyncio callbacks
 
@@ -70,27 +105,54 @@ class AgentConnection(asyncio.BufferedProtocol):
         self.transport = transport
         peer = transport.get_extra_info("peername")
         self.peer = f"{peer[0]}:{peer[1]}" if peer else "?"
-        self.c._conns.add(self)
-        if self.c.capture_dir is not None:
-            self.capture_path = self.c.capture_dir / f"conn{self.seq:04d}-{_safe(self.peer)}.bin"
+        self.peer_host = peer[0] if peer else "?"
+        c = self.c
+        from_peer = c._peer_conns.get(self.peer_host, 0)
+        if len(c._conns) >= c.max_connections:
+            self._refuse(f"{len(c._conns)} connections are open, the cap in total "
+                         f"(max_connections={c.max_connections})")
+            return
+        if from_peer >= c.max_connections_per_peer:
+            self._refuse(f"{from_peer} connections from {self.peer_host} are open, the cap per "
+                         f"peer (max_connections_per_peer={c.max_connections_per_peer})")
+            return
+        self.accepted = True
+        c._peer_conns[self.peer_host] = from_peer + 1
+        c._conns.add(self)
+        if c.capture_dir is not None and len(c._capture_files) < c.max_capture_files \
+                and c._capture_total < c.capture_budget:
+            self.capture_path = c.capture_dir / f"conn{self.seq:04d}-{_safe(self.peer)}.bin"
             self.capture = open(self.capture_path, "wb")
-            self.c._capture_files.append(self.capture_path)
+            c._capture_files.append(self.capture_path)
+        elif c.capture_dir is not None and not c._capture_full:
+            c._capture_full = True
+            log.warning("capture budget used up (%d files, %d bytes; caps max_capture_files=%d, "
+                        "capture_budget=%d): connection %d and later ones are not captured",
+                        len(c._capture_files), c._capture_total, c.max_capture_files,
+                        c.capture_budget, self.seq)
         log.debug("connection %d from %s", self.seq, self.peer)
 
+    def _refuse(self, why: str) -> None:
+        """Close a connection beyond the caps at once, before it costs anything."""
+        self.fail(ResourceLimit(
+            f"connection refused: {why}",
+            "close idle agent connections, or raise the collector's connection caps; guests "
+            "behind QEMU user networking all connect from 127.0.0.1 (a token keeps out "
+            "processes that are not agents)"))
+
     def get_buffer(self, sizehint: int) -> memoryview:
-        if self._read_view is None:
-            self._read_view = memoryview(bytearray(READ_BUFFER))
-        return self._read_view
+        return self.c.read_buffer()
 
     def buffer_updated(self, nbytes: int) -> None:
-        self.data_received(bytes(self._read_view[:nbytes]))
+        self.data_received(self.c.read_buffer()[:nbytes])
 
-    def data_received(self, data: bytes) -> None:
+    def data_received(self, data: bytes | memoryview) -> None:
+        """``data`` may be the shared read buffer: nothing may keep a reference to it."""
         if self.closed:
             return
         n = len(data)
         self.nbytes += n
-        if self.capture is not None:
+        if self.c.capture_dir is not None:
             self._capture(data)
         if self.stats is not None:
             self.stats.bytes += n
@@ -184,16 +246,30 @@ class AgentConnection(asyncio.BufferedProtocol):
 
     def _on_hello(self, hello: Hello) -> None:
         agent = AgentId(hello.kind, hello.os, hello.host)
-        store = self.c._store
+        c = self.c
+        if c.token is not None and not hmac.compare_digest(hello.token, c.token):
+            raise Unauthorized(f"HELLO from {agent} has "
+                               f"{'a wrong token' if hello.token else 'no token'}; this "
+                               "collector requires the shared token")
+        store = c._store
         with store.cond:
             stats = store.stats.get(agent)
             if stats is None:
+                if c.max_agents is not None and len(store.stats) >= c.max_agents \
+                        and not store.forget_idle():
+                    raise ResourceLimit(
+                        f"HELLO from {agent} refused: {len(store.stats)} agent identities are "
+                        f"known and connected or holding records, the cap "
+                        f"(max_agents={c.max_agents})",
+                        "raise max_agents, or find what says HELLO with ever new identities")
                 stats = store.stats[agent] = AgentStats(agent)
             else:
+                store.reconnected(agent)
                 stats.reconnects += 1
             stats.connections += 1
             stats.connected = True
             stats.bytes += self.nbytes
+            stats.capture_dropped_bytes += self.capture_dropped
             self.agent = agent
             self.stats = stats
             if self.capture_path is not None:
@@ -251,9 +327,9 @@ class AgentConnection(asyncio.BufferedProtocol):
         if self.closed:
             return
         self._count_error(exc)
-        log.warning("protocol error from %s (%s, connection %d): %s: %s; connection closed",
-                    self.agent or "unidentified peer", self.peer, self.seq, exc.name,
-                    exc.problem)
+        self.c._limited_log.warning(
+            "protocol error from %s (%s, connection %d): %s: %s; connection closed",
+            self.agent or "unidentified peer", self.peer, self.seq, exc.name, exc.problem)
         if self.transport is not None:
             self.transport.abort()
         self._closed()
@@ -279,18 +355,23 @@ class AgentConnection(asyncio.BufferedProtocol):
             store.version += 1
             store.cond.notify_all()
 
-    def _capture(self, data: bytes) -> None:
-        room = self.c.max_capture_bytes - self.capture_bytes
+    def _capture(self, data: bytes | memoryview) -> None:
+        c = self.c
+        room = 0 if self.capture is None else min(c.max_capture_bytes - self.capture_bytes,
+                                                  c.capture_budget - c._capture_total)
         if room >= len(data):
             self.capture.write(data)
             self.capture_bytes += len(data)
+            c._capture_total += len(data)
             return
         if room > 0:
             self.capture.write(data[:room])
             self.capture_bytes += room
-            log.warning("capture of connection %d (%s) reached %d bytes; further bytes are "
-                        "decoded but not captured", self.seq, self.peer,
-                        self.c.max_capture_bytes)
+            c._capture_total += room
+            c._limited_log.warning(
+                "capture of connection %d (%s) reached %d bytes (at most %d per connection, "
+                "%d over all); further bytes are decoded but not captured", self.seq,
+                self.peer, self.capture_bytes, c.max_capture_bytes, c.capture_budget)
         dropped = len(data) - max(room, 0)
         self.capture_dropped += dropped
         if self.stats is not None:
@@ -300,6 +381,11 @@ class AgentConnection(asyncio.BufferedProtocol):
         if self.closed:
             return
         self.closed = True
+        if not self.accepted:
+            return
+        left = self.c._peer_conns.pop(self.peer_host) - 1
+        if left:
+            self.c._peer_conns[self.peer_host] = left
         self.c._frames_decoded += self.decoder.frames
         if self.capture is not None:
             try:
@@ -316,6 +402,8 @@ class AgentConnection(asyncio.BufferedProtocol):
             if self.stats is not None:
                 self.stats.connected = any(
                     conn.agent == self.agent for conn in self.c._conns)
+                if not self.stats.connected:
+                    store.disconnected(self.agent)
             store.version += 1
             store.cond.notify_all()
 

@@ -4,7 +4,11 @@
 
 One collector per test on 127.0.0.1 and a free port (so each xdist worker has its own); its
 per-connection capture files go to the test's temporary folder and are attached to the test's
-JUnit properties as ``collector_capture``.
+JUnit properties as ``collector_capture``. A test passes :class:`Collector` options (a token it
+requires, caps) through an indirect parameter:
+
+    @pytest.mark.parametrize("collector", [{"token": "s3cret"}], indirect=True)
+    def test_agent_with_token(collector, start_agent): ...
 """
 
 from __future__ import annotations
@@ -20,8 +24,10 @@ from hil.collector.collector import Collector
 def collector(request, tmp_path_factory):
     worker = os.environ.get("PYTEST_XDIST_WORKER", "main")
     capture_dir = tmp_path_factory.mktemp(f"collector-{worker}")
-    interval = float(os.environ.get("HIL_COLLECTOR_INTERVAL", "0.5"))
-    with Collector(capture_dir=capture_dir, interval=interval) as c:
+    options = {"capture_dir": capture_dir,
+               "interval": float(os.environ.get("HIL_COLLECTOR_INTERVAL", "0.5")),
+               **getattr(request, "param", {})}
+    with Collector(**options) as c:
         request.node.user_properties.append(("collector_address", f"{c.host}:{c.port}"))
         try:
             yield c

@@ -2,21 +2,28 @@
 
 The asyncio thread appends whole RECORDS frames (a batch of raw records with one receive
 time); test threads query. Records stay raw until a query looks at them (a sequence of
-``bytes``: a :class:`~hil.protocol.codec.RawRecords` view into the received bytes when the C
-codec indexed the frame), which keeps the receive path fast and memory compact.
+``bytes``: a :class:`~hil.protocol.codec.RawRecords` view into the frame's own bytes when the C
+codec indexed it), which keeps the receive path fast and memory compact.
+
+Memory is bounded by records and by bytes (what each batch really holds), per agent and over
+all agents. Any peer that reaches the collector can send records, so one agent's flood must
+not cost another agent its records: an agent over its own quota loses its own oldest batches,
+and when the store as a whole is full the agent holding the most loses its oldest. Queries
+that cannot see evicted records say so (:class:`RecordsEvicted`) instead of answering.
 """
 
 from __future__ import annotations
 
-import itertools
+import sys
 import threading
-from collections import deque
+from collections import OrderedDict, deque
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, NamedTuple
 
 from hil.errors import HilError
+from hil.protocol.codec import RawRecords
 from hil.protocol.records import Record, decode_record
 
 
@@ -44,7 +51,9 @@ class AgentStats:
     connected: bool = False
     dropped_by_agent: int = 0  # sum of END.dropped: records the agent lost (its buffer full)
     skipped: int = 0  # records of unknown types
-    evicted: int = 0  # records discarded by the collector's max_records cap
+    evicted: int = 0  # records discarded by the collector's caps (max_records, max_bytes...)
+    stored: int = 0  # records held now (received minus evicted)
+    stored_bytes: int = 0  # memory they take, as max_bytes / agent_max_bytes count it
     batches: int = 0  # END frames received
     capture_dropped_bytes: int = 0
     capture_files: list[Path] = field(default_factory=list)
@@ -68,6 +77,11 @@ class RecordTimeout(HilError, AssertionError):
 
 class UnexpectedRecord(HilError, AssertionError):
     """assert_none found a record it should not have."""
+
+
+class RecordsEvicted(HilError, AssertionError):
+    """A query cannot be answered: the collector evicted records it would have looked at
+    (assert_none would pass on missing data; wait_for may have missed its record)."""
 
 
 _FIELD_ALIASES = {"path": "image_path", "size": "image_size", "sha": "sha256"}
@@ -107,16 +121,53 @@ def describe_query(fields: dict[str, Any], predicate: Callable | None) -> str:
     return ", ".join(parts) or "any record"
 
 
-class RecordStore:
-    """All records, in arrival order, as batches ``(agent, mono, wall, raw_records)``."""
+class _Batch:
+    """One stored RECORDS frame; ``raws`` is None once evicted."""
 
-    def __init__(self, max_records: int | None = None):
+    __slots__ = ("agent", "cost", "mono", "raws", "seq", "wall")
+
+    def __init__(self, agent: AgentId, mono: float, wall: float, raws: Sequence[bytes],
+                 seq: int, cost: int):
+        self.agent, self.mono, self.wall, self.raws, self.seq, self.cost = (
+            agent, mono, wall, raws, seq, cost)
+
+
+# the batch object, its two floats and its slots in two deques
+_BATCH_COST = sys.getsizeof(_Batch(None, 0.0, 0.0, (), 0, 0)) + 2 * sys.getsizeof(0.0) + 16
+
+
+def batch_cost(raws: Sequence[bytes]) -> int:
+    """Bytes of memory one batch holds: what ``max_bytes`` and ``agent_max_bytes`` count."""
+    if type(raws) is RawRecords:
+        return raws.nbytes + _BATCH_COST
+    return sys.getsizeof(raws) + sum(map(sys.getsizeof, raws)) + _BATCH_COST
+
+
+class RecordStore:
+    """All records, in arrival order, as batches (agent, mono, wall, raw_records).
+
+    Caps (None: none): ``max_records`` / ``max_bytes`` over all agents, ``agent_max_records``
+    / ``agent_max_bytes`` per agent (None: the global cap). Each batch is in two queues: the
+    arrival order (where an evicted one stays as a tombstone until compacted) and its agent's.
+    """
+
+    def __init__(self, max_records: int | None = None, max_bytes: int | None = None,
+                 agent_max_records: int | None = None, agent_max_bytes: int | None = None):
         self.max_records = max_records
+        self.max_bytes = max_bytes
+        self.agent_max_records = max_records if agent_max_records is None else agent_max_records
+        self.agent_max_bytes = max_bytes if agent_max_bytes is None else agent_max_bytes
         self.cond = threading.Condition()
-        self._batches: deque[tuple[AgentId, float, float, Sequence[bytes]]] = deque()
-        self._evicted_batches = 0  # index of _batches[0] in the arrival sequence
+        self._order: deque[_Batch] = deque()
+        self._by_agent: dict[AgentId, deque[_Batch]] = {}
+        self._tombstones = 0  # evicted batches still in _order
+        self._next_seq = 0
         self._stored = 0
+        self._bytes = 0
         self.stats: dict[AgentId, AgentStats] = {}
+        self._idle: OrderedDict[AgentId, None] = OrderedDict()  # disconnected, nothing stored
+        self.forgotten = 0  # identities dropped from stats to make room (max_agents)
+        self.forgotten_evicted = 0  # records those identities had lost to eviction
         self.errors: list[ProtocolErrorEvent] = []  # the most recent ones (bounded)
         self.error_counts: dict[str, int] = {}  # every error ever, by class name
         self.version = 0  # bumped on every change: waiters re-check
@@ -135,22 +186,101 @@ class RecordStore:
     def _add(self, agent: AgentId, raws: Sequence[bytes], skipped: int, mono: float,
              wall: float) -> None:
         st = self.stats[agent]
-        st.records += len(raws)
+        n = len(raws)
+        st.records += n
         st.skipped += skipped
-        if raws:
-            self._batches.append((agent, mono, wall, raws))
-            self._stored += len(raws)
-            if self.max_records is not None:
-                while self._stored > self.max_records and len(self._batches) > 1:
-                    old_agent, _, _, old = self._batches.popleft()
-                    self._evicted_batches += 1
-                    self._stored -= len(old)
-                    self.stats[old_agent].evicted += len(old)
+        if not n:
+            return
+        batch = _Batch(agent, mono, wall, raws, self._next_seq, batch_cost(raws))
+        self._next_seq += 1
+        self._order.append(batch)
+        queue = self._by_agent.get(agent)
+        if queue is None:
+            queue = self._by_agent[agent] = deque()
+        queue.append(batch)
+        st.stored += n
+        st.stored_bytes += batch.cost
+        self._stored += n
+        self._bytes += batch.cost
+        cap_n, cap_b = self.agent_max_records, self.agent_max_bytes
+        while len(queue) > 1 and ((cap_n is not None and st.stored > cap_n)
+                                  or (cap_b is not None and st.stored_bytes > cap_b)):
+            self._evict_oldest(queue)
+        cap_n, cap_b = self.max_records, self.max_bytes
+        while True:
+            over_b = cap_b is not None and self._bytes > cap_b
+            if not over_b and (cap_n is None or self._stored <= cap_n):
+                break
+            victim = self._largest(over_b)
+            if victim is None:
+                break
+            self._evict_oldest(victim)
+
+    def _largest(self, by_bytes: bool) -> deque[_Batch] | None:
+        """The queue of the agent holding the most (records, or bytes), sparing the batch
+        just added."""
+        newest = self._order[-1]
+        best, most = None, -1
+        for queue in self._by_agent.values():
+            if len(queue) == 1 and queue[0] is newest:
+                continue
+            st = self.stats[queue[0].agent]
+            held = st.stored_bytes if by_bytes else st.stored
+            if held > most:
+                best, most = queue, held
+        return best
+
+    def _evict_oldest(self, queue: deque[_Batch]) -> None:
+        batch = queue.popleft()
+        n = len(batch.raws)
+        st = self.stats[batch.agent]
+        st.stored -= n
+        st.stored_bytes -= batch.cost
+        st.evicted += n
+        self._stored -= n
+        self._bytes -= batch.cost
+        batch.raws = None
+        if not queue:
+            del self._by_agent[batch.agent]
+            if not st.connected:
+                self._idle[batch.agent] = None
+        order = self._order
+        if order[0] is batch:
+            order.popleft()
+            while order and order[0].raws is None:
+                order.popleft()
+                self._tombstones -= 1
+        else:
+            self._tombstones += 1
+            if self._tombstones > 256 and 2 * self._tombstones > len(order):
+                self._order = deque(b for b in order if b.raws is not None)
+                self._tombstones = 0
 
     def changed(self) -> None:
         with self.cond:
             self.version += 1
             self.cond.notify_all()
+
+    # --- identities (call with cond held) ---
+
+    def disconnected(self, agent: AgentId) -> None:
+        """``agent`` has no connection left: it may be forgotten once it holds no records."""
+        if agent not in self._by_agent:
+            self._idle[agent] = None
+
+    def reconnected(self, agent: AgentId) -> None:
+        self._idle.pop(agent, None)
+
+    def forget_idle(self) -> bool:
+        """Drop the longest-idle identity that is disconnected and holds no records, to make
+        room for a new one; False when there is none."""
+        if not self._idle:
+            return False
+        agent, _ = self._idle.popitem(last=False)
+        st = self.stats.pop(agent)
+        self.forgotten += 1
+        self.forgotten_evicted += st.evicted
+        return True
 
     # --- reader side ---
 
@@ -158,20 +288,53 @@ class RecordStore:
                      host: str | None = None) -> Iterator[tuple[int, Record]]:
         """(batch sequence number, record) from ``start_batch`` on, optionally only from one
         agent / host (filtered per batch, before decoding). Call with cond held."""
-        first = max(start_batch - self._evicted_batches, 0)
-        batches = self._batches
-        if first:
-            batches = itertools.islice(batches, first, None)
-        for i, (who, mono, wall, raws) in enumerate(batches, self._evicted_batches + first):
-            if (agent is not None and who != agent) or (host is not None and who.host != host):
+        source = self._by_agent.get(agent, ()) if agent is not None else self._order
+        if start_batch > 0 and source and source[0].seq < start_batch:
+            tail = []  # the batches that came since: walk back from the newest
+            for batch in reversed(source):
+                if batch.seq < start_batch:
+                    break
+                tail.append(batch)
+            tail.reverse()
+            source = tail
+        for batch in source:
+            raws = batch.raws
+            if raws is None or (host is not None and batch.agent.host != host):
                 continue
+            who, mono, wall, seq = batch.agent, batch.mono, batch.wall, batch.seq
             for raw in raws:
-                yield i, decode_record(raw, who, mono, wall)
+                yield seq, decode_record(raw, who, mono, wall)
+
+    def batches(self) -> list[tuple[AgentId, float, float, Sequence[bytes]]]:
+        """Every stored batch as (agent, mono, wall, raw records), oldest first. Call with
+        cond held."""
+        return [(b.agent, b.mono, b.wall, b.raws) for b in self._order if b.raws is not None]
+
+    @property
+    def _batches(self) -> list[tuple[AgentId, float, float, Sequence[bytes]]]:
+        return self.batches()  # what hil/bench's collector and fuzz benchmarks read
+
+    def evictions(self, agent: AgentId | None = None,
+                  host: str | None = None) -> list[tuple[str, int]]:
+        """(who, records evicted) for the agents a query covers (one agent, a host name's, or
+        all), those that lost any. Call with cond held."""
+        if agent is not None:
+            st = self.stats.get(agent)
+            return [(str(agent), st.evicted)] if st is not None and st.evicted else []
+        lost = [(str(a), st.evicted) for a, st in self.stats.items()
+                if st.evicted and (host is None or a.host == host)]
+        if host is None and self.forgotten_evicted:
+            lost.append((f"{self.forgotten} forgotten identities", self.forgotten_evicted))
+        return lost
 
     @property
     def next_batch(self) -> int:
-        return self._evicted_batches + len(self._batches)
+        return self._next_seq
 
     @property
     def stored(self) -> int:
         return self._stored
+
+    @property
+    def stored_bytes(self) -> int:
+        return self._bytes

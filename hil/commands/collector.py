@@ -17,6 +17,10 @@ def add_arguments(parser) -> None:
                         help="seconds between polls of every agent (default 1.0)")
     parser.add_argument("--capture-dir", default=None, metavar="DIR",
                         help="write each connection's raw bytes to DIR/connNNNN-HOST-KIND.bin")
+    parser.add_argument("--token", default=None, metavar="SECRET",
+                        help="refuse agents whose HELLO does not carry this shared token "
+                             "(hil_agent token=SECRET; the Windows agent's Token setting); "
+                             "default: accept any agent")
 
 
 def format_record(rec) -> str:
@@ -37,10 +41,11 @@ def run(args) -> int:
     logging.basicConfig(level=logging.INFO, stream=sys.stderr,
                         format="%(asctime)s %(levelname)s %(message)s")
     collector = Collector(args.host, args.port, interval=args.interval,
-                          capture_dir=args.capture_dir)
+                          capture_dir=args.capture_dir, token=args.token)
     with collector:
         print(f"collector listening on {collector.host}:{collector.port} "
-              f"(poll every {args.interval:g} s); Ctrl-C to stop", flush=True)
+              f"(poll every {args.interval:g} s"
+              f"{', token required' if args.token else ''}); Ctrl-C to stop", flush=True)
         for rec in collector.follow():
             print(format_record(rec), flush=True)
     return 0

@@ -11,6 +11,7 @@ future fields) falls to a slower, fully checked path.  A decoder made with ``nat
 from __future__ import annotations
 
 import struct
+import sys
 from collections.abc import Iterable, Iterator, Sequence
 from typing import NamedTuple
 
@@ -32,6 +33,7 @@ HEADER_LEN = HEADER.size  # 8
 MAX_FRAME = 65536
 MAX_PAYLOAD = MAX_FRAME - HEADER_LEN
 MAX_HELLO_STRING = 255
+MAX_TOKEN = 255  # HELLO's optional shared token (PROTOCOL.md 3.1), opaque bytes
 
 HELLO = 1
 REQUEST = 2
@@ -50,13 +52,22 @@ SMALL_FRAME = 8  # records: up to this many, a RawRecords view would cost more t
 
 
 class Hello(NamedTuple):
+    """HELLO: the agent's identity and, optionally, the token shared with the collector
+    (``b""``: none). The token is a secret: ``repr`` shows only whether there is one."""
+
     kind: str
     os: str
     host: str
     protocol_version: int = VERSION
+    token: bytes = b""
 
     def encode(self) -> bytes:
-        return encode_hello(self.kind, self.os, self.host, self.protocol_version)
+        return encode_hello(self.kind, self.os, self.host, self.protocol_version, self.token)
+
+    def __repr__(self) -> str:
+        token = f", token=<{len(self.token)} bytes>" if self.token else ""
+        return (f"Hello(kind={self.kind!r}, os={self.os!r}, host={self.host!r}, "
+                f"protocol_version={self.protocol_version}{token})")
 
 
 class Request(NamedTuple):
@@ -67,9 +78,11 @@ class Request(NamedTuple):
 
 
 class RawRecords(Sequence):
-    """The raw process records of one RECORDS payload without copying them: the received bytes,
-    where the payload starts and ends in them, and each record's start (payload-relative).
-    Items are ``bytes``, as in the list the Python codec makes; equal to an equal list."""
+    """The raw process records of one RECORDS payload without a ``bytes`` object per record:
+    a buffer holding the payload, where the payload starts and ends in it, and each record's
+    start (payload-relative). Items are ``bytes``, as in the list the Python codec makes; equal
+    to an equal list. The decoder gives it the frame's own bytes (never a larger read, which
+    the view would keep alive)."""
 
     __slots__ = ("_data", "_base", "_end", "_starts")
 
@@ -104,6 +117,11 @@ class RawRecords(Sequence):
 
     def __repr__(self) -> str:
         return f"RawRecords({len(self)} records, {self._end - self._base} bytes)"
+
+    @property
+    def nbytes(self) -> int:
+        """Memory this view holds: itself, its buffer and its offsets."""
+        return sys.getsizeof(self) + sys.getsizeof(self._data) + sys.getsizeof(self._starts)
 
 
 class Records(NamedTuple):
@@ -147,14 +165,28 @@ def _str16(value: str, what: str, minimum: int) -> bytes:
     return _U16.pack(len(raw)) + raw
 
 
-def encode_hello(kind: str, os: str, host: str, protocol_version: int = VERSION) -> bytes:
+def encode_hello(kind: str, os: str, host: str, protocol_version: int = VERSION,
+                 token: bytes | str = b"") -> bytes:
+    """HELLO; ``token`` (bytes, or text sent as UTF-8) is the optional shared secret, left out
+    of the frame when empty (the frame is then exactly a HELLO without the field)."""
     payload = (
         _U16.pack(protocol_version)
         + _str16(kind, "kind", 1)
         + _str16(os, "os", 0)
         + _str16(host, "host", 1)
     )
+    if token:
+        raw = token_bytes(token)
+        payload += _U16.pack(len(raw)) + raw
     return encode_frame(HELLO, payload)
+
+
+def token_bytes(token: bytes | str) -> bytes:
+    """The token as it goes on the wire: bytes as they are, text as UTF-8; at most 255 bytes."""
+    raw = token.encode("utf-8") if isinstance(token, str) else bytes(token)
+    if len(raw) > MAX_TOKEN:
+        raise ValueError(f"HELLO token must be 0..{MAX_TOKEN} bytes, got {len(raw)}")
+    return raw
 
 
 def encode_request(request_id: int) -> bytes:
@@ -259,7 +291,7 @@ def _decode_record_slow(buf: bytes, off: int, end: int,
     return nxt
 
 
-def _decode_str16(payload: bytes, off: int, what: str, minimum: int) -> tuple[str, int]:
+def _decode_bytes16(payload: bytes, off: int, what: str, minimum: int) -> tuple[bytes, int]:
     if off + 2 > len(payload):
         raise MalformedFrame(f"HELLO payload ends before the length of {what}")
     (n,) = _U16.unpack_from(payload, off)
@@ -268,7 +300,12 @@ def _decode_str16(payload: bytes, off: int, what: str, minimum: int) -> tuple[st
         raise MalformedFrame(f"HELLO {what} is {n} bytes; allowed {minimum}..{MAX_HELLO_STRING}")
     if off + n > len(payload):
         raise MalformedFrame(f"HELLO {what} of {n} bytes overruns the payload")
-    return payload[off:off + n].decode("utf-8", "replace"), off + n
+    return payload[off:off + n], off + n
+
+
+def _decode_str16(payload: bytes, off: int, what: str, minimum: int) -> tuple[str, int]:
+    raw, off = _decode_bytes16(payload, off, what, minimum)
+    return raw.decode("utf-8", "replace"), off
 
 
 def decode_payload(ftype: int, payload: bytes) -> Frame:
@@ -293,7 +330,10 @@ def decode_payload(ftype: int, payload: bytes) -> Frame:
         kind, off = _decode_str16(payload, 2, "kind", 1)
         os_, off = _decode_str16(payload, off, "os", 0)
         host, off = _decode_str16(payload, off, "host", 1)
-        return Hello(kind, os_, host, version)
+        token = b""
+        if off < len(payload):  # the optional token (MAX_TOKEN == MAX_HELLO_STRING)
+            token, off = _decode_bytes16(payload, off, "token", 0)
+        return Hello(kind, os_, host, version, token)  # bytes after it: future fields
     raise UnknownFrameType(f"frame type {ftype} is not defined in protocol v1")
 
 
@@ -352,7 +392,9 @@ class StreamDecoder:
         """Bytes of an incomplete frame held in the buffer."""
         return len(self._buf)
 
-    def feed(self, data: bytes) -> Iterator[Frame]:
+    def feed(self, data: bytes | memoryview) -> Iterator[Frame]:
+        """Frames completed by ``data``. ``data`` may be a view of a buffer the caller reuses
+        after the iteration: nothing yielded or kept refers to it."""
         buf = self._buf
         start = 0
         if buf:
@@ -399,14 +441,22 @@ class StreamDecoder:
                 if ftype == RECORDS:
                     starts = indexer.index(data, p, nxt) if indexer is not None else None
                     if starts is not None:  # all v1 process records, checked in C
-                        view = RawRecords(data, p, nxt, starts)
-                        # a view costs ~150 bytes of its own: for a few records, copies
-                        frame: Frame = Records(view if len(starts) > SMALL_FRAME else list(view), [])
+                        if len(starts) <= SMALL_FRAME:  # a view costs ~150 bytes: copies
+                            frame: Frame = Records(
+                                [bytes(r) for r in RawRecords(data, p, nxt, starts)], [])
+                        elif p == HEADER_LEN and nxt == end and type(data) is bytes:
+                            # data is this one frame (reassembled): its bytes are its own
+                            frame = Records(RawRecords(data, p, nxt, starts), [])
+                        else:  # copied out: a view would keep the whole read alive
+                            frame = Records(RawRecords(bytes(data[p:nxt]), 0, length, starts), [])
                     else:
                         out: list[bytes] = []
                         skipped: list[tuple[int, int]] = []
                         try:
-                            decode_records(data, p, nxt, out, skipped)
+                            if type(data) is bytes:  # slices of bytes are copies
+                                decode_records(data, p, nxt, out, skipped)
+                            else:  # a reused read buffer: slices would be views of it
+                                decode_records(bytes(data[p:nxt]), 0, length, out, skipped)
                         except MalformedRecord as exc:
                             exc.problem = (
                                 f"{exc.problem} (RECORDS frame at stream offset {self.offset + off})"
@@ -415,7 +465,7 @@ class StreamDecoder:
                             raise
                         frame = Records(out, skipped)
                 else:
-                    frame = decode_payload(ftype, data[p:nxt])
+                    frame = decode_payload(ftype, bytes(data[p:nxt]))
                 self.frames += 1
                 self.offset += nxt - off
                 off = nxt

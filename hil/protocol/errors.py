@@ -60,6 +60,19 @@ class StalledPeer(ProtocolError):
     """A peer left a frame incomplete, or did not say HELLO / answer a REQUEST, in time."""
 
 
+class Unauthorized(ProtocolError):
+    """The collector requires a shared token and the HELLO's token is absent or wrong."""
+
+    def __init__(self, problem: str, fix: str | None = (
+            "give the agent the collector's token (Linux: hil_agent token=...; Windows: the "
+            "Token value under the driver's Parameters key; Python: ReferenceAgent(token=...))")):
+        super().__init__(problem, fix)
+
+
+class ResourceLimit(ProtocolError):
+    """A peer went beyond one of the collector's caps (connections, identities)."""
+
+
 ERROR_CLASSES: dict[str, type[ProtocolError]] = {
     cls.__name__: cls
     for cls in (
@@ -72,5 +85,7 @@ ERROR_CLASSES: dict[str, type[ProtocolError]] = {
         TruncatedFrame,
         UnexpectedFrame,
         StalledPeer,
+        Unauthorized,
+        ResourceLimit,
     )
 }

@@ -91,14 +91,20 @@ class RecordIndexer:
         self._data: bytes | None = None  # the last buffer seen and its address: several frames
         self._base = 0                   # arrive in one read, so most calls skip the lookup
 
-    def index(self, data: bytes, off: int, end: int) -> array | None:
+    def index(self, data: bytes | memoryview, off: int, end: int) -> array | None:
         """Payload-relative starts of the records in ``data[off:end]`` (a compact ``uint32``
         array), or None when the payload is not all v1 process records (the Python codec
-        decides then)."""
+        decides then). ``data`` is ``bytes`` or a writable buffer (the collector's read buffer);
+        the C code only reads it, during this call."""
         if data is not self._data:
-            if type(data) is not bytes:  # ctypes needs an immutable buffer; the Python codec copes
-                return None
-            self._data, self._base = data, ctypes.cast(ctypes.c_char_p(data), ctypes.c_void_p).value
+            if type(data) is bytes:
+                base = ctypes.cast(ctypes.c_char_p(data), ctypes.c_void_p).value
+            else:
+                try:
+                    base = ctypes.addressof(ctypes.c_char.from_buffer(data))
+                except (TypeError, ValueError):  # read-only or empty: the Python codec copes
+                    return None
+            self._data, self._base = data, base
         n = self._fn(self._base + off, end - off, self._starts_addr, MAX_RECORDS)
         if n < 0:
             return None

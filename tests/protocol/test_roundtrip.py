@@ -68,6 +68,19 @@ def test_hello_request_roundtrip(kind, os_, host, rid):
     assert frames == [Hello(kind, os_, host, 1), Request(rid)]
 
 
+@settings(max_examples=100, deadline=None)
+@given(text255, text255, st.binary(max_size=255), u32)
+def test_hello_with_token_roundtrip(kind, host, token, rid):
+    frames = decode_stream(encode_hello(kind, "os", host, token=token) + encode_request(rid))
+    assert frames == [Hello(kind, "os", host, 1, token), Request(rid)]
+    assert frames[0].token == token
+
+
+def test_hello_token_is_not_shown():
+    hello = Hello("k", "os", "h", 1, b"s3cret")
+    assert "s3cret" not in repr(hello) and "s3cret" not in str(hello)
+
+
 @settings(max_examples=300, deadline=None)
 @given(st.binary(max_size=400))
 def test_garbage_raises_only_protocol_errors(data):

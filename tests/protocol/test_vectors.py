@@ -47,7 +47,7 @@ def frame_to_json(frame) -> dict:
     """The Python decoder's frame, in the vectors' JSON shape (order of skipped records aside)."""
     if isinstance(frame, Hello):
         return {"type": "HELLO", "protocol_version": frame.protocol_version, "kind": frame.kind,
-                "os": frame.os, "host": frame.host}
+                "os": frame.os, "host": frame.host, "token_hex": frame.token.hex()}
     if isinstance(frame, Request):
         return {"type": "REQUEST", "request_id": frame.request_id}
     if isinstance(frame, End):
@@ -103,7 +103,8 @@ def encode_from_meaning(frames: list[dict]) -> bytes:
     out = b""
     for f in frames:
         if f["type"] == "HELLO":
-            out += encode_hello(f["kind"], f["os"], f["host"], f["protocol_version"])
+            out += encode_hello(f["kind"], f["os"], f["host"], f["protocol_version"],
+                                token=bytes.fromhex(f["token_hex"]))
         elif f["type"] == "REQUEST":
             out += encode_request(f["request_id"])
         elif f["type"] == "END":
@@ -166,7 +167,7 @@ def expected_c_lines(meaning: dict) -> list[str]:
         if t == "HELLO":
             lines.append(f"HELLO version={f['protocol_version']} "
                          f"kind={f['kind'].encode().hex()} os={f['os'].encode().hex()} "
-                         f"host={f['host'].encode().hex()}")
+                         f"host={f['host'].encode().hex()} token={f['token_hex']}")
         elif t == "REQUEST":
             lines.append(f"REQUEST id={f['request_id']}")
         elif t == "END":
