@@ -88,6 +88,8 @@ def pytest_configure(config):
         config.stash[PROFILE_KEY] = resolve(config.getoption("--hil-profile"), config._hil_config.profiles)
     except HilError as exc:
         raise pytest.UsageError(f"kernel-hil: {exc}") from None
+    if _worker(config) is None and config.pluginmanager.hasplugin("xdist"):
+        config.pluginmanager.register(DeadWorkerSweeper(config), "hil-dead-worker-sweeper")
     results = config.getoption("--hil-results")
     if results and _worker(config) is None:
         from hil.qualify.results import ResultsWriter
@@ -99,6 +101,38 @@ def pytest_configure(config):
             signal.signal(signal.SIGTERM, _terminate)
         except ValueError:  # not the main thread
             pass
+
+
+class DeadWorkerSweeper:
+    """On the xdist controller: a worker that died (``kill -9``, the OOM killer) cannot remove
+    its guests, and libvirtd keeps them running.  Sweep them the moment xdist reports the node
+    down, so the session ends with no guest of ours, not at the next session's start."""
+
+    def __init__(self, config):
+        self.config = config
+
+    def pytest_testnodedown(self, node, error) -> None:
+        if error is None:
+            return  # a worker that ended normally removed its own guests
+        from hil.paths import runtime_dir
+        from hil.provision.daemons import open_connection
+        from hil.provision.sweep import sweep
+
+        tr = self.config.pluginmanager.get_plugin("terminalreporter")
+        worker = getattr(getattr(node, "gateway", None), "id", "?")
+        try:
+            conn = open_connection(self.config._hil_config.libvirt_uri)
+            try:
+                swept = sweep(conn, runtime_dir())
+            finally:
+                conn.close()
+        except HilError as exc:
+            if tr:
+                tr.write_line(f"kernel-hil: worker {worker} died; its guests could not be swept: {exc}")
+            return
+        if tr and (swept.domains or swept.dirs):
+            tr.write_line(f"kernel-hil: worker {worker} died; removed its guests {', '.join(swept.domains) or '-'} "
+                          f"and {len(swept.dirs)} runtime folder(s)")
 
 
 def _terminate(signum, frame):

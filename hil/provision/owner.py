@@ -17,13 +17,16 @@ DOMAIN_PREFIX = "hil-"
 
 
 def process_start_time(pid: int) -> str | None:
-    """The process's start time in clock ticks since boot (field 22 of /proc/PID/stat)."""
+    """The process's start time in clock ticks since boot (field 22 of /proc/PID/stat), or None
+    when there is no such process.  A zombie (killed, not yet reaped by its parent: an xdist
+    worker right after ``kill -9``) counts as gone: it will never remove its guests."""
     try:
         stat = open(f"/proc/{pid}/stat").read()
     except OSError:
         return None
     # the command name (field 2) may contain spaces and parentheses: split after the last ')'
-    return stat.rsplit(")", 1)[1].split()[19]
+    fields = stat.rsplit(")", 1)[1].split()
+    return None if fields[0] in ("Z", "X") else fields[19]
 
 
 @dataclass(frozen=True)

@@ -114,3 +114,33 @@ def test_sigint_during_a_guest_test_leaves_no_guest_and_no_files(conn, tmp_path)
     session_worker = name.removeprefix("hil-").rsplit("-", 1)[0]
     assert not any(n.startswith(f"hil-{session_worker}-") for n in domain_names(conn)), out
     assert not (runtime_dir() / session_worker).exists(), out
+
+
+KILLED_WORKER_TEST = textwrap.dedent("""
+    import os, pathlib, signal
+    def test_worker_dies_holding_a_guest(linux_guest):
+        pathlib.Path(os.environ["HIL_TEST_READY"]).write_text(linux_guest.name)
+        os.kill(os.getpid(), signal.SIGKILL)  # as the OOM killer or a kill -9 would
+""")
+
+
+@pytest.mark.hil_linux
+def test_a_killed_xdist_worker_leaves_no_guest_when_the_session_ends(conn, tmp_path):
+    """libvirtd keeps a dead worker's guest running; the controller sweeps it as soon as xdist
+    reports the worker down, so nothing of the session is left when it ends (not only at the
+    next session's start)."""
+    (tmp_path / "test_killed.py").write_text(KILLED_WORKER_TEST)
+    ready = tmp_path / "ready"
+    env = {**os.environ, "HIL_TEST_READY": str(ready)}
+    proc = subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "-n", "1",
+                           "--max-worker-restart=0", f"--basetemp={tmp_path / 'bt'}", str(tmp_path / "test_killed.py")],
+                          cwd=tmp_path, env=env, capture_output=True, text=True, timeout=900)
+    out = proc.stdout + proc.stderr
+    assert ready.exists(), out
+    name = ready.read_text()
+    assert "crashed" in out and proc.returncode != 0, out
+    # the controller swept (another session's start-up sweep on this machine may have been quicker)
+    assert "kernel-hil: worker gw0 died; removed its guests" in out, out
+    session_worker = name.removeprefix("hil-").rsplit("-", 1)[0]
+    assert not any(n.startswith(f"hil-{session_worker}-") for n in domain_names(conn)), out
+    assert not (runtime_dir() / session_worker).exists(), out
