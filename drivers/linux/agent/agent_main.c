@@ -9,15 +9,19 @@
  * drivers/protocol/hil_proto.c compiled into this module).
  *
  * Paths through the module:
- *  - probes (atomic, hot path): take a reference on the exec'd file, stamp the time, append a
- *    small event to a bounded pending list, kick one work item.  Nothing else.
+ *  - probes (atomic, hot path): take a reference on the exec'd file and keep writers off it
+ *    until it is hashed, stamp the time, append a small event to a bounded pending list, kick
+ *    one work item.  Nothing else.  "exited" is the exit of the last thread of a process.
  *  - one ordered work item (process context): for each pending event, in order, resolve the
- *    path (d_path), the size, the SHA-256 (kernel crypto "sha256", cached per inode identity),
- *    encode the record with hil_encode_process_record() and append it to the record buffer.
+ *    path (d_path), the size, the SHA-256 (kernel crypto "sha256", read through the exec'd
+ *    file, cached per inode where the filesystem keeps a change counter), encode the record
+ *    with hil_encode_process_record() and append it to the record buffer.  Images on network
+ *    and FUSE filesystems are not hashed: their server could stall this worker forever.
  *  - one connection kthread: connects to collector:port, says HELLO, answers each REQUEST with
  *    RECORDS frames + END (with the count of records dropped since the previous END), and
  *    reconnects with exponential back-off when the collector goes away.  Records leave the
- *    buffer only once their RECORDS frame has been written to the socket.
+ *    buffer only once their RECORDS frame has been written to the socket.  On unload a frame
+ *    being sent gets AGENT_STOP_GRACE to finish, then the connection is reset.
  *
  * Nothing is dropped silently: a full pending list, a failed allocation or a full record
  * buffer increments "dropped", which the next END reports and the stats parameter shows.
@@ -49,6 +53,12 @@
 #include <linux/seq_file.h>
 #include <linux/uio.h>
 #include <linux/version.h>
+#include <linux/hash.h>
+#include <linux/iversion.h>
+#include <linux/magic.h>
+#include <linux/pid.h>
+#include <linux/pid_namespace.h>
+#include <linux/completion.h>
 #include <crypto/hash.h>
 #include <net/sock.h>
 
@@ -61,6 +71,11 @@
 #define AGENT_TS_LEN		8		/* internal timestamp in front of each record */
 #define AGENT_MAX_FRAME_RECS	(HIL_MAX_PAYLOAD / HIL_PROCESS_PREFIX_LEN + 1)
 #define AGENT_BACKOFF_MIN_MS	100
+#define AGENT_SEND_SLICE	HZ		/* one kernel_sendmsg() waits at most this long */
+#define AGENT_SEND_STALL	(10 * HZ)	/* no progress for this long: the collector is gone */
+#define AGENT_STOP_GRACE	(3 * HZ)	/* unloading: a frame being sent may finish meanwhile */
+#define AGENT_EXIT_BUCKETS	64		/* processes whose exit was reported, by tgid hash */
+#define AGENT_EXIT_WAYS		8
 
 static char *collector = "10.0.2.2";
 module_param(collector, charp, 0444);
@@ -86,10 +101,33 @@ static int hash_max_mb = 256;
 module_param(hash_max_mb, int, 0444);
 MODULE_PARM_DESC(hash_max_mb, "images larger than this are not hashed (sha256 sent as zeros)");
 
+/*
+ * The collector's shared token, sent in HELLO (PROTOCOL.md 3.1) so that a collector can refuse
+ * peers that merely reach its port.  Permission 0: not in /sys/module, so an unprivileged
+ * process of the guest cannot read it; no .get for the same reason.
+ */
+static char *token;
+
+static int token_set(const char *val, const struct kernel_param *kp)
+{
+	if (strnlen(val, HIL_MAX_TOKEN + 1) > HIL_MAX_TOKEN) {
+		pr_err("token is longer than %u bytes\n", HIL_MAX_TOKEN);
+		return -EINVAL;
+	}
+	return param_set_charp(val, kp);
+}
+
+static const struct kernel_param_ops token_ops = {
+	.set = token_set,
+	.free = param_free_charp,
+};
+module_param_cb(token, &token_ops, &token, 0);
+MODULE_PARM_DESC(token, "shared secret for the collector's HELLO check, 0..255 bytes (default: none)");
+
 /* ---- counters ---------------------------------------------------------------------------- */
 
 static atomic64_t st_exec, st_exit, st_recorded, st_dropped, st_sent, st_batches, st_connects,
-	st_hashed, st_hash_hits, st_hash_fail;
+	st_hashed, st_hash_hits, st_hash_fail, st_hash_remote, st_hash_unstable, st_exit_unclaimed;
 static atomic_t dropped_unreported;	/* reported by the next END, then reset */
 static atomic_t n_pending;
 static int connected;
@@ -199,14 +237,15 @@ static struct proc_dir_entry *lat_proc;
 static int stats_get(char *buf, const struct kernel_param *kp)
 {
 	return scnprintf(buf, PAGE_SIZE,
-			 "exec=%lld exit=%lld recorded=%lld dropped=%lld sent=%lld batches=%lld connects=%lld connected=%d pending=%d buffered_bytes=%zu hashed=%lld hash_cache_hits=%lld hash_failures=%lld\n",
+			 "exec=%lld exit=%lld recorded=%lld dropped=%lld sent=%lld batches=%lld connects=%lld connected=%d pending=%d buffered_bytes=%zu hashed=%lld hash_cache_hits=%lld hash_failures=%lld hash_skipped_remote=%lld hash_skipped_writable=%lld exit_untracked=%lld\n",
 			 atomic64_read(&st_exec), atomic64_read(&st_exit),
 			 atomic64_read(&st_recorded), atomic64_read(&st_dropped),
 			 atomic64_read(&st_sent), atomic64_read(&st_batches),
 			 atomic64_read(&st_connects), READ_ONCE(connected),
 			 atomic_read(&n_pending), rbuf ? rbuf_used() : 0,
 			 atomic64_read(&st_hashed), atomic64_read(&st_hash_hits),
-			 atomic64_read(&st_hash_fail));
+			 atomic64_read(&st_hash_fail), atomic64_read(&st_hash_remote),
+			 atomic64_read(&st_hash_unstable), atomic64_read(&st_exit_unclaimed));
 }
 
 static const struct kernel_param_ops stats_ops = { .get = stats_get };
@@ -221,8 +260,20 @@ struct agent_event {
 	u32 pid;
 	u16 type;
 	struct file *file;	/* exec: the image, referenced */
+	bool write_denied;	/* exec: deny_write_access(file) held until hashed */
 	char *fallback_path;	/* exec without a file (should not happen) */
 };
+
+/* The worker is done with the event's image: writers may have it again. */
+static void put_event_file(struct agent_event *ev)
+{
+	if (!ev->file)
+		return;
+	if (ev->write_denied)
+		allow_write_access(ev->file);
+	fput(ev->file);
+	ev->file = NULL;
+}
 
 static LIST_HEAD(pending);
 static DEFINE_SPINLOCK(pend_lock);
@@ -253,6 +304,7 @@ static struct agent_event *new_event(u16 type, u32 pid)
 	ev->type = type;
 	ev->pid = pid;
 	ev->file = NULL;
+	ev->write_denied = false;
 	ev->fallback_path = NULL;
 	return ev;
 drop:
@@ -271,19 +323,100 @@ static void probe_exec(void *data, struct task_struct *p, pid_t old_pid, struct 
 	ev = new_event(HIL_REC_PROCESS_CREATED, p->tgid);
 	if (!ev)
 		return;
-	if (bprm->file)
+	if (bprm->file) {
+		/*
+		 * The hash must be of what was executed.  exec keeps writers off the image while
+		 * the process runs; from here we keep them off (ETXTBSY) until the worker has
+		 * hashed it, so a process that exits at once cannot have its image rewritten in
+		 * place before the hash.  Both are the kernel's i_writecount, atomic.
+		 */
 		ev->file = get_file(bprm->file);
-	else
+		ev->write_denied = !deny_write_access(ev->file);
+	} else {
 		ev->fallback_path = kstrdup(bprm->filename, GFP_ATOMIC | __GFP_NOWARN);
+	}
 	queue_event(ev);
+}
+
+/*
+ * "exited" is reported once per process, when its last thread exits: a thread-group leader
+ * may end (and stay a zombie) while other threads run on.  do_exit() counts the group's live
+ * threads down before this tracepoint, so the last one finds signal->live at 0; threads ending
+ * at the same moment may all find it so.  The first of them claims the process here; a claim
+ * is reused once no thread of its process can reach the tracepoint any more.
+ */
+struct exit_claim {
+	pid_t tgid;	/* 0: free */
+	u64 start;	/* the group leader's start_time: with tgid, the process's identity */
+};
+
+static struct exit_claim exit_claims[AGENT_EXIT_BUCKETS][AGENT_EXIT_WAYS];
+static DEFINE_SPINLOCK(exit_lock);
+
+/* Every thread of the claimed process has passed exit_notify() (or is gone). Under RCU. */
+static bool exit_claim_done(const struct exit_claim *c)
+{
+	struct task_struct *leader, *t;
+
+	leader = pid_task(find_pid_ns(c->tgid, &init_pid_ns), PIDTYPE_TGID);
+	if (!leader || leader->start_time != c->start)
+		return true;
+	for_each_thread(leader, t) {
+		if (!t->exit_state)
+			return false;
+	}
+	return true;
+}
+
+/* true: the caller reports the exit of p's process (no other thread did or will). */
+static bool claim_exit(struct task_struct *p)
+{
+	struct exit_claim *way = exit_claims[hash_32(p->tgid, ilog2(AGENT_EXIT_BUCKETS))];
+	struct exit_claim *slot = NULL;
+	u64 start = p->group_leader->start_time;
+	unsigned long flags;
+	bool mine = true;
+	int i;
+
+	spin_lock_irqsave(&exit_lock, flags);
+	for (i = 0; i < AGENT_EXIT_WAYS; i++) {
+		if (way[i].tgid == p->tgid && way[i].start == start) {
+			mine = false;
+			goto out;
+		}
+		if (!way[i].tgid && !slot)
+			slot = &way[i];
+	}
+	if (!slot) {
+		rcu_read_lock();
+		for (i = 0; i < AGENT_EXIT_WAYS; i++) {
+			if (exit_claim_done(&way[i])) {
+				way[i].tgid = 0;
+				if (!slot)
+					slot = &way[i];
+			}
+		}
+		rcu_read_unlock();
+	}
+	if (slot) {
+		slot->tgid = p->tgid;
+		slot->start = start;
+	} else {
+		/* every way busy with a process still exiting: report unclaimed, counted */
+		atomic64_inc(&st_exit_unclaimed);
+	}
+out:
+	spin_unlock_irqrestore(&exit_lock, flags);
+	return mine;
 }
 
 static void probe_exit(void *data, struct task_struct *p)
 {
 	struct agent_event *ev;
 
-	/* one exit per process: the thread-group leader's, user processes only */
-	if (unlikely(READ_ONCE(stopping)) || (p->flags & PF_KTHREAD) || !thread_group_leader(p))
+	/* user processes only; the last thread of the group, once */
+	if (unlikely(READ_ONCE(stopping)) || (p->flags & PF_KTHREAD) ||
+	    atomic_read(&p->signal->live) || !claim_exit(p))
 		return;
 	atomic64_inc(&st_exit);
 	ev = new_event(HIL_REC_PROCESS_EXITED, p->tgid);
@@ -291,7 +424,7 @@ static void probe_exit(void *data, struct task_struct *p)
 		queue_event(ev);
 }
 
-/* ---- SHA-256 of images, cached by inode identity ----------------------------------------- */
+/* ---- SHA-256 of images, cached per inode while its i_version is unchanged ---------------- */
 
 struct hcache_ent {
 	bool valid;
@@ -299,7 +432,7 @@ struct hcache_ent {
 	unsigned long ino;
 	u32 gen;
 	loff_t size;
-	struct timespec64 mtime, ctime;
+	u64 iversion;
 	u8 sha[HIL_SHA256_LEN];
 };
 
@@ -310,37 +443,52 @@ static u8 *hash_buf;
 static char *path_buf;
 static u8 *rec_buf;
 
-static void inode_times(struct inode *inode, struct timespec64 *mtime, struct timespec64 *ctime)
+/*
+ * Filesystems whose reads may wait on a server or a userspace daemon (NFS, CIFS, 9p, Ceph,
+ * FUSE and virtiofs...): one that never answers would hold this ordered worker, every record
+ * behind it and rmmod for good, so their images are not hashed (counted in stats).  Hashed:
+ * block-device filesystems and memory ones; FUSE on a block device (fuseblk) is a daemon still.
+ */
+static bool fs_may_block(const struct super_block *sb)
 {
-#if LINUX_VERSION_CODE >= KERNEL_VERSION(6, 6, 0)
-	*mtime = inode_get_mtime(inode);
-	*ctime = inode_get_ctime(inode);
-#else
-	*mtime = inode->i_mtime;
-	*ctime = inode->i_ctime;
-#endif
+	if (sb->s_magic == FUSE_SUPER_MAGIC)
+		return true;
+	if (sb->s_type->fs_flags & FS_REQUIRES_DEV)
+		return false;
+	return sb->s_magic != TMPFS_MAGIC && sb->s_magic != RAMFS_MAGIC;
 }
 
-/* 0 and out filled, or < 0 (out untouched: the record carries zeros). */
-static int image_sha256(struct file *file, loff_t size, u8 *out)
+/*
+ * 0 and out filled, or < 0 (out untouched: the record carries zeros).  file is the exec'd
+ * image, kept from writers by the caller; inode is the inode that holds its bytes (the real
+ * one under overlayfs).
+ *
+ * A cached hash is used only while the inode's i_version says nothing was written since it
+ * was taken (querying i_version makes the next write bump it).  Size, mtime and ctime would
+ * not do: a same-size rewrite within one clock tick leaves them all as they were.  On
+ * filesystems without i_version every exec is hashed.
+ */
+static int image_sha256(struct file *file, struct inode *inode, loff_t size, u8 *out)
 {
-	struct inode *inode = file_inode(file);
-	struct timespec64 mtime, ctime;
+	bool cacheable = IS_I_VERSION(inode);
 	struct hcache_ent *e;
+	u64 iversion = 0;
 	loff_t pos = 0;
 	int i, err;
 
 	if (size > (loff_t)hash_max_mb << 20)
 		return -EFBIG;
-	inode_times(inode, &mtime, &ctime);
-	for (i = 0; i < AGENT_HCACHE; i++) {
-		e = &hcache[i];
-		if (e->valid && e->ino == inode->i_ino && e->dev == inode->i_sb->s_dev &&
-		    e->gen == inode->i_generation && e->size == size &&
-		    timespec64_equal(&e->mtime, &mtime) && timespec64_equal(&e->ctime, &ctime)) {
-			memcpy(out, e->sha, HIL_SHA256_LEN);
-			atomic64_inc(&st_hash_hits);
-			return 0;
+	if (cacheable) {
+		iversion = inode_query_iversion(inode);
+		for (i = 0; i < AGENT_HCACHE; i++) {
+			e = &hcache[i];
+			if (e->valid && e->ino == inode->i_ino && e->dev == inode->i_sb->s_dev &&
+			    e->gen == inode->i_generation && e->size == size &&
+			    e->iversion == iversion) {
+				memcpy(out, e->sha, HIL_SHA256_LEN);
+				atomic64_inc(&st_hash_hits);
+				return 0;
+			}
 		}
 	}
 
@@ -368,14 +516,16 @@ static int image_sha256(struct file *file, loff_t size, u8 *out)
 		return err;
 	}
 	atomic64_inc(&st_hashed);
+	/* changed meanwhile (some filesystems count atime updates too): not worth keeping */
+	if (!cacheable || inode_query_iversion(inode) != iversion)
+		return 0;
 	e = &hcache[hcache_next++ % AGENT_HCACHE];
 	e->valid = true;
 	e->ino = inode->i_ino;
 	e->dev = inode->i_sb->s_dev;
 	e->gen = inode->i_generation;
 	e->size = size;
-	e->mtime = mtime;
-	e->ctime = ctime;
+	e->iversion = iversion;
 	memcpy(e->sha, out, HIL_SHA256_LEN);
 	return 0;
 }
@@ -389,14 +539,19 @@ static void process_event(struct agent_event *ev)
 	int n;
 
 	if (ev->file) {
+		struct inode *real = d_real_inode(ev->file->f_path.dentry);
 		char *p = d_path(&ev->file->f_path, path_buf, PATH_MAX);
 
 		if (!IS_ERR(p))
 			path = p;
 		size = i_size_read(file_inode(ev->file));
-		if (!image_sha256(ev->file, size, sha))
+		if (fs_may_block(real->i_sb))
+			atomic64_inc(&st_hash_remote);
+		else if (!ev->write_denied)
+			atomic64_inc(&st_hash_unstable);	/* a writer had it open: no stable bytes */
+		else if (!image_sha256(ev->file, real, size, sha))
 			sha_p = sha;
-		fput(ev->file);
+		put_event_file(ev);
 	} else if (ev->fallback_path) {
 		path = ev->fallback_path;
 	}
@@ -440,16 +595,32 @@ static DEFINE_MUTEX(sock_lock);
 static __be32 collector_addr;
 static u8 *frame_buf;			/* one RECORDS frame */
 static u64 frame_ts[AGENT_MAX_FRAME_RECS];
+static unsigned long stop_deadline;	/* unloading: a frame being sent must be out by then */
+static DECLARE_COMPLETION(conn_idle);	/* the connection thread has left its last session */
 
+/*
+ * Write all of buf.  Each kernel_sendmsg() waits at most AGENT_SEND_SLICE (sk_sndtimeo), so
+ * the loop looks at the clock at least that often: a collector that reads nothing for
+ * AGENT_SEND_STALL is gone (-EAGAIN); once unloading, a frame still not out at stop_deadline is
+ * abandoned (-ETIMEDOUT), however steadily a slow collector reads.
+ */
 static int send_all(struct socket *s, const void *buf, size_t len)
 {
+	unsigned long progress = jiffies;
+
 	while (len) {
 		struct kvec iov = { .iov_base = (void *)buf, .iov_len = len };
 		struct msghdr msg = { .msg_flags = MSG_NOSIGNAL };
-		int n = kernel_sendmsg(s, &msg, &iov, 1, len);
+		int n;
 
+		if (smp_load_acquire(&stopping) && time_after_eq(jiffies, READ_ONCE(stop_deadline)))
+			return -ETIMEDOUT;
+		n = kernel_sendmsg(s, &msg, &iov, 1, len);
+		if (n == -EAGAIN && time_before(jiffies, progress + AGENT_SEND_STALL))
+			continue;
 		if (n <= 0)
 			return n ? n : -EPIPE;
+		progress = jiffies;
 		buf += n;
 		len -= n;
 	}
@@ -563,15 +734,16 @@ static int answer_request(struct socket *s, u32 request_id)
 
 static int say_hello(struct socket *s)
 {
-	u8 hello[HIL_HELLO_FRAME_MAX];
+	static u8 hello[HIL_HELLO_FRAME_MAX];	/* off the stack; one connection kthread */
 	char os[HIL_MAX_HELLO_STRING + 1];
 	const char *host = init_utsname()->nodename;
 	int n;
 
 	n = scnprintf(os, sizeof(os), "linux-%s", init_utsname()->release);
-	n = hil_encode_hello(hello, sizeof(hello), (const u8 *)AGENT_KIND, strlen(AGENT_KIND),
-			     (const u8 *)os, n, (const u8 *)host,
-			     min_t(size_t, strnlen(host, __NEW_UTS_LEN), HIL_MAX_HELLO_STRING));
+	n = hil_encode_hello_token(hello, sizeof(hello), (const u8 *)AGENT_KIND, strlen(AGENT_KIND),
+				   (const u8 *)os, n, (const u8 *)host,
+				   min_t(size_t, strnlen(host, __NEW_UTS_LEN), HIL_MAX_HELLO_STRING),
+				   (const u8 *)token, token ? strlen(token) : 0);
 	if (n < 0)
 		return n;
 	return send_all(s, hello, n);
@@ -647,6 +819,7 @@ static int open_connection(struct socket **out)
 	err = kernel_connect(s, (struct sockaddr *)&addr, sizeof(addr), 0);
 	if (!err) {
 		sock_set_keepalive(s->sk);
+		s->sk->sk_sndtimeo = AGENT_SEND_SLICE;	/* send_all() keeps the clock */
 		*out = s;
 		return 0;
 	}
@@ -657,20 +830,27 @@ static int open_connection(struct socket **out)
 	return err;
 }
 
-static void close_connection(struct socket *s)
+/*
+ * torn: the session ended inside a frame.  Reset the connection then (no FIN that would make
+ * a partial frame look like a finished stream, no orphaned socket trickling it out).
+ */
+static void close_connection(struct socket *s, bool torn)
 {
 	mutex_lock(&sock_lock);
 	conn_sock = NULL;
 	mutex_unlock(&sock_lock);
-	kernel_sock_shutdown(s, SHUT_RDWR);
+	if (torn)
+		sock_no_linger(s->sk);
+	else
+		kernel_sock_shutdown(s, SHUT_RDWR);
 	sock_release(s);
 }
 
-/* Wait up to ms, or until kthread_stop(). Not a synchronisation point: a back-off. */
+/* Wait up to ms, or until unloading. Not a synchronisation point: a back-off. */
 static void backoff_wait(unsigned int ms)
 {
 	set_current_state(TASK_INTERRUPTIBLE);
-	if (!kthread_should_stop())
+	if (!kthread_should_stop() && !READ_ONCE(stopping))
 		schedule_timeout(msecs_to_jiffies(ms));
 	__set_current_state(TASK_RUNNING);
 }
@@ -691,7 +871,9 @@ static int conn_fn(void *unused)
 			pr_info("connected to collector %pI4:%u\n", &collector_addr, port);
 			err = session(s, &productive);
 			WRITE_ONCE(connected, 0);
-			close_connection(s);
+			/* send_all() gave up inside a frame: deadline, stalled collector, kthread_stop() */
+			close_connection(s, err == -ETIMEDOUT || err == -EAGAIN || err == -EINTR ||
+					 err == -ERESTARTSYS);
 			if (!READ_ONCE(stopping))
 				pr_info("collector connection ended (%d), reconnecting\n", err);
 			if (productive)
@@ -706,6 +888,7 @@ static int conn_fn(void *unused)
 		backoff_wait(backoff);
 		backoff = min_t(unsigned int, backoff * 2, max(backoff_max_ms, AGENT_BACKOFF_MIN_MS));
 	}
+	complete(&conn_idle);
 	set_current_state(TASK_INTERRUPTIBLE);
 	while (!kthread_should_stop()) {
 		schedule();
@@ -805,7 +988,8 @@ static int __init agent_init(void)
 
 fail_thread:
 	mutex_lock(&sock_lock);
-	WRITE_ONCE(stopping, true);
+	WRITE_ONCE(stop_deadline, jiffies);
+	smp_store_release(&stopping, true);
 	if (conn_sock)
 		kernel_sock_shutdown(conn_sock, SHUT_RDWR);
 	mutex_unlock(&sock_lock);
@@ -825,22 +1009,27 @@ static void __exit agent_exit(void)
 
 	/*
 	 * SHUT_RD wakes a connect() or a recv() waiting for the next REQUEST but lets a frame
-	 * being sent finish (bounded by the 10 s send timeout), so the collector never sees a
-	 * torn frame; the thread then stops between frames and closes with a FIN.
+	 * being sent finish, so the collector sees whole frames; the thread then stops between
+	 * frames and closes with a FIN.  A collector too slow to take that frame within
+	 * AGENT_STOP_GRACE does not hold rmmod: send_all() gives up at the deadline and the
+	 * connection is reset.  kthread_stop() comes after that (it would interrupt the send
+	 * at once on kernels where it flags the thread with TIF_NOTIFY_SIGNAL).
 	 */
 	mutex_lock(&sock_lock);
-	WRITE_ONCE(stopping, true);
+	WRITE_ONCE(stop_deadline, jiffies + AGENT_STOP_GRACE);
+	smp_store_release(&stopping, true);
 	if (conn_sock)
 		kernel_sock_shutdown(conn_sock, SHUT_RD);
 	mutex_unlock(&sock_lock);
+	wake_up_process(conn_task);	/* out of a back-off wait */
+	wait_for_completion_timeout(&conn_idle, AGENT_STOP_GRACE + 2 * AGENT_SEND_SLICE);
 	kthread_stop(conn_task);
 
 	destroy_workqueue(event_wq);	/* drains queued events */
 	event_wq = NULL;
 	list_for_each_entry_safe(ev, tmp, &pending, node) {
 		list_del(&ev->node);
-		if (ev->file)
-			fput(ev->file);
+		put_event_file(ev);
 		kfree(ev->fallback_path);
 		kfree(ev);
 	}

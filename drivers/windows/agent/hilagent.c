@@ -2,20 +2,31 @@
  * hilagent.sys - process-creation agent speaking the kernel-hil protocol (drivers/protocol).
  *
  * Threads and who owns what:
- *   notify callback  PsSetCreateProcessNotifyRoutineEx: copies PID/created/image path into a
+ *   notify callback  PsSetCreateProcessNotifyRoutineEx: references the image's file object
+ *                    (PS_CREATE_NOTIFY_INFO.FileObject), copies PID/created/image path into a
  *                    small event, queues it, signals the worker.  Nothing else (no file I/O,
- *                    no hashing, no waiting).
- *   worker thread    turns events into protocol records (opens the image, size + SHA-256 with
- *                    our own implementation), saves them in the store, and writes the store to
- *                    the spill file when its oldest record has waited SpillAfterMs.
+ *                    no hashing, no waiting).  The queue holds at most MAX_PENDING_EVENTS
+ *                    events and MAX_PENDING_BYTES of non-paged pool; beyond, events are
+ *                    dropped and counted for the next END.
+ *   worker thread    turns events into protocol records (size + SHA-256 of the image read
+ *                    through that file object, never by opening its path again: the path may
+ *                    name another file by then; our own SHA-256), saves them in the store, and
+ *                    appends the store to the spill file when its oldest record has waited
+ *                    SpillAfterMs (a failed or short append is cut off again: no torn record).
  *   network thread   connects to the collector (backoff on failure), says HELLO, answers each
  *                    REQUEST with every saved record (spill file first, then memory) + END.
+ *                    The spill file is renamed to .sending under the spill lock and sent
+ *                    without it, so a slow collector never holds up the worker.
  *                    Records leave the agent only when the END was sent; on any failure they
  *                    go back to the store (at-least-once delivery, never silent loss).
  *
  * Parameters (REG_DWORD under the service key's Parameters): CollectorIp (host order,
  * default 127.0.0.1), CollectorPort (default 7171), SpillAfterMs (default 300000),
- * BackoffMaxMs (default 5000), SpillId (spill file \SystemRoot\hilagent-<id>.spill, default 0).
+ * BackoffMaxMs (default 5000), SpillId (spill file \SystemRoot\hilagent-<id>.spill, renamed
+ * hilagent-<id>.sending while its records are being sent; default 0).
+ * Token (REG_SZ, sent as UTF-8, or REG_BINARY, sent as is; 0..255 bytes; default none): the
+ * collector's shared secret, sent in HELLO (PROTOCOL.md 3.1); restrict the Parameters key's
+ * ACL to administrators and SYSTEM where unprivileged users must not learn it.
  *
  * HIL_TEST_BUILD adds \Device\HilAgentTest with IOCTL_HILAGENT_INJECT, which feeds synthetic
  * notifications into the same queue (Wine never calls process-notify routines).  It does not
@@ -31,14 +42,44 @@
 #include "hilagent_ioctl.h"
 #endif
 
-/* ntifs.h declares it; the rest of ntifs.h is not needed here. */
+/* ntifs.h declares these; the rest of ntifs.h is not needed here. */
 NTSYSAPI NTSTATUS NTAPI ZwDeleteFile(POBJECT_ATTRIBUTES ObjectAttributes);
+NTSYSAPI NTSTATUS NTAPI ZwCreateEvent(PHANDLE EventHandle, ACCESS_MASK DesiredAccess,
+                                      POBJECT_ATTRIBUTES ObjectAttributes, EVENT_TYPE EventType,
+                                      BOOLEAN InitialState);
+NTSYSAPI NTSTATUS NTAPI ZwWaitForSingleObject(HANDLE Handle, BOOLEAN Alertable,
+                                              PLARGE_INTEGER Timeout);
+NTKERNELAPI NTSTATUS NTAPI ObOpenObjectByPointer(PVOID Object, ULONG HandleAttributes,
+                                                 PACCESS_STATE PassedAccessState,
+                                                 ACCESS_MASK DesiredAccess,
+                                                 POBJECT_TYPE ObjectType,
+                                                 KPROCESSOR_MODE AccessMode, PHANDLE Handle);
+
+/*
+ * The object type of files.  mingw-w64 declares IoFileObjectType dllimport, so the name itself
+ * reads ntoskrnl's exported variable (its '*' would dereference once too often, as hilkm.c
+ * notes for PsThreadType); the WDK's declaration needs the '*'.
+ */
+#ifdef __MINGW32__
+#define HIL_FILE_OBJECT_TYPE ((POBJECT_TYPE)IoFileObjectType)
+#else
+#define HIL_FILE_OBJECT_TYPE (*IoFileObjectType)
+#endif
+
+/* FILE_RENAME_INFORMATION (ntifs.h) with room for the spill file's name. */
+typedef struct _HIL_RENAME_INFO {
+    BOOLEAN ReplaceIfExists;
+    HANDLE RootDirectory;
+    ULONG FileNameLength;
+    WCHAR FileName[64];
+} HIL_RENAME_INFO;
 
 #define TAG "hilagent"
 #define POOL_TAG 'gAlH'
 #define STORE_CAP (256 * 1024)
 #define IO_CHUNK (64 * 1024)
 #define MAX_PENDING_EVENTS 4096
+#define MAX_PENDING_BYTES (1024 * 1024) /* non-paged pool held by queued events, at most */
 #define MAX_HASH_BYTES (256ULL * 1024 * 1024)
 #define MAX_SPILL_BYTES (16UL * 1024 * 1024)
 #define SEND_TIMEOUT_MS 15000
@@ -51,9 +92,10 @@ NTSYSAPI NTSTATUS NTAPI ZwDeleteFile(POBJECT_ATTRIBUTES ObjectAttributes);
 typedef struct _HIL_EVENT {
     LIST_ENTRY Link;
     BOOLEAN Created;
-    BOOLEAN FromUser;       /* test IOCTL: open the image with the caller's access checks */
     ULONG Pid;
-    USHORT PathBytes;
+    ULONG Bytes;            /* this allocation, counted in g_event_bytes */
+    HANDLE Image;           /* created: kernel handle to the image's file object, or NULL */
+    USHORT PathBytes;       /* the path as the record carries it (HIL_MAX_PATH units at most) */
     WCHAR Path[1];
 } HIL_EVENT, *PHIL_EVENT;
 
@@ -64,10 +106,14 @@ static ULONG g_spill_after_ms;
 static ULONG g_backoff_max_ms;
 static UNICODE_STRING g_spill_path;
 static WCHAR g_spill_path_buf[64];
+static UNICODE_STRING g_sending_path; /* the spill file while a batch is being sent */
+static WCHAR g_sending_path_buf[64];
 static UCHAR g_os[64];
 static ULONG g_os_len;
 static UCHAR g_host[HIL_MAX_HELLO_STRING];
 static ULONG g_host_len;
+static UCHAR g_token[HIL_MAX_TOKEN];
+static ULONG g_token_len;
 
 /* state */
 static HIL_STORE g_store;
@@ -77,9 +123,11 @@ static volatile LONG g_stopping;
 static LIST_ENTRY g_events;
 static KSPIN_LOCK g_events_lock;
 static LONG g_event_count;
+static LONG g_event_bytes;
 static HIL_LOCK g_sock_lock;
 static PKSOCK g_sock;               /* current connection, guarded by g_sock_lock */
-static HIL_LOCK g_spill_lock;       /* serialises every access to the spill file */
+static HIL_LOCK g_spill_lock;       /* serialises the store's cut and the spill file's name and
+                                       appends; the .sending file is the network thread's */
 static PETHREAD g_net_thread;
 static PETHREAD g_worker_thread;
 static BOOLEAN g_notify_registered;
@@ -168,6 +216,71 @@ static VOID InitIdentity(VOID)
         g_host_len = AppendText(g_host, 0, sizeof(g_host), "unknown-host");
 }
 
+/* Token from <registry_path>\Parameters: absent = none; REG_SZ (UTF-8 on the wire) or
+ * REG_BINARY (as is) of at most HIL_MAX_TOKEN bytes, anything else fails the load (an agent
+ * that silently sends no token would only be refused by the collector). */
+static NTSTATUS ReadToken(PCUNICODE_STRING registry_path)
+{
+    static const WCHAR suffix[] = L"\\Parameters";
+    UNICODE_STRING path, value_name;
+    OBJECT_ATTRIBUTES oa;
+    HANDLE key = NULL;
+    static UCHAR buf[sizeof(KEY_VALUE_PARTIAL_INFORMATION) + 2 * (HIL_MAX_TOKEN + 1)];
+    static UCHAR utf8[3 * (HIL_MAX_TOKEN + 1)]; /* DriverEntry only: off the stack */
+    PKEY_VALUE_PARTIAL_INFORMATION info = (PKEY_VALUE_PARTIAL_INFORMATION)buf;
+    ULONG len, n;
+    NTSTATUS status;
+
+    g_token_len = 0;
+    path.Length = 0;
+    path.MaximumLength = (USHORT)(registry_path->Length + sizeof(suffix));
+    path.Buffer = (PWCH)ExAllocatePoolWithTag(PagedPool, path.MaximumLength, POOL_TAG);
+    if (path.Buffer == NULL)
+        return STATUS_INSUFFICIENT_RESOURCES;
+    RtlCopyUnicodeString(&path, registry_path);
+    status = RtlAppendUnicodeToString(&path, suffix);
+    if (NT_SUCCESS(status)) {
+        InitializeObjectAttributes(&oa, &path, OBJ_KERNEL_HANDLE | OBJ_CASE_INSENSITIVE, NULL,
+                                   NULL);
+        status = ZwOpenKey(&key, KEY_READ, &oa);
+    }
+    ExFreePoolWithTag(path.Buffer, POOL_TAG);
+    if (!NT_SUCCESS(status))
+        return STATUS_SUCCESS; /* no Parameters key: no token */
+    RtlInitUnicodeString(&value_name, L"Token");
+    status = ZwQueryValueKey(key, &value_name, KeyValuePartialInformation, info, sizeof(buf),
+                             &len);
+    ZwClose(key);
+    if (status == STATUS_OBJECT_NAME_NOT_FOUND)
+        return STATUS_SUCCESS;
+    if (status == STATUS_BUFFER_OVERFLOW || status == STATUS_BUFFER_TOO_SMALL) {
+        HIL_LOG(TAG, "Token setting is longer than %u bytes", (unsigned)HIL_MAX_TOKEN);
+        return STATUS_INVALID_PARAMETER;
+    }
+    if (!NT_SUCCESS(status))
+        return status;
+    if (info->Type == REG_BINARY && info->DataLength <= HIL_MAX_TOKEN) {
+        RtlCopyMemory(g_token, info->Data, info->DataLength);
+        g_token_len = info->DataLength;
+        return STATUS_SUCCESS;
+    }
+    if (info->Type == REG_SZ) {
+        ULONG chars = info->DataLength / sizeof(WCHAR);
+        const uint16_t *w = (const uint16_t *)info->Data;
+        while (chars > 0 && w[chars - 1] == 0)
+            chars--;
+        n = (ULONG)hil_utf16_to_utf8(w, chars, utf8, sizeof(utf8));
+        if (n <= HIL_MAX_TOKEN) {
+            RtlCopyMemory(g_token, utf8, n);
+            g_token_len = n;
+            return STATUS_SUCCESS;
+        }
+    }
+    HIL_LOG(TAG, "Token setting must be REG_SZ or REG_BINARY of at most %u bytes (type %lu)",
+            (unsigned)HIL_MAX_TOKEN, (unsigned long)info->Type);
+    return STATUS_INVALID_PARAMETER;
+}
+
 /* Spill file: <windows dir>\hilagent-<id>.spill.  \SystemRoot is the Windows directory on
  * Windows; Wine 8.0 has no \SystemRoot link, so fall back to \??\C:\windows. */
 static BOOLEAN DirectoryExists(PCWSTR dir)
@@ -191,10 +304,11 @@ static VOID InitSpillPath(ULONG spill_id)
 {
     static const PCWSTR dirs[] = {L"\\SystemRoot", L"\\??\\C:\\windows"};
     static const WCHAR ext[] = L".spill";
+    static const WCHAR sending_ext[] = L".sending";
     static const WCHAR stem[] = L"\\hilagent-";
     PCWSTR dir = dirs[0];
     UCHAR digits[12];
-    ULONG n, i, pos = 0;
+    ULONG n, i, pos = 0, base;
 
     if (!DirectoryExists(dirs[0]) && DirectoryExists(dirs[1]))
         dir = dirs[1];
@@ -205,11 +319,19 @@ static VOID InitSpillPath(ULONG spill_id)
     n = AppendDecimal(digits, 0, sizeof(digits), spill_id);
     for (i = 0; i < n; i++)
         g_spill_path_buf[pos++] = digits[i];
+    base = pos;
+    RtlCopyMemory(g_sending_path_buf, g_spill_path_buf, base * sizeof(WCHAR));
     for (i = 0; ext[i] != L'\0'; i++)
         g_spill_path_buf[pos++] = ext[i];
     g_spill_path.Buffer = g_spill_path_buf;
     g_spill_path.Length = (USHORT)(pos * sizeof(WCHAR));
     g_spill_path.MaximumLength = sizeof(g_spill_path_buf);
+    pos = base;
+    for (i = 0; sending_ext[i] != L'\0'; i++)
+        g_sending_path_buf[pos++] = sending_ext[i];
+    g_sending_path.Buffer = g_sending_path_buf;
+    g_sending_path.Length = (USHORT)(pos * sizeof(WCHAR));
+    g_sending_path.MaximumLength = sizeof(g_sending_path_buf);
 }
 
 static NTSTATUS WaitStopMs(ULONG ms)
@@ -220,30 +342,36 @@ static NTSTATUS WaitStopMs(ULONG ms)
 /* ------------------------------------------------------------------------------------------ */
 /* event queue (callback side)                                                                */
 
-static VOID QueueEvent(BOOLEAN created, ULONG pid, const WCHAR *path, USHORT path_bytes,
-                       BOOLEAN from_user)
+/*
+ * Queues one notification and takes over image (a kernel handle to the image's file object, or
+ * NULL).  The queue holds at most MAX_PENDING_EVENTS events and MAX_PENDING_BYTES of non-paged
+ * pool: what does not fit is dropped and counted for the next END (like a full store), never
+ * silently.  PASSIVE_LEVEL.
+ */
+static VOID QueueEvent(BOOLEAN created, ULONG pid, HANDLE image, const WCHAR *path,
+                       USHORT path_bytes)
 {
     PHIL_EVENT ev;
+    ULONG bytes;
     KIRQL irql;
 
+    /* UTF-16 units past HIL_MAX_PATH never reach the record: each makes a UTF-8 byte at least */
+    if (path_bytes > HIL_MAX_PATH * sizeof(WCHAR))
+        path_bytes = HIL_MAX_PATH * sizeof(WCHAR);
+    bytes = FIELD_OFFSET(HIL_EVENT, Path) + path_bytes + sizeof(WCHAR);
     if (g_stopping)
-        return;
-    if (InterlockedIncrement(&g_event_count) > MAX_PENDING_EVENTS) {
-        InterlockedDecrement(&g_event_count);
-        HilStoreCountDrop(&g_store, 1);
-        return;
-    }
-    ev = (PHIL_EVENT)ExAllocatePoolWithTag(NonPagedPool,
-                                           FIELD_OFFSET(HIL_EVENT, Path) + path_bytes + 2,
-                                           POOL_TAG);
-    if (ev == NULL) {
-        InterlockedDecrement(&g_event_count);
-        HilStoreCountDrop(&g_store, 1);
-        return;
-    }
+        goto release;
+    if (InterlockedIncrement(&g_event_count) > MAX_PENDING_EVENTS)
+        goto drop_count;
+    if (InterlockedExchangeAdd(&g_event_bytes, (LONG)bytes) + (LONG)bytes > MAX_PENDING_BYTES)
+        goto drop_bytes;
+    ev = (PHIL_EVENT)ExAllocatePoolWithTag(NonPagedPool, bytes, POOL_TAG);
+    if (ev == NULL)
+        goto drop_bytes;
     ev->Created = created;
-    ev->FromUser = from_user;
     ev->Pid = pid;
+    ev->Bytes = bytes;
+    ev->Image = image;
     ev->PathBytes = path_bytes;
     if (path_bytes)
         RtlCopyMemory(ev->Path, path, path_bytes);
@@ -252,6 +380,38 @@ static VOID QueueEvent(BOOLEAN created, ULONG pid, const WCHAR *path, USHORT pat
     InsertTailList(&g_events, &ev->Link);
     KeReleaseSpinLock(&g_events_lock, irql);
     KeSetEvent(&g_work, IO_NO_INCREMENT, FALSE);
+    return;
+
+drop_bytes:
+    InterlockedExchangeAdd(&g_event_bytes, -(LONG)bytes);
+drop_count:
+    InterlockedDecrement(&g_event_count);
+    HilStoreCountDrop(&g_store, 1);
+release:
+    if (image != NULL)
+        ZwClose(image);
+}
+
+/*
+ * A kernel handle to the file object being executed (PS_CREATE_NOTIFY_INFO.FileObject), taken
+ * in the callback: the worker hashes through it, the bytes of that very file, never by opening
+ * the path again (which may name another file by then).  No I/O: a handle to an object that
+ * is open already.  It keeps the file object open (its cleanup comes when the worker closes
+ * it), so it is taken only while the object has not been cleaned up: NtCreateUserProcess holds
+ * its own handle during the callback; a process made from a section whose file was closed
+ * already (FO_CLEANUP_COMPLETE) gets no hash rather than a second cleanup of that object.
+ */
+static HANDLE ImageHandle(PFILE_OBJECT file)
+{
+    HANDLE h;
+
+    if (file == NULL || (file->Flags & (FO_CLEANUP_COMPLETE | FO_STREAM_FILE)))
+        return NULL;
+    if (!NT_SUCCESS(ObOpenObjectByPointer(file, OBJ_KERNEL_HANDLE, NULL,
+                                          FILE_READ_DATA | FILE_READ_ATTRIBUTES | SYNCHRONIZE,
+                                          HIL_FILE_OBJECT_TYPE, KernelMode, &h)))
+        return NULL;
+    return h;
 }
 
 static VOID NTAPI ProcessNotify(PEPROCESS process, HANDLE pid, PPS_CREATE_NOTIFY_INFO info)
@@ -260,13 +420,14 @@ static VOID NTAPI ProcessNotify(PEPROCESS process, HANDLE pid, PPS_CREATE_NOTIFY
     if (info != NULL) {
         PCUNICODE_STRING name = info->ImageFileName; /* may be NULL (FileOpenNameAvailable) */
         USHORT bytes = 0;
-        /* The whole path is kept (the image is opened with it); only the UTF-8 copy in the
-         * record is truncated to HIL_MAX_PATH bytes. */
+
         if (name != NULL && name->Buffer != NULL)
             bytes = name->Length & ~1;
-        QueueEvent(TRUE, (ULONG)(ULONG_PTR)pid, bytes ? name->Buffer : NULL, bytes, FALSE);
+        /* FileObject: NULL for some subsystem processes */
+        QueueEvent(TRUE, (ULONG)(ULONG_PTR)pid, ImageHandle(info->FileObject),
+                   bytes ? name->Buffer : NULL, bytes);
     } else {
-        QueueEvent(FALSE, (ULONG)(ULONG_PTR)pid, NULL, 0, FALSE);
+        QueueEvent(FALSE, (ULONG)(ULONG_PTR)pid, NULL, NULL, 0);
     }
 }
 
@@ -282,39 +443,54 @@ static PHIL_EVENT DequeueEvent(VOID)
     if (e == NULL)
         return NULL;
     InterlockedDecrement(&g_event_count);
+    InterlockedExchangeAdd(&g_event_bytes, -(LONG)CONTAINING_RECORD(e, HIL_EVENT, Link)->Bytes);
     return CONTAINING_RECORD(e, HIL_EVENT, Link);
+}
+
+static VOID FreeEvent(PHIL_EVENT ev)
+{
+    if (ev->Image != NULL)
+        ZwClose(ev->Image);
+    ExFreePoolWithTag(ev, POOL_TAG);
 }
 
 /* ------------------------------------------------------------------------------------------ */
 /* worker: hashing, records, spill                                                            */
 
-static NTSTATUS HashImage(const HIL_EVENT *ev, ULONGLONG *size, UCHAR digest[32])
+/* Reads at *offset through h; waits when h's file object does asynchronous I/O. */
+static NTSTATUS ReadAt(HANDLE h, HANDLE done, PVOID buf, ULONG len, LARGE_INTEGER *offset,
+                       IO_STATUS_BLOCK *iosb)
 {
-    UNICODE_STRING path;
+    NTSTATUS status = ZwReadFile(h, done, NULL, NULL, iosb, buf, len, offset, NULL);
+
+    if (status == STATUS_PENDING) {
+        ZwWaitForSingleObject(done, FALSE, NULL);
+        status = iosb->Status;
+    }
+    return status;
+}
+
+/*
+ * Size and SHA-256 of an image read through h, the kernel handle to its file object taken at
+ * notification time (ImageHandle()): the bytes of the file that is being executed, whatever
+ * its path names by now; the path is never opened again.  Explicit offsets.
+ */
+static NTSTATUS HashImage(HANDLE h, ULONGLONG *size, UCHAR digest[32])
+{
     OBJECT_ATTRIBUTES oa;
     IO_STATUS_BLOCK iosb;
     FILE_STANDARD_INFORMATION fsi;
     LARGE_INTEGER offset;
-    HANDLE h;
+    HANDLE done = NULL;
     NTSTATUS status;
     hil_sha256 ctx;
-    ULONG attrs = OBJ_KERNEL_HANDLE | OBJ_CASE_INSENSITIVE;
 
     *size = 0;
     RtlZeroMemory(digest, 32);
-    path.Buffer = (PWCH)ev->Path;
-    path.Length = ev->PathBytes;
-    path.MaximumLength = ev->PathBytes;
-    if (ev->FromUser)
-        attrs |= OBJ_FORCE_ACCESS_CHECK;
-    InitializeObjectAttributes(&oa, &path, attrs, NULL, NULL);
-    status = ZwCreateFile(&h, GENERIC_READ | SYNCHRONIZE, &oa, &iosb, NULL,
-                          FILE_ATTRIBUTE_NORMAL,
-                          FILE_SHARE_READ | FILE_SHARE_WRITE | FILE_SHARE_DELETE, FILE_OPEN,
-                          FILE_SYNCHRONOUS_IO_NONALERT | FILE_NON_DIRECTORY_FILE, NULL, 0);
-    if (!NT_SUCCESS(status))
-        return status;
-    status = ZwQueryInformationFile(h, &iosb, &fsi, sizeof(fsi), FileStandardInformation);
+    InitializeObjectAttributes(&oa, NULL, OBJ_KERNEL_HANDLE, NULL, NULL);
+    status = ZwCreateEvent(&done, EVENT_ALL_ACCESS, &oa, SynchronizationEvent, FALSE);
+    if (NT_SUCCESS(status))
+        status = ZwQueryInformationFile(h, &iosb, &fsi, sizeof(fsi), FileStandardInformation);
     if (NT_SUCCESS(status)) {
         *size = (ULONGLONG)fsi.EndOfFile.QuadPart;
         if (*size > MAX_HASH_BYTES)
@@ -324,7 +500,7 @@ static NTSTATUS HashImage(const HIL_EVENT *ev, ULONGLONG *size, UCHAR digest[32]
         hil_sha256_init(&ctx);
         offset.QuadPart = 0;
         for (;;) {
-            status = ZwReadFile(h, NULL, NULL, NULL, &iosb, g_hash_buf, IO_CHUNK, &offset, NULL);
+            status = ReadAt(h, done, g_hash_buf, IO_CHUNK, &offset, &iosb);
             if (status == STATUS_END_OF_FILE || (NT_SUCCESS(status) && iosb.Information == 0)) {
                 status = STATUS_SUCCESS;
                 break;
@@ -343,7 +519,8 @@ static NTSTATUS HashImage(const HIL_EVENT *ev, ULONGLONG *size, UCHAR digest[32]
             *size = (ULONGLONG)offset.QuadPart; /* what we hashed is what we report */
         }
     }
-    ZwClose(h);
+    if (done != NULL)
+        ZwClose(done);
     if (!NT_SUCCESS(status)) {
         RtlZeroMemory(digest, 32);
     }
@@ -358,14 +535,15 @@ static VOID ProcessEvent(const HIL_EVENT *ev)
     int n;
 
     RtlZeroMemory(digest, sizeof(digest));
-    if (ev->Created && ev->PathBytes > 0) {
-        NTSTATUS status = HashImage(ev, &size, digest);
+    if (ev->Created && ev->Image != NULL) {
+        NTSTATUS status = HashImage(ev->Image, &size, digest);
         if (!NT_SUCCESS(status))
             HIL_LOG(TAG, "pid %lu: cannot hash image: 0x%08lx", (unsigned long)ev->Pid,
                     (unsigned long)status);
+    }
+    if (ev->Created && ev->PathBytes > 0)
         path_len = hil_utf16_to_utf8((const uint16_t *)ev->Path, ev->PathBytes / 2, g_path8,
                                      HIL_MAX_PATH);
-    }
     n = hil_encode_process_record(g_rec, HIL_PROCESS_RECORD_MAX,
                                   ev->Created ? HIL_REC_PROCESS_CREATED : HIL_REC_PROCESS_EXITED,
                                   ev->Pid, size, digest, g_path8, path_len);
@@ -381,13 +559,13 @@ static VOID ProcessEvent(const HIL_EVENT *ev)
                 (unsigned long)ev->Pid, (unsigned long long)size);
 }
 
-static NTSTATUS OpenSpill(HANDLE *h, ACCESS_MASK access, ULONG disposition)
+static NTSTATUS OpenSpill(PUNICODE_STRING path, HANDLE *h, ACCESS_MASK access,
+                          ULONG disposition)
 {
     OBJECT_ATTRIBUTES oa;
     IO_STATUS_BLOCK iosb;
 
-    InitializeObjectAttributes(&oa, &g_spill_path, OBJ_KERNEL_HANDLE | OBJ_CASE_INSENSITIVE,
-                               NULL, NULL);
+    InitializeObjectAttributes(&oa, path, OBJ_KERNEL_HANDLE | OBJ_CASE_INSENSITIVE, NULL, NULL);
     return ZwCreateFile(h, access | SYNCHRONIZE, &oa, &iosb, NULL, FILE_ATTRIBUTE_NORMAL, 0,
                         disposition,
                         FILE_SYNCHRONOUS_IO_NONALERT | FILE_NON_DIRECTORY_FILE |
@@ -395,16 +573,60 @@ static NTSTATUS OpenSpill(HANDLE *h, ACCESS_MASK access, ULONG disposition)
                         NULL, 0);
 }
 
+/*
+ * A file of whole records that could not be cut back after a failed append: appending more
+ * would put records behind a torn one, where the reader never finds them.  Cleared when the
+ * file is renamed away (spill) or deleted (sending).  Under g_spill_lock.
+ */
+static BOOLEAN g_spill_torn, g_sending_torn;
+
+/*
+ * Appends data (whole records) to the end of path.  A failed or short write is cut back off
+ * the file: a torn record would swallow every record appended after it (its length runs into
+ * them).  Under g_spill_lock.
+ */
+static NTSTATUS AppendRecords(PUNICODE_STRING path, BOOLEAN *torn, const UCHAR *data, ULONG len)
+{
+    FILE_STANDARD_INFORMATION fsi;
+    FILE_END_OF_FILE_INFORMATION eof;
+    IO_STATUS_BLOCK iosb;
+    NTSTATUS status, cut;
+    HANDLE h;
+
+    if (*torn)
+        return STATUS_FILE_CORRUPT_ERROR;
+    status = OpenSpill(path, &h, FILE_WRITE_DATA | FILE_READ_ATTRIBUTES, FILE_OPEN_IF);
+    if (!NT_SUCCESS(status))
+        return status;
+    status = ZwQueryInformationFile(h, &iosb, &fsi, sizeof(fsi), FileStandardInformation);
+    if (NT_SUCCESS(status) && (ULONGLONG)fsi.EndOfFile.QuadPart + len > MAX_SPILL_BYTES)
+        status = STATUS_DISK_FULL;
+    if (NT_SUCCESS(status)) {
+        status = ZwWriteFile(h, NULL, NULL, NULL, &iosb, (PVOID)data, len, &fsi.EndOfFile,
+                             NULL);
+        if (NT_SUCCESS(status) && iosb.Information != len)
+            status = STATUS_DISK_FULL;
+        if (!NT_SUCCESS(status)) {
+            eof.EndOfFile = fsi.EndOfFile;
+            cut = ZwSetInformationFile(h, &iosb, &eof, sizeof(eof), FileEndOfFileInformation);
+            if (!NT_SUCCESS(cut)) {
+                *torn = TRUE;
+                HIL_LOG(TAG, "%s file: cannot cut a failed append back off (0x%08lx); "
+                        "no more appends to it", torn == &g_spill_torn ? "spill" : "sending",
+                        (unsigned long)cut);
+            }
+        }
+    }
+    ZwClose(h);
+    return status;
+}
+
 /* Writes every saved record to the end of the spill file; the store is empty afterwards
- * unless the write failed (then everything goes back). */
+ * unless the write failed (then everything goes back, and the file is as it was). */
 static VOID SpillStore(VOID)
 {
     ULONG count, dropped, len;
     ULONGLONG oldest;
-    HANDLE h;
-    IO_STATUS_BLOCK iosb;
-    FILE_STANDARD_INFORMATION fsi;
-    LARGE_INTEGER end;
     NTSTATUS status;
 
     HilLock(&g_spill_lock);
@@ -414,25 +636,11 @@ static VOID SpillStore(VOID)
         HilUnlock(&g_spill_lock);
         return;
     }
-    status = OpenSpill(&h, FILE_APPEND_DATA | FILE_READ_ATTRIBUTES, FILE_OPEN_IF);
-    if (NT_SUCCESS(status)) {
-        status = ZwQueryInformationFile(h, &iosb, &fsi, sizeof(fsi), FileStandardInformation);
-        if (NT_SUCCESS(status) && (ULONGLONG)fsi.EndOfFile.QuadPart + len > MAX_SPILL_BYTES)
-            status = STATUS_DISK_FULL;
-        if (NT_SUCCESS(status)) {
-            end.HighPart = -1;
-            end.LowPart = FILE_WRITE_TO_END_OF_FILE;
-            status = ZwWriteFile(h, NULL, NULL, NULL, &iosb, g_spill_wr, len, &end, NULL);
-            if (NT_SUCCESS(status) && iosb.Information != len)
-                status = STATUS_DISK_FULL;
-        }
-        ZwClose(h);
-    }
+    status = AppendRecords(&g_spill_path, &g_spill_torn, g_spill_wr, len);
     if (NT_SUCCESS(status)) {
         HilStorePutBack(&g_store, g_spill_wr, 0, 0, 0, dropped);
         HIL_LOG(TAG, "spilled %lu records to disk", (unsigned long)count);
     } else {
-        /* A partial append leaves a truncated tail that the reader ignores. */
         HilStorePutBack(&g_store, g_spill_wr, len, count, oldest, dropped);
         HIL_LOG(TAG, "spill failed 0x%08lx; %lu records stay in memory", (unsigned long)status,
                 (unsigned long)count);
@@ -456,7 +664,7 @@ static VOID NTAPI WorkerThread(PVOID context)
                                         NULL);
         while ((ev = DequeueEvent()) != NULL) {
             ProcessEvent(ev);
-            ExFreePoolWithTag(ev, POOL_TAG);
+            FreeEvent(ev);
         }
         if (wait == STATUS_WAIT_0)
             break;
@@ -526,7 +734,7 @@ static NTSTATUS SendSpill(PKSOCK sock, ULONG *count, BOOLEAN *had_file)
     NTSTATUS status;
 
     *had_file = FALSE;
-    status = OpenSpill(&h, GENERIC_READ, FILE_OPEN);
+    status = OpenSpill(&g_sending_path, &h, GENERIC_READ, FILE_OPEN);
     if (status == STATUS_OBJECT_NAME_NOT_FOUND || status == STATUS_OBJECT_PATH_NOT_FOUND)
         return STATUS_SUCCESS;
     if (!NT_SUCCESS(status))
@@ -557,16 +765,131 @@ static NTSTATUS SendSpill(PKSOCK sock, ULONG *count, BOOLEAN *had_file)
     return status;
 }
 
+/*
+ * Under g_spill_lock, when the spill file cannot be renamed (a filter refuses, another
+ * volume...): its bytes are copied into a new .sending file, then it is emptied.  On failure
+ * the .sending file is removed again and the spill file is left as it was.  A crash between the
+ * copy and the emptying sends the records twice, never loses them.
+ */
+static NTSTATUS SpillCopyToSending(VOID)
+{
+    FILE_END_OF_FILE_INFORMATION eof;
+    IO_STATUS_BLOCK iosb;
+    OBJECT_ATTRIBUTES oa;
+    LARGE_INTEGER offset;
+    NTSTATUS status;
+    HANDLE h;
+
+    /* a new .sending file, never one an earlier batch left */
+    status = OpenSpill(&g_sending_path, &h, FILE_WRITE_DATA, FILE_CREATE);
+    if (!NT_SUCCESS(status))
+        return status;
+    ZwClose(h);
+    g_sending_torn = FALSE;
+    status = OpenSpill(&g_spill_path, &h, FILE_READ_DATA | FILE_WRITE_DATA, FILE_OPEN);
+    if (!NT_SUCCESS(status))
+        goto remove;
+    offset.QuadPart = 0;
+    for (;;) {
+        status = ZwReadFile(h, NULL, NULL, NULL, &iosb, g_spill_rd, IO_CHUNK, &offset, NULL);
+        if (status == STATUS_END_OF_FILE || (NT_SUCCESS(status) && iosb.Information == 0)) {
+            status = STATUS_SUCCESS;
+            break;
+        }
+        if (!NT_SUCCESS(status))
+            break;
+        status = AppendRecords(&g_sending_path, &g_sending_torn, g_spill_rd,
+                               (ULONG)iosb.Information);
+        if (!NT_SUCCESS(status))
+            break;
+        offset.QuadPart += iosb.Information;
+    }
+    if (NT_SUCCESS(status)) {
+        eof.EndOfFile.QuadPart = 0;
+        status = ZwSetInformationFile(h, &iosb, &eof, sizeof(eof), FileEndOfFileInformation);
+    }
+    ZwClose(h);
+    if (NT_SUCCESS(status)) {
+        g_sending_torn = g_spill_torn;
+        g_spill_torn = FALSE;
+        return status;
+    }
+remove:
+    InitializeObjectAttributes(&oa, &g_sending_path, OBJ_KERNEL_HANDLE | OBJ_CASE_INSENSITIVE,
+                               NULL, NULL);
+    ZwDeleteFile(&oa);
+    g_sending_torn = FALSE;
+    return status;
+}
+
+/*
+ * Under g_spill_lock: the spill file becomes the .sending file, the network thread's alone
+ * from then on (the worker starts a new spill file).  Fails with STATUS_OBJECT_NAME_COLLISION
+ * while an earlier .sending file is there, and with STATUS_OBJECT_NAME_NOT_FOUND (or
+ * _PATH_NOT_FOUND) when there is no spill file.
+ */
+static NTSTATUS SpillToSending(VOID)
+{
+    HIL_RENAME_INFO ri;
+    IO_STATUS_BLOCK iosb;
+    NTSTATUS status;
+    HANDLE h;
+
+    status = OpenSpill(&g_spill_path, &h, DELETE, FILE_OPEN);
+    if (!NT_SUCCESS(status))
+        return status;
+    RtlZeroMemory(&ri, sizeof(ri));
+    ri.FileNameLength = g_sending_path.Length;
+    RtlCopyMemory(ri.FileName, g_sending_path.Buffer, g_sending_path.Length);
+    status = ZwSetInformationFile(h, &iosb, &ri, sizeof(ri), FileRenameInformation);
+    ZwClose(h);
+    if (NT_SUCCESS(status)) {
+        g_sending_torn = g_spill_torn;
+        g_spill_torn = FALSE;
+    } else if (status != STATUS_OBJECT_NAME_COLLISION) {
+        status = SpillCopyToSending();
+    }
+    return status;
+}
+
+/* Under g_spill_lock: is there a spill file (records newer than the .sending file's)? */
+static BOOLEAN SpillFileExists(VOID)
+{
+    HANDLE h;
+
+    if (!NT_SUCCESS(OpenSpill(&g_spill_path, &h, FILE_READ_ATTRIBUTES, FILE_OPEN)))
+        return FALSE;
+    ZwClose(h);
+    return TRUE;
+}
+
+/*
+ * One batch: the .sending file, then the records taken from memory, then END.
+ *
+ * The cut happens under the spill lock (everything in the spill file is older than everything
+ * in the store): the spill file becomes the .sending file and the store is taken.  The sends
+ * run without the lock, so a collector that reads slowly, or not at all, never holds up the
+ * worker, which spills into a new spill file meanwhile.  A .sending file an undelivered batch
+ * left goes out alone first: the spill file and the store, newer, wait for the next REQUEST.
+ */
 static NTSTATUS AnswerRequest(PKSOCK sock, ULONG request_id)
 {
-    ULONG count = 0, taken, mem_count, dropped, used;
-    ULONGLONG oldest;
-    BOOLEAN had_file;
-    NTSTATUS status;
+    ULONG count = 0, taken = 0, mem_count = 0, dropped = 0, used;
+    ULONGLONG oldest = 0;
+    BOOLEAN had_file, behind_sending;
+    NTSTATUS status, rs;
     OBJECT_ATTRIBUTES oa;
 
     HilLock(&g_spill_lock);
-    taken = HilStoreTake(&g_store, g_send_buf, &mem_count, &oldest, &dropped);
+    rs = SpillToSending();
+    behind_sending = !NT_SUCCESS(rs) && rs != STATUS_OBJECT_NAME_NOT_FOUND &&
+                     rs != STATUS_OBJECT_PATH_NOT_FOUND;
+    if (behind_sending && rs != STATUS_OBJECT_NAME_COLLISION)
+        HIL_LOG(TAG, "spill file: cannot rename it for sending: 0x%08lx", (unsigned long)rs);
+    if (!behind_sending)
+        taken = HilStoreTake(&g_store, g_send_buf, &mem_count, &oldest, &dropped);
+    HilUnlock(&g_spill_lock);
+
     status = SendSpill(sock, &count, &had_file);
     if (NT_SUCCESS(status))
         status = SendRecordRun(sock, g_send_buf, taken, &count, &used);
@@ -575,15 +898,27 @@ static NTSTATUS AnswerRequest(PKSOCK sock, ULONG request_id)
                                                          count, dropped));
     if (NT_SUCCESS(status)) {
         if (had_file) {
-            InitializeObjectAttributes(&oa, &g_spill_path,
+            InitializeObjectAttributes(&oa, &g_sending_path,
                                        OBJ_KERNEL_HANDLE | OBJ_CASE_INSENSITIVE, NULL, NULL);
             ZwDeleteFile(&oa);
+            HilLock(&g_spill_lock);
+            g_sending_torn = FALSE;
+            HilUnlock(&g_spill_lock);
         }
         HIL_LOG(TAG, "batch %lu: %lu records, %lu dropped", (unsigned long)request_id,
                 (unsigned long)count, (unsigned long)dropped);
-    } else {
-        HilStorePutBack(&g_store, g_send_buf, taken, mem_count, oldest, dropped);
+        return status;
     }
+    /*
+     * Not delivered: the records go back ahead of anything saved since.  If the worker has
+     * spilled since the cut, ahead of its spill file is the end of the .sending file (sent
+     * first next time); else the front of the store.
+     */
+    HilLock(&g_spill_lock);
+    if (taken > 0 && SpillFileExists() &&
+        NT_SUCCESS(AppendRecords(&g_sending_path, &g_sending_torn, g_send_buf, taken)))
+        taken = mem_count = 0;
+    HilStorePutBack(&g_store, g_send_buf, taken, mem_count, oldest, dropped);
     HilUnlock(&g_spill_lock);
     return status;
 }
@@ -595,8 +930,9 @@ static NTSTATUS RunSession(PKSOCK sock)
     NTSTATUS status;
     int rc;
 
-    rc = hil_encode_hello(g_frame, HIL_MAX_FRAME, (const hil_u8 *)AGENT_KIND,
-                          sizeof(AGENT_KIND) - 1, g_os, g_os_len, g_host, g_host_len);
+    rc = hil_encode_hello_token(g_frame, HIL_MAX_FRAME, (const hil_u8 *)AGENT_KIND,
+                                sizeof(AGENT_KIND) - 1, g_os, g_os_len, g_host, g_host_len,
+                                g_token, g_token_len);
     status = SendFrame(sock, g_frame, rc);
     if (!NT_SUCCESS(status))
         return status;
@@ -695,6 +1031,47 @@ static NTSTATUS NTAPI DispatchCreateClose(PDEVICE_OBJECT dev, PIRP irp)
     return CompleteIrp(irp, STATUS_SUCCESS, 0);
 }
 
+/*
+ * A handle to the injected image taken as ProcessNotify() takes one: the file is opened now, in
+ * the caller's context and with the caller's access checks, and its file object goes through
+ * ImageHandle(), so the worker hashes it exactly as a real notification's.  NULL when it cannot
+ * be opened (the record then carries no hash, like a notification without a file object).
+ */
+static HANDLE OpenInjectedImage(const HILAGENT_INJECT *in)
+{
+    UNICODE_STRING path;
+    OBJECT_ATTRIBUTES oa;
+    IO_STATUS_BLOCK iosb;
+    PFILE_OBJECT file;
+    HANDLE h, image = NULL;
+    NTSTATUS status;
+
+    path.Buffer = (PWCH)(in + 1);
+    path.Length = path.MaximumLength = (USHORT)(in->path_chars * sizeof(WCHAR));
+    InitializeObjectAttributes(&oa, &path,
+                               OBJ_KERNEL_HANDLE | OBJ_CASE_INSENSITIVE | OBJ_FORCE_ACCESS_CHECK,
+                               NULL, NULL);
+    status = ZwCreateFile(&h, GENERIC_READ | SYNCHRONIZE, &oa, &iosb, NULL,
+                          FILE_ATTRIBUTE_NORMAL,
+                          FILE_SHARE_READ | FILE_SHARE_WRITE | FILE_SHARE_DELETE, FILE_OPEN,
+                          FILE_SYNCHRONOUS_IO_NONALERT | FILE_NON_DIRECTORY_FILE, NULL, 0);
+    if (NT_SUCCESS(status)) {
+        status = ObReferenceObjectByHandle(h, FILE_READ_DATA, HIL_FILE_OBJECT_TYPE, KernelMode,
+                                           (PVOID *)&file, NULL);
+        if (NT_SUCCESS(status)) {
+            image = ImageHandle(file);
+            ObDereferenceObject(file);
+            if (image == NULL)
+                status = STATUS_UNSUCCESSFUL;
+        }
+        ZwClose(h);
+    }
+    if (!NT_SUCCESS(status))
+        HIL_LOG(TAG, "pid %lu: cannot open the injected image: 0x%08lx", (unsigned long)in->pid,
+                (unsigned long)status);
+    return image;
+}
+
 static NTSTATUS NTAPI DispatchIoctl(PDEVICE_OBJECT dev, PIRP irp)
 {
     PIO_STACK_LOCATION sp = IoGetCurrentIrpStackLocation(irp);
@@ -713,8 +1090,8 @@ static NTSTATUS NTAPI DispatchIoctl(PDEVICE_OBJECT dev, PIRP irp)
         in_len != sizeof(*in) + in->path_chars * sizeof(WCHAR) ||
         (in->created == 0 && in->path_chars != 0) || in->created > 1)
         return CompleteIrp(irp, STATUS_INVALID_PARAMETER, 0);
-    QueueEvent(in->created != 0, in->pid, (const WCHAR *)(in + 1),
-               (USHORT)(in->path_chars * sizeof(WCHAR)), TRUE);
+    QueueEvent(in->created != 0, in->pid, in->created ? OpenInjectedImage(in) : NULL,
+               (const WCHAR *)(in + 1), (USHORT)(in->path_chars * sizeof(WCHAR)));
     return CompleteIrp(irp, STATUS_SUCCESS, 0);
 }
 
@@ -794,7 +1171,7 @@ static VOID Teardown(VOID)
     HilJoinThread(&g_net_thread);
     HilJoinThread(&g_worker_thread);
     while ((ev = DequeueEvent()) != NULL) /* only if the worker never started */
-        ExFreePoolWithTag(ev, POOL_TAG);
+        FreeEvent(ev);
     left = g_store.Buf ? HilStoreCount(&g_store) : 0;
     if (g_wsk_started)
         KsockCleanup();
@@ -818,7 +1195,7 @@ static VOID NTAPI DriverUnload(PDRIVER_OBJECT driver)
 
 NTSTATUS NTAPI DriverEntry(PDRIVER_OBJECT driver, PUNICODE_STRING registry_path)
 {
-    NTSTATUS status;
+    NTSTATUS status, token_status;
     ULONG spill_id;
 
     InitializeListHead(&g_events);
@@ -838,6 +1215,7 @@ NTSTATUS NTAPI DriverEntry(PDRIVER_OBJECT driver, PUNICODE_STRING registry_path)
 
     InitSpillPath(spill_id);
     InitIdentity();
+    token_status = ReadToken(registry_path);
 
     status = HilStoreInit(&g_store, STORE_CAP);
     g_send_buf = AllocBuf(STORE_CAP);
@@ -850,6 +1228,8 @@ NTSTATUS NTAPI DriverEntry(PDRIVER_OBJECT driver, PUNICODE_STRING registry_path)
     if (NT_SUCCESS(status) && (!g_send_buf || !g_spill_wr || !g_frame || !g_spill_rd ||
                                !g_hash_buf || !g_rec || !g_path8))
         status = STATUS_INSUFFICIENT_RESOURCES;
+    if (NT_SUCCESS(status))
+        status = token_status; /* a Token setting that cannot be sent fails the load */
     if (NT_SUCCESS(status)) {
         status = KsockStartup();
         g_wsk_started = NT_SUCCESS(status);
