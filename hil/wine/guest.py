@@ -275,5 +275,13 @@ class WineGuest:
                 )
             time.sleep(0.05)  # polling a log file: the condition is re-checked, with a deadline
 
+    def crash_excerpt(self, before: int = 5, after: int = 25) -> str:
+        """The log lines around the first unhandled exception (what Wine prints for a driver
+        crash: the fault, registers, backtrace), or "" when nothing crashed."""
+        lines = self.log_text().splitlines()
+        at = next((i for i, line in enumerate(lines)
+                   if "Unhandled page fault" in line or "Unhandled exception" in line), None)
+        return "" if at is None else "\n".join(lines[max(0, at - before):at + after])
+
     def crashed(self) -> bool:
         return "Unhandled page fault" in self.log_text() or "Unhandled exception" in self.log_text()

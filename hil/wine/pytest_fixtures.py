@@ -121,7 +121,9 @@ def wine_guest(request, hil_artifacts):
         guest.destroy()
         request.node.user_properties.append(("wine_debug_log", str(guest.debug_log)))
     if guest.crashed():
-        pytest.fail(f"a driver crashed in the Wine prefix: see {guest.debug_log}", pytrace=False)
+        # the excerpt goes into the failure itself: the log file is replaced by the next run
+        pytest.fail(f"a driver crashed in the Wine prefix (log: {guest.debug_log}):\n{guest.crash_excerpt()}",
+                    pytrace=False)
 
 
 class WineDriver:
