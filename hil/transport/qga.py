@@ -49,10 +49,12 @@ class QgaTransport:
         self.transcript = AgentTranscript(transcript)
         self.aborted: str | None = None  # set by the crash monitor: why every call fails now
         self.last_reply = 0.0  # time.monotonic() of the last agent answer (a sign of life)
-        # How long one agent exchange may take by default.  Short, so a crashed guest's call
-        # ends soon; the lab raises it while a guest boots, when a loaded host can delay answers
-        # for many seconds (one timed-out exchange makes libvirt refuse the agent afterwards).
-        self.agent_timeout = 10.0
+        # How long one agent exchange may take by default.  A crashed guest's call ends at once
+        # anyway (the crash monitor aborts the transport), so this only bounds a silent agent;
+        # the lab raises it further while a guest boots.  One timed-out exchange makes libvirt
+        # refuse the agent afterwards ("not available for now"), and under TCG on a loaded
+        # 2-core host (CI: two workers, one running nested suites) 10 s was seen to be too short.
+        self.agent_timeout = 30.0
 
     def abort(self, reason: str) -> None:
         """The guest crashed: make waits end now and errors name ``reason``."""
