@@ -221,9 +221,7 @@ static VOID InitIdentity(VOID)
  * that silently sends no token would only be refused by the collector). */
 static NTSTATUS ReadToken(PCUNICODE_STRING registry_path)
 {
-    static const WCHAR suffix[] = L"\\Parameters";
-    UNICODE_STRING path, value_name;
-    OBJECT_ATTRIBUTES oa;
+    UNICODE_STRING value_name;
     HANDLE key = NULL;
     static UCHAR buf[sizeof(KEY_VALUE_PARTIAL_INFORMATION) + 2 * (HIL_MAX_TOKEN + 1)];
     static UCHAR utf8[3 * (HIL_MAX_TOKEN + 1)]; /* DriverEntry only: off the stack */
@@ -232,19 +230,9 @@ static NTSTATUS ReadToken(PCUNICODE_STRING registry_path)
     NTSTATUS status;
 
     g_token_len = 0;
-    path.Length = 0;
-    path.MaximumLength = (USHORT)(registry_path->Length + sizeof(suffix));
-    path.Buffer = (PWCH)ExAllocatePoolWithTag(PagedPool, path.MaximumLength, POOL_TAG);
-    if (path.Buffer == NULL)
-        return STATUS_INSUFFICIENT_RESOURCES;
-    RtlCopyUnicodeString(&path, registry_path);
-    status = RtlAppendUnicodeToString(&path, suffix);
-    if (NT_SUCCESS(status)) {
-        InitializeObjectAttributes(&oa, &path, OBJ_KERNEL_HANDLE | OBJ_CASE_INSENSITIVE, NULL,
-                                   NULL);
-        status = ZwOpenKey(&key, KEY_READ, &oa);
-    }
-    ExFreePoolWithTag(path.Buffer, POOL_TAG);
+    status = HilOpenParameters(registry_path, &key);
+    if (status == STATUS_INSUFFICIENT_RESOURCES)
+        return status;
     if (!NT_SUCCESS(status))
         return STATUS_SUCCESS; /* no Parameters key: no token */
     RtlInitUnicodeString(&value_name, L"Token");

@@ -2,29 +2,40 @@
 
 #define HIL_KM_TAG 'mKlH'
 
-ULONG HilReadParamDword(PCUNICODE_STRING registry_path, PCWSTR name, ULONG def)
+NTSTATUS HilOpenParameters(PCUNICODE_STRING registry_path, HANDLE *key)
 {
     static const WCHAR suffix[] = L"\\Parameters";
-    UNICODE_STRING path, value_name;
+    UNICODE_STRING path;
     OBJECT_ATTRIBUTES oa;
+    NTSTATUS status;
+
+    *key = NULL;
+    path.Length = 0;
+    path.MaximumLength = (USHORT)(registry_path->Length + sizeof(suffix));
+    path.Buffer = (PWCH)ExAllocatePoolWithTag(PagedPool, path.MaximumLength, HIL_KM_TAG);
+    if (path.Buffer == NULL)
+        return STATUS_INSUFFICIENT_RESOURCES;
+    RtlCopyUnicodeString(&path, registry_path);
+    status = RtlAppendUnicodeToString(&path, suffix);
+    if (NT_SUCCESS(status)) {
+        InitializeObjectAttributes(&oa, &path, OBJ_KERNEL_HANDLE | OBJ_CASE_INSENSITIVE, NULL,
+                                   NULL);
+        status = ZwOpenKey(key, KEY_READ, &oa);
+    }
+    ExFreePoolWithTag(path.Buffer, HIL_KM_TAG);
+    return status;
+}
+
+ULONG HilReadParamDword(PCUNICODE_STRING registry_path, PCWSTR name, ULONG def)
+{
+    UNICODE_STRING value_name;
     HANDLE key = NULL;
     UCHAR buf[sizeof(KEY_VALUE_PARTIAL_INFORMATION) + sizeof(ULONG)];
     PKEY_VALUE_PARTIAL_INFORMATION info = (PKEY_VALUE_PARTIAL_INFORMATION)buf;
     ULONG result = def, len;
     NTSTATUS status;
 
-    path.Length = 0;
-    path.MaximumLength = (USHORT)(registry_path->Length + sizeof(suffix));
-    path.Buffer = (PWCH)ExAllocatePoolWithTag(PagedPool, path.MaximumLength, HIL_KM_TAG);
-    if (path.Buffer == NULL)
-        return def;
-    RtlCopyUnicodeString(&path, registry_path);
-    status = RtlAppendUnicodeToString(&path, suffix);
-    if (NT_SUCCESS(status)) {
-        InitializeObjectAttributes(&oa, &path, OBJ_KERNEL_HANDLE | OBJ_CASE_INSENSITIVE, NULL,
-                                   NULL);
-        status = ZwOpenKey(&key, KEY_READ, &oa);
-    }
+    status = HilOpenParameters(registry_path, &key);
     if (NT_SUCCESS(status)) {
         RtlInitUnicodeString(&value_name, name);
         status = ZwQueryValueKey(key, &value_name, KeyValuePartialInformation, info, sizeof(buf),
@@ -33,7 +44,6 @@ ULONG HilReadParamDword(PCUNICODE_STRING registry_path, PCWSTR name, ULONG def)
             RtlCopyMemory(&result, info->Data, sizeof(ULONG));
         ZwClose(key);
     }
-    ExFreePoolWithTag(path.Buffer, HIL_KM_TAG);
     return result;
 }
 

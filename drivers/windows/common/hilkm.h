@@ -8,6 +8,9 @@
 #define HIL_LOG(tag, fmt, ...) \
     DbgPrintEx(DPFLTR_IHVDRIVER_ID, DPFLTR_ERROR_LEVEL, "[" tag "] " fmt "\n", ##__VA_ARGS__)
 
+/* Opens <RegistryPath>\Parameters for reading (a kernel handle the caller ZwCloses). */
+NTSTATUS HilOpenParameters(PCUNICODE_STRING registry_path, HANDLE *key);
+
 /* Reads a REG_DWORD from <RegistryPath>\Parameters; returns def when absent or malformed. */
 ULONG HilReadParamDword(PCUNICODE_STRING registry_path, PCWSTR name, ULONG def);
 
