@@ -119,6 +119,14 @@ def rerun_argument(report: PhaseReport) -> str:
     return report.path + rest
 
 
+def by_test(phases: list[PhaseReport], key=lambda p: p.nodeid) -> dict[str, list[PhaseReport]]:
+    """One attempt's phase reports grouped per test (by node id, or by ``key``)."""
+    grouped: dict[str, list[PhaseReport]] = defaultdict(list)
+    for p in phases:
+        grouped[key(p)].append(p)
+    return grouped
+
+
 def attempt_outcome(phases: list[PhaseReport]) -> tuple[str, PhaseReport | None]:
     """The outcome of one attempt of one test from its phases, and the phase that decided it."""
     by_when = {p.when: p for p in phases}
@@ -160,10 +168,7 @@ def test_results(attempts: list[list[PhaseReport]], folder: Path) -> tuple[list[
     they deployed."""
     per_test: dict[str, list[tuple[str, PhaseReport | None, list[PhaseReport]]]] = defaultdict(list)
     for phases in attempts:
-        grouped: dict[str, list[PhaseReport]] = defaultdict(list)
-        for p in phases:
-            grouped[canonical_name(p.path, p.nodeid)].append(p)
-        for name, test_phases in grouped.items():
+        for name, test_phases in by_test(phases, key=lambda p: canonical_name(p.path, p.nodeid)).items():
             outcome, decisive = attempt_outcome(test_phases)
             per_test[name].append((outcome, decisive, test_phases))
 
@@ -283,11 +288,8 @@ def _existing(p: Path) -> Path | None:
 
 
 def _failed_tests(phases: list[PhaseReport]) -> list[str]:
-    grouped: dict[str, list[PhaseReport]] = defaultdict(list)
-    for p in phases:
-        grouped[p.nodeid].append(p)
     out = []
-    for test_phases in grouped.values():
+    for test_phases in by_test(phases).values():
         outcome, _ = attempt_outcome(test_phases)
         if outcome in (model.FAILED, model.ERROR):
             out.append(rerun_argument(test_phases[0]))
