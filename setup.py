@@ -16,8 +16,24 @@ from setuptools.command.build_py import build_py
 
 BUNDLED = ("drivers", "guests", "suites")  # hil.paths.BUNDLED
 NOT_SHIPPED = shutil.ignore_patterns(
-    "__pycache__", "*.pyc", ".*", "*.o", "*.ko", "*.mod", "*.mod.c", "*.cmd", "Module.symvers",
-    "modules.order", "*.sys", "*.exe", "*.dll", "*.a", "*.so", "build", "out")
+    "__pycache__",
+    "*.pyc",
+    ".*",
+    "*.o",
+    "*.ko",
+    "*.mod",
+    "*.mod.c",
+    "*.cmd",
+    "Module.symvers",
+    "modules.order",
+    "*.sys",
+    "*.exe",
+    "*.dll",
+    "*.a",
+    "*.so",
+    "build",
+    "out",
+)
 
 
 class BuildPyWithBundledFolders(build_py):

@@ -28,7 +28,8 @@ COMMANDS: dict[str, str] = {
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
-        prog="hil", description="kernel-hil: boot real guests, deploy kernel drivers, witness every byte")
+        prog="hil", description="kernel-hil: boot real guests, deploy kernel drivers, witness every byte"
+    )
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
     for name, module_name in COMMANDS.items():
         module = importlib.import_module(module_name)

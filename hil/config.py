@@ -88,22 +88,28 @@ class HilConfig:
     profiles: dict = field(default_factory=dict)  # name -> hil.qualify.profiles.Profile
     source: str = "defaults"
 
-    def validate(self) -> "HilConfig":
+    def validate(self) -> HilConfig:
         if self.accel not in ("auto", "kvm", "tcg"):
-            raise ConfigError(f"{self.source}: accel = {self.accel!r} is not one of auto, kvm, tcg",
-                              'set accel = "auto" (KVM where it really works, TCG otherwise)')
+            raise ConfigError(
+                f"{self.source}: accel = {self.accel!r} is not one of auto, kvm, tcg",
+                'set accel = "auto" (KVM where it really works, TCG otherwise)',
+            )
         lx = self.linux
         if lx.image != "embedded":
-            self._must_exist("linux.image", lx.image, "build the embedded guest instead: image = \"embedded\"")
+            self._must_exist("linux.image", lx.image, 'build the embedded guest instead: image = "embedded"')
             for key in ("kernel", "initrd", "kbuild_dir"):
                 if getattr(lx, key):
                     self._must_exist(f"linux.{key}", getattr(lx, key), f"fix or remove linux.{key}")
         elif lx.kernel or lx.initrd:
-            raise ConfigError(f"{self.source}: linux.kernel/initrd are only for your own image",
-                              'remove them, or set linux.image to your qcow2')
+            raise ConfigError(
+                f"{self.source}: linux.kernel/initrd are only for your own image",
+                "remove them, or set linux.image to your qcow2",
+            )
         if lx.memory_mib < 256 or lx.vcpus < 1:
-            raise ConfigError(f"{self.source}: linux.memory_mib must be >= 256 and linux.vcpus >= 1",
-                              "the default (1024 MiB, 2 vCPUs) suits the embedded guest")
+            raise ConfigError(
+                f"{self.source}: linux.memory_mib must be >= 256 and linux.vcpus >= 1",
+                "the default (1024 MiB, 2 vCPUs) suits the embedded guest",
+            )
         from hil.deploy.artifacts import check_configured
 
         check_configured(self.drivers, self.source)
@@ -119,8 +125,9 @@ def _build(cls, data: dict, where: str, source: str):
     kwargs = {}
     for key, value in data.items():
         if key not in known:
-            raise ConfigError(f"{source}: unknown key {key!r} in {where}",
-                              f"known keys there: {', '.join(sorted(known))}")
+            raise ConfigError(
+                f"{source}: unknown key {key!r} in {where}", f"known keys there: {', '.join(sorted(known))}"
+            )
         if cls is HilConfig and key == "profiles":
             kwargs[key] = _profiles(value, source)
             continue
@@ -134,8 +141,10 @@ def _build(cls, data: dict, where: str, source: str):
         if expected is float and isinstance(value, int) and not isinstance(value, bool):
             value = float(value)
         if not isinstance(value, expected) or (expected is int and isinstance(value, bool)):
-            raise ConfigError(f"{source}: {key} in {where} must be {expected.__name__}, not {type(value).__name__}",
-                              f"for example {key} = {f.default!r}")
+            raise ConfigError(
+                f"{source}: {key} in {where} must be {expected.__name__}, not {type(value).__name__}",
+                f"for example {key} = {f.default!r}",
+            )
         kwargs[key] = value
     return cls(**kwargs)
 
@@ -144,8 +153,10 @@ def _profiles(tables, source: str) -> dict:
     from hil.qualify.profiles import from_table
 
     if not isinstance(tables, dict) or not all(isinstance(t, dict) for t in tables.values()):
-        raise ConfigError(f"{source}: profiles must be tables ([profiles.NAME])",
-                          'write [profiles.mine] with its keys, e.g. markers = "smoke"')
+        raise ConfigError(
+            f"{source}: profiles must be tables ([profiles.NAME])",
+            'write [profiles.mine] with its keys, e.g. markers = "smoke"',
+        )
     return {name: from_table(name, table, source) for name, table in tables.items()}
 
 

@@ -66,13 +66,14 @@ class Lab:
         self.cold_boot_s: float | None = None
 
     # --- session ------------------------------------------------------------------------
-    def start(self) -> "Lab":
+    def start(self) -> Lab:
         with step("lab-start", worker=self.owner.worker):
             self.conn = open_connection(self.config.libvirt_uri)
             swept = sweep(self.conn, runtime_dir())
             if swept.domains or swept.dirs:
-                log.warning("removed leftovers of dead sessions: %d domains, %d folders",
-                            len(swept.domains), len(swept.dirs))
+                log.warning(
+                    "removed leftovers of dead sessions: %d domains, %d folders", len(swept.domains), len(swept.dirs)
+                )
             self.accel = choose_accel(self.requested_accel)
             self.dir = ensure_dir(runtime_dir() / f"{self.owner.session}-{self.owner.worker}")
             (self.dir / OWNER_FILE).write_text(json.dumps(self.owner.as_dict()))
@@ -105,7 +106,7 @@ class Lab:
             self.conn = None
         atexit.unregister(self.close)
 
-    def __enter__(self) -> "Lab":
+    def __enter__(self) -> Lab:
         return self.start()
 
     def __exit__(self, *exc) -> None:
@@ -119,16 +120,19 @@ class Lab:
                 self._image = ensure_linux_image(progress=Progress("image linux"))
             else:
                 self._image = LinuxImage(
-                    dir=Path(lx.image).parent, disk=Path(lx.image),
+                    dir=Path(lx.image).parent,
+                    disk=Path(lx.image),
                     kernel=Path(lx.kernel) if lx.kernel else None,
                     initrd=Path(lx.initrd) if lx.initrd else None,
                     cmdline=lx.cmdline or "root=/dev/vda rw console=ttyS0,115200",
                     kernel_release=kernel_release(Path(lx.kbuild_dir)) if lx.kbuild_dir else "",
-                    kbuild_dir=Path(lx.kbuild_dir) if lx.kbuild_dir else None)
+                    kbuild_dir=Path(lx.kbuild_dir) if lx.kbuild_dir else None,
+                )
             if self._image.kernel_release not in ("", "unknown"):
                 # a team's .ko built for another kernel is refused here, before any guest boots
-                check_kernel(self.config.drivers, self._image.kernel_release, self.config.source,
-                             self._image.kbuild_dir)
+                check_kernel(
+                    self.config.drivers, self._image.kernel_release, self.config.source, self._image.kbuild_dir
+                )
         return self._image
 
     # --- guests -------------------------------------------------------------------------
@@ -138,27 +142,47 @@ class Lab:
     def _overlay(self, backing: Path, name: str) -> Path:
         path = self.dir / f"{name}.qcow2"
         try:
-            subprocess.run(["qemu-img", "create", "-q", "-f", "qcow2", "-F", "qcow2", "-b", str(backing), str(path)],
-                           check=True, capture_output=True, text=True, stdin=subprocess.DEVNULL)
+            subprocess.run(
+                ["qemu-img", "create", "-q", "-f", "qcow2", "-F", "qcow2", "-b", str(backing), str(path)],
+                check=True,
+                capture_output=True,
+                text=True,
+                stdin=subprocess.DEVNULL,
+            )
         except FileNotFoundError:
             raise EnvironmentProblem("qemu-img is not installed", "apt-get install qemu-utils") from None
         except subprocess.CalledProcessError as exc:
-            raise HilError(f"cannot create an overlay on {backing}: {exc.stderr.strip()}",
-                           "check that the image exists and is a qcow2 file") from None
+            raise HilError(
+                f"cannot create an overlay on {backing}: {exc.stderr.strip()}",
+                "check that the image exists and is a qcow2 file",
+            ) from None
         return path
 
     def _linux_spec(self, name: str, disk: Path, instance: str | None = None) -> GuestSpec:
         img = self.linux_image()
-        return GuestSpec(name=name, instance=instance or name, disk=disk,
-                         console_log=self.dir / f"{instance or name}.console.log",
-                         accel=self.accel, memory_mib=self.config.linux.memory_mib,
-                         vcpus=self.config.linux.vcpus, kernel=img.kernel, initrd=img.initrd,
-                         cmdline=img.cmdline if img.kernel else None, owner=self.owner.as_dict())
+        return GuestSpec(
+            name=name,
+            instance=instance or name,
+            disk=disk,
+            console_log=self.dir / f"{instance or name}.console.log",
+            accel=self.accel,
+            memory_mib=self.config.linux.memory_mib,
+            vcpus=self.config.linux.vcpus,
+            kernel=img.kernel,
+            initrd=img.initrd,
+            cmdline=img.cmdline if img.kernel else None,
+            owner=self.owner.as_dict(),
+        )
 
     def _guest(self, spec: GuestSpec) -> Guest:
         img = self.linux_image()
-        g = Guest(self.conn, spec, transcript=self.dir / f"{spec.instance}.agent.log",
-                  kernel_release=img.kernel_release, kbuild_dir=img.kbuild_dir)
+        g = Guest(
+            self.conn,
+            spec,
+            transcript=self.dir / f"{spec.instance}.agent.log",
+            kernel_release=img.kernel_release,
+            kbuild_dir=img.kbuild_dir,
+        )
         self.guests.append(g)
         return g
 

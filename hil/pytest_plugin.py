@@ -46,31 +46,53 @@ PROFILE_KEY = pytest.StashKey[object]()  # hil.qualify.profiles.Profile
 
 def pytest_addoption(parser):
     group = parser.getgroup("hil", "kernel-hil")
-    group.addoption("--hil-config", metavar="FILE", help="hil.toml to use (default: hil.toml or "
-                    "[tool.hil] in pyproject.toml, searched upward from the current folder)")
-    group.addoption("--hil-accel", choices=["auto", "kvm", "tcg"], default=None,
-                    help="accelerator: KVM only where it really works (auto), or force one")
-    group.addoption("--hil-keep-failed", action="store_true",
-                    help="keep a failed test's guest running for debugging and print how to reach it")
-    group.addoption("--hil-artifacts", metavar="DIR",
-                    help="where per-test console logs, agent transcripts and captures go")
-    group.addoption("--hil-profile", metavar="NAME", default=None,
-                    help="the qualification profile whose sizes the suites use (smoke, nightly, "
-                    "prerelease or a [profiles.NAME] of hil.toml; default nightly)")
-    group.addoption("--hil-results", metavar="FILE", default=None,
-                    help="write every test report as a JSON line to FILE (what hil qualify reads)")
+    group.addoption(
+        "--hil-config",
+        metavar="FILE",
+        help="hil.toml to use (default: hil.toml or "
+        "[tool.hil] in pyproject.toml, searched upward from the current folder)",
+    )
+    group.addoption(
+        "--hil-accel",
+        choices=["auto", "kvm", "tcg"],
+        default=None,
+        help="accelerator: KVM only where it really works (auto), or force one",
+    )
+    group.addoption(
+        "--hil-keep-failed",
+        action="store_true",
+        help="keep a failed test's guest running for debugging and print how to reach it",
+    )
+    group.addoption(
+        "--hil-artifacts", metavar="DIR", help="where per-test console logs, agent transcripts and captures go"
+    )
+    group.addoption(
+        "--hil-profile",
+        metavar="NAME",
+        default=None,
+        help="the qualification profile whose sizes the suites use (smoke, nightly, "
+        "prerelease or a [profiles.NAME] of hil.toml; default nightly)",
+    )
+    group.addoption(
+        "--hil-results",
+        metavar="FILE",
+        default=None,
+        help="write every test report as a JSON line to FILE (what hil qualify reads)",
+    )
 
 
 def pytest_configure(config):
-    for marker in ("hil_linux: the test uses a real Linux guest",
-                   "windows: a Windows driver test (Wine or lab)",
-                   "wine: runs the driver for real under Wine on this host",
-                   "windows_lab: needs a real Windows guest (HIL_WINDOWS_IMAGE)",
-                   "hil_windows: the test uses a libvirt Windows guest",
-                   "smoke: part of the smoke profile (boot, deploy, a collector round trip, a crash)",
-                   "soak: runs for the profile's soak_s (deselect with -m 'not soak')",
-                   "expect_crash(kind=None, function=None, timeout=10): the test crashes its guest on "
-                   "purpose; it fails unless a matching crash is detected"):
+    for marker in (
+        "hil_linux: the test uses a real Linux guest",
+        "windows: a Windows driver test (Wine or lab)",
+        "wine: runs the driver for real under Wine on this host",
+        "windows_lab: needs a real Windows guest (HIL_WINDOWS_IMAGE)",
+        "hil_windows: the test uses a libvirt Windows guest",
+        "smoke: part of the smoke profile (boot, deploy, a collector round trip, a crash)",
+        "soak: runs for the profile's soak_s (deselect with -m 'not soak')",
+        "expect_crash(kind=None, function=None, timeout=10): the test crashes its guest on "
+        "purpose; it fails unless a matching crash is detected",
+    ):
         config.addinivalue_line("markers", marker)
     from hil.config import load_config
 
@@ -131,8 +153,10 @@ class DeadWorkerSweeper:
                 tr.write_line(f"kernel-hil: worker {worker} died; its guests could not be swept: {exc}")
             return
         if tr and (swept.domains or swept.dirs):
-            tr.write_line(f"kernel-hil: worker {worker} died; removed its guests {', '.join(swept.domains) or '-'} "
-                          f"and {len(swept.dirs)} runtime folder(s)")
+            tr.write_line(
+                f"kernel-hil: worker {worker} died; removed its guests {', '.join(swept.domains) or '-'} "
+                f"and {len(swept.dirs)} runtime folder(s)"
+            )
 
 
 def _terminate(signum, frame):
@@ -162,9 +186,12 @@ def pytest_sessionfinish(session):
         timeline.dump(TIMELINE.records, worker or "main", folder / f"timeline-{worker or 'main'}.json")
     if worker is None:
         tr = session.config.pluginmanager.get_plugin("terminalreporter")
-        pages = {"timeline": timeline.render(list(folder.glob("timeline-*.json")), folder / "timeline.html"),
-                 "latency histograms": histogram.render_index(
-                     folder, folder / "latency.html", since=session.config.stash.get(SESSION_START_KEY, 0.0))}
+        pages = {
+            "timeline": timeline.render(list(folder.glob("timeline-*.json")), folder / "timeline.html"),
+            "latency histograms": histogram.render_index(
+                folder, folder / "latency.html", since=session.config.stash.get(SESSION_START_KEY, 0.0)
+            ),
+        }
         for what, out in pages.items():
             if out and tr:
                 tr.ensure_newline()
@@ -229,11 +256,13 @@ def linux_guest(request, hil_lab, hil_artifacts):
     hil_lab.discard(guest, keep=keep)
     if keep:
         tr = request.config.pluginmanager.get_plugin("terminalreporter")
-        msg = (f"\nkept guest {guest.name} for {request.node.nodeid}:\n"
-               f"  console: tail -f {guest.spec.console_log}\n"
-               f"  agent:   virsh -c {hil_lab.config.libvirt_uri} qemu-agent-command {guest.name} "
-               "'{\"execute\":\"guest-ping\"}'\n"
-               f"  remove:  hil sweep --kept\n")
+        msg = (
+            f"\nkept guest {guest.name} for {request.node.nodeid}:\n"
+            f"  console: tail -f {guest.spec.console_log}\n"
+            f"  agent:   virsh -c {hil_lab.config.libvirt_uri} qemu-agent-command {guest.name} "
+            '\'{"execute":"guest-ping"}\'\n'
+            f"  remove:  hil sweep --kept\n"
+        )
         if tr:
             tr.write_line(msg)
 
@@ -256,9 +285,13 @@ def _collect_crash_evidence(request, guest, folder: Path) -> None:
     path.write_text("\n\n".join(c.describe(console) for c in crashes))
     first = crashes[0].report
     props = request.node.user_properties
-    props += [("hil_crash_title", first.title), ("hil_crash_kind", first.kind),
-              ("hil_crash_function", first.function), ("hil_crash_expected", str(crashes[0].expected)),
-              ("hil_crash_txt", str(path))]
+    props += [
+        ("hil_crash_title", first.title),
+        ("hil_crash_kind", first.kind),
+        ("hil_crash_function", first.function),
+        ("hil_crash_expected", str(crashes[0].expected)),
+        ("hil_crash_txt", str(path)),
+    ]
 
 
 _GUESTS_KEY = pytest.StashKey[list]()
@@ -318,8 +351,12 @@ def _fail_for_crashes(report, crashes) -> None:
     title = first.title
     text = [f"guest {g.name} crashed: {title}", ""]
     for g2, c in crashes:
-        text += [f"--- {g2.name}: {c.title} (kind {c.report.kind}, function {c.report.function or '-'}, "
-                 f"seen on the {c.source})", *c.report.text.splitlines()[:40], ""]
+        text += [
+            f"--- {g2.name}: {c.title} (kind {c.report.kind}, function {c.report.function or '-'}, "
+            f"seen on the {c.source})",
+            *c.report.text.splitlines()[:40],
+            "",
+        ]
     if report.failed and report.longrepr is not None:
         text += ["--- the test's own error:", str(report.longrepr)[-3000:]]
     report.outcome = "failed"

@@ -27,10 +27,12 @@ TARGET = "/tmp/hil-bench-target"
 
 def add_arguments(parser) -> None:
     parser.add_argument("--execs", type=int, default=1000, help="execs in the storm (default 1000)")
-    parser.add_argument("--rate", type=float, default=20.0,
-                        help="execs per second, 0 = as fast as possible (default 20)")
-    parser.add_argument("--interval", type=float, default=0.05,
-                        help="collector poll interval in seconds (default 0.05)")
+    parser.add_argument(
+        "--rate", type=float, default=20.0, help="execs per second, 0 = as fast as possible (default 20)"
+    )
+    parser.add_argument(
+        "--interval", type=float, default=0.05, help="collector poll interval in seconds (default 0.05)"
+    )
     parser.add_argument("--accel", choices=["auto", "kvm", "tcg"], default=None)
 
 
@@ -60,8 +62,7 @@ def measure(guest, execs: int, rate: float, interval: float) -> dict:
                 except AssertionError:
                     pass  # counted as lost below
             collector.flush()
-            lat_us = [int(x) for x in guest.read_file("/proc/hil_agent_latency_us").decode().split()
-                      if x.isdigit()]
+            lat_us = [int(x) for x in guest.read_file("/proc/hil_agent_latency_us").decode().split() if x.isdigit()]
             storm = set(pids)
             created = [r for r in collector.records(kind="created", image_path=TARGET) if r.pid in storm]
             exited = {r.pid for r in collector.records(kind="exited") if r.pid in storm}

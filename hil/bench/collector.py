@@ -25,12 +25,13 @@ HELP = "stream valid records into the collector over loopback; records/s vs a ra
 
 
 def add_arguments(parser) -> None:
-    parser.add_argument("--records", type=int, default=3_000_000,
-                        help="records to stream (default 3,000,000)")
-    parser.add_argument("--path-len", type=int, default=40,
-                        help="image path length in bytes (default 40, a typical Windows path)")
-    parser.add_argument("--keep", type=int, default=200_000,
-                        help="records the collector keeps in memory (default 200,000)")
+    parser.add_argument("--records", type=int, default=3_000_000, help="records to stream (default 3,000,000)")
+    parser.add_argument(
+        "--path-len", type=int, default=40, help="image path length in bytes (default 40, a typical Windows path)"
+    )
+    parser.add_argument(
+        "--keep", type=int, default=200_000, help="records the collector keeps in memory (default 200,000)"
+    )
 
 
 # ---------------------------------------------------------------------------- sender process
@@ -45,8 +46,9 @@ def _records_frame(path_len: int) -> tuple[bytes, int]:
     recs, size, pid = [], 0, 1000
     while True:
         path = (f"C:\\Windows\\System32\\p{pid}-" + "x" * path_len)[:path_len]
-        rec = encode_process_record("created" if pid % 2 else "exited", pid, path, pid * 7,
-                                    hashlib.sha256(str(pid).encode()).digest())
+        rec = encode_process_record(
+            "created" if pid % 2 else "exited", pid, path, pid * 7, hashlib.sha256(str(pid).encode()).digest()
+        )
         if size + len(rec) > MAX_PAYLOAD:
             break
         recs.append(rec)
@@ -255,8 +257,10 @@ def run(args) -> int:
     print(f"raw_read_cpu_seconds: {_CPU.get('raw', float('nan')):.3f}")
     print(f"raw_read_bytes_per_s: {raw_rate:.0f}")
     print(f"decode_over_raw: {raw_s / dec_s:.3f}")
-    print(f"raw_asyncio_read_bytes_per_s: {total_bytes / raw_async_s:.0f}  "
-          "# same bytes, asyncio protocol that discards them")
+    print(
+        f"raw_asyncio_read_bytes_per_s: {total_bytes / raw_async_s:.0f}  "
+        "# same bytes, asyncio protocol that discards them"
+    )
     print(f"decode_over_raw_asyncio: {raw_async_s / dec_s:.3f}")
     print(f"records_kept_in_memory: {kept}")
     print(f"records_evicted: {st.evicted}")
@@ -264,8 +268,7 @@ def run(args) -> int:
     for mark in sorted(samples):
         print(f"rss_mib_at_{mark}pct: {samples[mark]:.1f}")
     print(f"peak_rss_mib: {_peak_rss_mib():.1f}")
-    print(f"materialize_records_per_s: {len(raws) / mat_s:.0f}  "
-          "# Record objects built on query, not on receive")
+    print(f"materialize_records_per_s: {len(raws) / mat_s:.0f}  # Record objects built on query, not on receive")
     print(f"target_records_per_s_met: {rate >= 1_000_000}")
     print(f"target_decode_over_raw_met: {raw_s / dec_s >= 0.5}")
     return 0

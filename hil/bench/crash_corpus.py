@@ -61,8 +61,10 @@ def load_case(path: Path) -> Case:
 
 
 def load_corpus(directory: Path) -> list[Case]:
-    files = sorted((p for p in directory.iterdir() if p.is_file() and not p.name.startswith(("README", "."))),
-                   key=lambda p: (len(p.name), p.name))
+    files = sorted(
+        (p for p in directory.iterdir() if p.is_file() and not p.name.startswith(("README", "."))),
+        key=lambda p: (len(p.name), p.name),
+    )
     return [load_case(p) for p in files]
 
 
@@ -115,8 +117,12 @@ def evaluate(directory: Path) -> tuple[dict[str, float], list[Result]]:
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--corpus", type=Path, default=None,
-                        help="directory of annotated console logs (default: testdata/crash-logs/linux in the shared folder; HIL_SHARED_DIR)")
+    parser.add_argument(
+        "--corpus",
+        type=Path,
+        default=None,
+        help="directory of annotated console logs (default: testdata/crash-logs/linux in the shared folder; HIL_SHARED_DIR)",
+    )
     parser.add_argument("-v", "--verbose", action="store_true", help="list the misses")
 
 
@@ -132,8 +138,9 @@ def run(args) -> int:
         print(f"{key}: {value:.4f}")
     if args.verbose:
         for r in results:
-            what = [n for n, ok in (("detect", r.detect_ok), ("kind", r.kind_ok), ("function", r.func_ok))
-                    if ok is False]
+            what = [
+                n for n, ok in (("detect", r.detect_ok), ("kind", r.kind_ok), ("function", r.func_ok)) if ok is False
+            ]
             if what:
                 expected = r.case.titles[0] if r.case.crash else "no crash"
                 print(f"miss {r.case.name} [{','.join(what)}]: got {r.title!r}, expected {expected!r}")

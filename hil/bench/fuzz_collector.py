@@ -40,13 +40,12 @@ HELP = "fuzz a live collector with mutated frames (no crash, no valid record los
 
 
 def add_arguments(parser) -> None:
-    parser.add_argument("--frames", type=int, default=1_000_000,
-                        help="frames to send (default 1,000,000)")
-    parser.add_argument("--per-conn", type=int, default=50,
-                        help="frames per fuzz connection (default 50)")
+    parser.add_argument("--frames", type=int, default=1_000_000, help="frames to send (default 1,000,000)")
+    parser.add_argument("--per-conn", type=int, default=50, help="frames per fuzz connection (default 50)")
     parser.add_argument("--seed", type=int, default=1, help="random seed (default 1)")
-    parser.add_argument("--clean-agents", type=int, default=2,
-                        help="well-behaved reference agents running meanwhile (default 2)")
+    parser.add_argument(
+        "--clean-agents", type=int, default=2, help="well-behaved reference agents running meanwhile (default 2)"
+    )
 
 
 # ---------------------------------------------------------------------------- generation
@@ -90,7 +89,7 @@ def mutate(rng: random.Random, data: bytes) -> bytes:
     elif op == 2:  # a header byte
         b[rng.randrange(min(8, len(b)))] = rng.randrange(256)
     elif op == 3:  # truncation
-        del b[rng.randrange(len(b)):]
+        del b[rng.randrange(len(b)) :]
     elif op == 4:  # insertion
         pos = rng.randrange(len(b) + 1)
         b[pos:pos] = rng.randbytes(rng.randrange(1, 17))
@@ -98,11 +97,11 @@ def mutate(rng: random.Random, data: bytes) -> bytes:
         b[4:8] = struct.pack("<I", rng.choice(_LENGTHS + (rng.randrange(1 << 32),)) & 0xFFFFFFFF)
     elif op == 6 and len(b) > 10:  # a u16 inside the payload (record type/len/field len)
         pos = rng.randrange(8, len(b) - 1)
-        b[pos:pos + 2] = struct.pack("<H", rng.choice(_LENGTHS[:-1]) & 0xFFFF)
+        b[pos : pos + 2] = struct.pack("<H", rng.choice(_LENGTHS[:-1]) & 0xFFFF)
     elif op == 7:  # garbage
         return rng.randbytes(rng.randrange(1, 100))
     elif op == 8:  # duplication of a piece
-        b += b[:rng.randrange(len(b) + 1)]
+        b += b[: rng.randrange(len(b) + 1)]
     else:  # a mutated frame that is still valid
         return data
     return bytes(b)
@@ -171,8 +170,9 @@ class _ValidMutator:
         return encode_frame(RECORDS, b"".join(parts)), recs
 
 
-def fuzz(collector, frames: int, *, per_conn: int = 50, seed: int = 1,
-         clean_agents: int = 2, deadline_s: float | None = None) -> FuzzResult:
+def fuzz(
+    collector, frames: int, *, per_conn: int = 50, seed: int = 1, clean_agents: int = 2, deadline_s: float | None = None
+) -> FuzzResult:
     """Run the fuzz against a started collector; returns what happened (see FuzzResult).
 
     Each connection: HELLO, ``per_conn - 1`` value-mutated RECORDS frames (all must be
@@ -185,8 +185,9 @@ def fuzz(collector, frames: int, *, per_conn: int = 50, seed: int = 1,
     valid = _ValidMutator(rng)
     res = FuzzResult()
     t0 = time.monotonic()
-    clean = [ReferenceAgent(f"clean-{i}", kind="py-ref", os="fuzz").connect(collector.address)
-             for i in range(clean_agents)]
+    clean = [
+        ReferenceAgent(f"clean-{i}", kind="py-ref", os="fuzz").connect(collector.address) for i in range(clean_agents)
+    ]
     clean_made: list[list[int]] = [[] for _ in clean]
     expected: dict[str, list[bytes]] = {}
     pid = 1 << 31
@@ -260,8 +261,7 @@ def _wait_quiet(collector, timeout: float) -> None:
     """Until only the clean agents' connections remain open (every fuzz one processed)."""
     end = time.monotonic() + timeout
     while time.monotonic() < end:
-        if all(conn.agent is not None and conn.agent.host.startswith("clean-")
-               for conn in list(collector._conns)):
+        if all(conn.agent is not None and conn.agent.host.startswith("clean-") for conn in list(collector._conns)):
             return
         time.sleep(0.05)
 
@@ -285,24 +285,27 @@ def _check(collector, res: FuzzResult, expected, clean, clean_made) -> None:
             by_host.setdefault(agent.host, []).extend(raws)
     res.records_stored = sum(len(v) for v in by_host.values())
     for host, want in expected.items():
-        got = by_host.get(host, [])[:len(want)]
+        got = by_host.get(host, [])[: len(want)]
         res.records_expected += len(want)
         if got != want:
             lost = len(set(want) - set(got)) or 1
             res.records_missing += lost
             if len(res.failures) < 5:
-                why = [f"{e.error}: {e.message}" for e in collector.errors()
-                       if e.agent is not None and e.agent.host == host]
-                res.failures.append(f"{host}: {lost} valid record(s) lost or reordered; "
-                                    f"collector said: {why or 'nothing'}")
-    for agent, made in zip(clean, clean_made):
+                why = [
+                    f"{e.error}: {e.message}"
+                    for e in collector.errors()
+                    if e.agent is not None and e.agent.host == host
+                ]
+                res.failures.append(
+                    f"{host}: {lost} valid record(s) lost or reordered; collector said: {why or 'nothing'}"
+                )
+    for agent, made in zip(clean, clean_made, strict=True):
         got = [r.pid for r in collector.records(agent=agent.host)]
         res.clean_records_expected += len(made)
         res.clean_records_missing += len(set(made) - set(got))
         res.clean_records_duplicated += len(got) - len(set(got))
         if got != made:
-            res.failures.append(f"{agent.host}: {len(made)} records made, {len(got)} stored"
-                                " (or out of order)")
+            res.failures.append(f"{agent.host}: {len(made)} records made, {len(got)} stored (or out of order)")
     if not res.alive_after:
         res.failures.append("collector did not accept a new agent after the fuzz")
 
@@ -315,13 +318,23 @@ def run(args) -> int:
 
     logging.getLogger("hil.collector").setLevel(logging.ERROR)
     with Collector(interval=0.2, max_records=None) as c:
-        res = fuzz(c, args.frames, per_conn=args.per_conn, seed=args.seed,
-                   clean_agents=args.clean_agents)
-    for key in ("frames_sent", "value_mutated_frames", "arbitrary_mutated_frames", "connections",
-                "bytes_sent", "frames_decoded", "protocol_errors",
-                "records_expected", "records_missing", "clean_records_expected",
-                "clean_records_missing", "clean_records_duplicated", "records_stored",
-                "alive_after"):
+        res = fuzz(c, args.frames, per_conn=args.per_conn, seed=args.seed, clean_agents=args.clean_agents)
+    for key in (
+        "frames_sent",
+        "value_mutated_frames",
+        "arbitrary_mutated_frames",
+        "connections",
+        "bytes_sent",
+        "frames_decoded",
+        "protocol_errors",
+        "records_expected",
+        "records_missing",
+        "clean_records_expected",
+        "clean_records_missing",
+        "clean_records_duplicated",
+        "records_stored",
+        "alive_after",
+    ):
         print(f"{key}: {getattr(res, key)}")
     print(f"seconds: {res.seconds:.1f}")
     print(f"frames_per_s: {res.frames_sent / max(res.seconds, 1e-9):.0f}")

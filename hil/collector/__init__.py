@@ -11,5 +11,13 @@ from hil.collector.store import (
     UnexpectedRecord,
 )
 
-__all__ = ["AgentId", "AgentStats", "Collector", "ProtocolErrorEvent", "RecordTimeout",
-           "RecordsEvicted", "ReferenceAgent", "UnexpectedRecord"]
+__all__ = [
+    "AgentId",
+    "AgentStats",
+    "Collector",
+    "ProtocolErrorEvent",
+    "RecordTimeout",
+    "RecordsEvicted",
+    "ReferenceAgent",
+    "UnexpectedRecord",
+]

@@ -32,8 +32,9 @@ class ReferenceAgent:
     """A protocol-v1 agent. ``buffer_bytes`` bounds the saved-records buffer; ``token`` is the
     shared secret its HELLO carries (for a collector made with ``token=``)."""
 
-    def __init__(self, host: str, kind: str = "py-ref", os: str = "python",
-                 buffer_bytes: int = 1 << 20, token: str | bytes = b""):
+    def __init__(
+        self, host: str, kind: str = "py-ref", os: str = "python", buffer_bytes: int = 1 << 20, token: str | bytes = b""
+    ):
         self.host = host
         self.kind = kind
         self.os = os
@@ -52,8 +53,9 @@ class ReferenceAgent:
 
     # ------------------------------------------------------------------ recording
 
-    def record(self, kind: str, pid: int, image_path: str | bytes, image_size: int = 0,
-               sha256: bytes = NO_SHA256) -> bool:
+    def record(
+        self, kind: str, pid: int, image_path: str | bytes, image_size: int = 0, sha256: bytes = NO_SHA256
+    ) -> bool:
         """Save one process record; False if the buffer is full (counted as dropped)."""
         raw = encode_process_record(kind, pid, image_path, image_size, sha256)
         with self._lock:
@@ -64,12 +66,10 @@ class ReferenceAgent:
             self._saved_bytes += len(raw)
             return True
 
-    def created(self, pid: int, image_path: str | bytes, image_size: int = 0,
-                sha256: bytes = NO_SHA256) -> bool:
+    def created(self, pid: int, image_path: str | bytes, image_size: int = 0, sha256: bytes = NO_SHA256) -> bool:
         return self.record("created", pid, image_path, image_size, sha256)
 
-    def exited(self, pid: int, image_path: str | bytes, image_size: int = 0,
-               sha256: bytes = NO_SHA256) -> bool:
+    def exited(self, pid: int, image_path: str | bytes, image_size: int = 0, sha256: bytes = NO_SHA256) -> bool:
         return self.record("exited", pid, image_path, image_size, sha256)
 
     @property
@@ -79,13 +79,14 @@ class ReferenceAgent:
 
     # ------------------------------------------------------------------ connection
 
-    def connect(self, address: tuple[str, int], timeout: float = 10.0,
-                hello: bool = True) -> ReferenceAgent:
+    def connect(self, address: tuple[str, int], timeout: float = 10.0, hello: bool = True) -> ReferenceAgent:
         try:
             sock = socket.create_connection(address, timeout=timeout)
         except OSError as exc:
-            raise HilError(f"agent {self.host}: cannot connect to collector {address}: {exc}",
-                           "start the collector first and use its .address") from exc
+            raise HilError(
+                f"agent {self.host}: cannot connect to collector {address}: {exc}",
+                "start the collector first and use its .address",
+            ) from exc
         sock.settimeout(None)
         sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         self._sock = sock
@@ -93,8 +94,7 @@ class ReferenceAgent:
         self.error = None
         if hello:
             sock.sendall(encode_hello(self.kind, self.os, self.host, token=self.token))
-        self._reader = threading.Thread(target=self._serve, args=(sock,),
-                                        name=f"ref-agent-{self.host}", daemon=True)
+        self._reader = threading.Thread(target=self._serve, args=(sock,), name=f"ref-agent-{self.host}", daemon=True)
         self._reader.start()
         return self
 
@@ -131,8 +131,8 @@ class ReferenceAgent:
                 for frame in decoder.feed(data):
                     if type(frame) is not Request:
                         raise ProtocolError(
-                            f"collector sent a {type(frame).__name__} frame; only REQUEST "
-                            "goes collector -> agent")
+                            f"collector sent a {type(frame).__name__} frame; only REQUEST goes collector -> agent"
+                        )
                     self._answer(sock, frame.request_id)
         except (OSError, ProtocolError) as exc:
             if self._sock is sock:  # not closed by us: remember why

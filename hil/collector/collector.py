@@ -27,10 +27,6 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
-from hil.errors import EnvironmentProblem, HilError
-from hil.protocol import MAX_TOKEN
-from hil.protocol.records import Record
-
 from hil.collector.connection import READ_BUFFER, AgentConnection, LogLimiter
 from hil.collector.store import (
     AgentId,
@@ -44,13 +40,18 @@ from hil.collector.store import (
     field_matches,
     normalize_fields,
 )
+from hil.errors import EnvironmentProblem, HilError
+from hil.protocol import MAX_TOKEN
+from hil.protocol.records import Record
 
 log = logging.getLogger("hil.collector")
 _TICK = 0.1
 _AUTO = object()
-_EVICTED_FIX = ("raise the collector's caps (max_records, max_bytes, agent_max_records, "
-                "agent_max_bytes) or query before the agent floods it; stats(agent).evicted "
-                "counts what was lost")
+_EVICTED_FIX = (
+    "raise the collector's caps (max_records, max_bytes, agent_max_records, "
+    "agent_max_bytes) or query before the agent floods it; stats(agent).evicted "
+    "counts what was lost"
+)
 
 
 class Collector:
@@ -98,18 +99,23 @@ class Collector:
         reply_timeout: float = 60.0,
     ):
         if interval <= 0:
-            raise HilError(f"collector poll interval must be > 0, got {interval}",
-                           "pass interval in seconds, e.g. 0.5")
+            raise HilError(f"collector poll interval must be > 0, got {interval}", "pass interval in seconds, e.g. 0.5")
         if max_agents is _AUTO:
             max_agents = None if max_records is None else 4096
-        for name, value in (("max_connections", max_connections),
-                            ("max_connections_per_peer", max_connections_per_peer),
-                            ("max_agents", max_agents), ("max_records", max_records),
-                            ("max_bytes", max_bytes), ("agent_max_records", agent_max_records),
-                            ("agent_max_bytes", agent_max_bytes)):
+        for name, value in (
+            ("max_connections", max_connections),
+            ("max_connections_per_peer", max_connections_per_peer),
+            ("max_agents", max_agents),
+            ("max_records", max_records),
+            ("max_bytes", max_bytes),
+            ("agent_max_records", agent_max_records),
+            ("agent_max_bytes", agent_max_bytes),
+        ):
             if value is not None and value < 1:
-                raise HilError(f"collector {name} must be >= 1, got {value}",
-                               f"pass a positive {name} (or None where no cap is allowed)")
+                raise HilError(
+                    f"collector {name} must be >= 1, got {value}",
+                    f"pass a positive {name} (or None where no cap is allowed)",
+                )
         self.host = host
         self.port = port
         self.interval = interval
@@ -187,8 +193,7 @@ class Collector:
         loop = asyncio.new_event_loop()
         self._loop = loop
         try:
-            self._server = loop.run_until_complete(
-                loop.create_server(self._new_connection, self.host, self.port))
+            self._server = loop.run_until_complete(loop.create_server(self._new_connection, self.host, self.port))
         except OSError as exc:
             self._start_error = exc
             self._started.set()
@@ -281,6 +286,7 @@ class Collector:
             for conn in list(self._conns):
                 if conn.agent is not None and not conn.outstanding:
                     conn.request()
+
         loop.call_soon_threadsafe(_go)
 
     def _require_loop(self) -> asyncio.AbstractEventLoop:
@@ -306,13 +312,13 @@ class Collector:
             return found[0]
         if not found:
             raise HilError(
-                f"no agent with host name {agent!r} has connected; known: "
-                + (", ".join(map(str, known)) or "none"),
-                "wait_for_agent(host=...) first, or check the guest reaches the collector at "
-                f"10.0.2.2:{self.port}",
+                f"no agent with host name {agent!r} has connected; known: " + (", ".join(map(str, known)) or "none"),
+                f"wait_for_agent(host=...) first, or check the guest reaches the collector at 10.0.2.2:{self.port}",
             )
-        raise HilError(f"host name {agent!r} matches {len(found)} agents: "
-                       + ", ".join(map(str, found)), "pass the AgentId instead of the host name")
+        raise HilError(
+            f"host name {agent!r} matches {len(found)} agents: " + ", ".join(map(str, found)),
+            "pass the AgentId instead of the host name",
+        )
 
     def stats(self, agent: AgentId | str) -> AgentStats:
         aid = self.resolve_agent(agent)
@@ -343,8 +349,7 @@ class Collector:
         with self._store.cond:
             return list(self._capture_files)
 
-    def follow(self, stop: threading.Event | None = None,
-               poll: float = 0.5) -> Iterator[Record]:
+    def follow(self, stop: threading.Event | None = None, poll: float = 0.5) -> Iterator[Record]:
         """Yield every record as it arrives (from the first one on) until ``stop`` is set."""
         start = 0
         store = self._store
@@ -362,12 +367,20 @@ class Collector:
         aid = self.resolve_agent(agent) if agent is not None else None
         want = normalize_fields(fields)
         with self._store.cond:
-            return [r for _, r in self._store.iter_records(agent=aid)
-                    if all(field_matches(r, k, v) for k, v in want.items())]
+            return [
+                r
+                for _, r in self._store.iter_records(agent=aid)
+                if all(field_matches(r, k, v) for k, v in want.items())
+            ]
 
-    def wait_for(self, predicate: Callable[[Record], bool] | None = None, *,
-                 timeout: float = 10.0, agent: AgentId | str | None = None,
-                 **fields: Any) -> Record:
+    def wait_for(
+        self,
+        predicate: Callable[[Record], bool] | None = None,
+        *,
+        timeout: float = 10.0,
+        agent: AgentId | str | None = None,
+        **fields: Any,
+    ) -> Record:
         """The first record (oldest first) matching every field (exact value, or a callable
         applied to the field) and ``predicate``; waits up to ``timeout`` seconds for it.
 
@@ -381,8 +394,7 @@ class Collector:
             want["agent"] = agent
 
         def match(r: Record) -> bool:
-            return all(field_matches(r, k, v) for k, v in want.items()) and (
-                predicate is None or bool(predicate(r)))
+            return all(field_matches(r, k, v) for k, v in want.items()) and (predicate is None or bool(predicate(r)))
 
         only_agent = want.get("agent") if isinstance(want.get("agent"), AgentId) else None
         only_host = want.get("host") if isinstance(want.get("host"), str) else None
@@ -404,12 +416,18 @@ class Collector:
             lost = store.evictions(only_agent, only_host)
             if lost:
                 raise RecordsEvicted(
-                    f"{message}\nthe record may have been evicted: " + _describe_lost(lost),
-                    _EVICTED_FIX)
+                    f"{message}\nthe record may have been evicted: " + _describe_lost(lost), _EVICTED_FIX
+                )
             raise RecordTimeout(message, self._timeout_fix())
 
-    def assert_none(self, *, agent: AgentId | str | None = None, flush: bool = True,
-                    predicate: Callable[[Record], bool] | None = None, **fields: Any) -> None:
+    def assert_none(
+        self,
+        *,
+        agent: AgentId | str | None = None,
+        flush: bool = True,
+        predicate: Callable[[Record], bool] | None = None,
+        **fields: Any,
+    ) -> None:
         """Fail if any record received so far matches (after a flush of every agent)."""
         if flush:
             self.flush()
@@ -419,8 +437,7 @@ class Collector:
         query = describe_query(normalize_fields(fields), predicate)
         if found:
             raise UnexpectedRecord(
-                f"{len(found)} record(s) match {query}, expected none:\n"
-                + "\n".join(f"  {r}" for r in found[:10]),
+                f"{len(found)} record(s) match {query}, expected none:\n" + "\n".join(f"  {r}" for r in found[:10]),
                 "the driver reported an event the test says must not happen",
             )
         aid = self.resolve_agent(agent) if agent is not None else None
@@ -430,31 +447,31 @@ class Collector:
         if lost:
             raise RecordsEvicted(
                 f"assert_none({query}) cannot tell: records it would have checked were "
-                "evicted: " + _describe_lost(lost), _EVICTED_FIX)
+                "evicted: " + _describe_lost(lost),
+                _EVICTED_FIX,
+            )
 
-    def wait_for_agent(self, host: str | None = None, *, kind: str | None = None,
-                       timeout: float = 30.0) -> AgentId:
+    def wait_for_agent(self, host: str | None = None, *, kind: str | None = None, timeout: float = 30.0) -> AgentId:
         """Wait until an agent (with this host name / kind) is connected; returns its id."""
         deadline = time.monotonic() + timeout
         store = self._store
         with store.cond:
             while True:
                 for aid, st in store.stats.items():
-                    if st.connected and (host is None or aid.host == host) and (
-                            kind is None or aid.kind == kind):
+                    if st.connected and (host is None or aid.host == host) and (kind is None or aid.kind == kind):
                         return aid
                 left = deadline - time.monotonic()
                 if left <= 0:
                     break
                 store.cond.wait(left)
-            seen = ", ".join(f"{a} ({'connected' if s.connected else 'disconnected'})"
-                             for a, s in store.stats.items()) or "none"
+            seen = (
+                ", ".join(f"{a} ({'connected' if s.connected else 'disconnected'})" for a, s in store.stats.items())
+                or "none"
+            )
             errs = len(store.errors)
-        want = " ".join(filter(None, [f"host={host!r}" if host else "",
-                                      f"kind={kind!r}" if kind else ""])) or "any"
+        want = " ".join(filter(None, [f"host={host!r}" if host else "", f"kind={kind!r}" if kind else ""])) or "any"
         raise RecordTimeout(
-            f"no agent ({want}) connected within {timeout:g} s; agents seen: {seen}; "
-            f"protocol errors: {errs}",
+            f"no agent ({want}) connected within {timeout:g} s; agents seen: {seen}; protocol errors: {errs}",
             f"check the agent runs and reaches the collector at 10.0.2.2:{self.port} "
             f"(guest) / {self.host}:{self.port} (host)",
         )
@@ -470,30 +487,41 @@ class Collector:
             scored.append((score, rec))
         scored.sort(key=lambda x: -x[0])
         nearest = scored[:5]
-        agents = ", ".join(f"{a} ({s.records} records"
-                           f"{f', {s.evicted} evicted' if s.evicted else ''}"
-                           f"{', connected' if s.connected else ', disconnected'})"
-                           for a, s in list(store.stats.items())[:20]) or "no agent connected"
+        agents = (
+            ", ".join(
+                f"{a} ({s.records} records"
+                f"{f', {s.evicted} evicted' if s.evicted else ''}"
+                f"{', connected' if s.connected else ', disconnected'})"
+                for a, s in list(store.stats.items())[:20]
+            )
+            or "no agent connected"
+        )
         if len(store.stats) > 20:
             agents += f" and {len(store.stats) - 20} more"
-        lines = [f"no record matching {describe_query(want, predicate)} within {timeout:g} s; "
-                 f"{total} records seen from: {agents}"]
+        lines = [
+            f"no record matching {describe_query(want, predicate)} within {timeout:g} s; "
+            f"{total} records seen from: {agents}"
+        ]
         if store.errors:
-            lines.append(f"protocol errors: {len(store.errors)}, last: "
-                         f"{store.errors[-1].error}: {store.errors[-1].message}")
+            lines.append(
+                f"protocol errors: {len(store.errors)}, last: {store.errors[-1].error}: {store.errors[-1].message}"
+            )
         if nearest:
             lines.append(f"nearest records (fields matched out of {len(want)}):")
             lines += [f"  [{score}/{len(want)}] {rec}" for score, rec in nearest]
         return "\n".join(lines)
 
     def _timeout_fix(self) -> str:
-        return (f"check the driver is loaded and the agent is connected to port {self.port}; "
-                "records arrive when the collector polls (interval) or on flush()")
+        return (
+            f"check the driver is loaded and the agent is connected to port {self.port}; "
+            "records arrive when the collector polls (interval) or on flush()"
+        )
 
 
 def _describe_lost(lost: list[tuple[str, int]]) -> str:
     return "; ".join(f"{who} lost {n} record(s)" for who, n in lost[:10]) + (
-        f"; and {len(lost) - 10} more agents" if len(lost) > 10 else "")
+        f"; and {len(lost) - 10} more agents" if len(lost) > 10 else ""
+    )
 
 
 def _check_token(token: str | bytes | None) -> bytes | None:
@@ -503,6 +531,8 @@ def _check_token(token: str | bytes | None) -> bytes | None:
         return None
     raw = token.encode("utf-8") if isinstance(token, str) else bytes(token)
     if not 1 <= len(raw) <= MAX_TOKEN:
-        raise HilError(f"collector token must be 1..{MAX_TOKEN} bytes, got {len(raw)}",
-                       "pass a shorter secret, or token=None to accept agents without one")
+        raise HilError(
+            f"collector token must be 1..{MAX_TOKEN} bytes, got {len(raw)}",
+            "pass a shorter secret, or token=None to accept agents without one",
+        )
     return raw

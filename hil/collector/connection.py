@@ -13,6 +13,7 @@ from collections import deque
 from pathlib import Path
 from typing import TYPE_CHECKING, BinaryIO
 
+from hil.collector.store import AgentId, AgentStats, ProtocolErrorEvent
 from hil.protocol import (
     End,
     Hello,
@@ -26,8 +27,6 @@ from hil.protocol import (
     UnexpectedFrame,
     encode_request,
 )
-
-from hil.collector.store import AgentId, AgentStats, ProtocolErrorEvent
 
 if TYPE_CHECKING:
     from hil.collector.collector import Collector
@@ -63,8 +62,10 @@ class LogLimiter:
         if now - self.window < 1.0:
             return
         if self.held_back:
-            self.log.warning("%d more warnings about peers held back in the last second "
-                             "(see Collector.errors() and error_counts())", self.held_back)
+            self.log.warning(
+                "%d more warnings about peers held back in the last second (see Collector.errors() and error_counts())",
+                self.held_back,
+            )
         self.window, self.sent, self.held_back = now, 0, 0
 
 
@@ -109,36 +110,50 @@ class AgentConnection(asyncio.BufferedProtocol):
         c = self.c
         from_peer = c._peer_conns.get(self.peer_host, 0)
         if len(c._conns) >= c.max_connections:
-            self._refuse(f"{len(c._conns)} connections are open, the cap in total "
-                         f"(max_connections={c.max_connections})")
+            self._refuse(
+                f"{len(c._conns)} connections are open, the cap in total (max_connections={c.max_connections})"
+            )
             return
         if from_peer >= c.max_connections_per_peer:
-            self._refuse(f"{from_peer} connections from {self.peer_host} are open, the cap per "
-                         f"peer (max_connections_per_peer={c.max_connections_per_peer})")
+            self._refuse(
+                f"{from_peer} connections from {self.peer_host} are open, the cap per "
+                f"peer (max_connections_per_peer={c.max_connections_per_peer})"
+            )
             return
         self.accepted = True
         c._peer_conns[self.peer_host] = from_peer + 1
         c._conns.add(self)
-        if c.capture_dir is not None and len(c._capture_files) < c.max_capture_files \
-                and c._capture_total < c.capture_budget:
+        if (
+            c.capture_dir is not None
+            and len(c._capture_files) < c.max_capture_files
+            and c._capture_total < c.capture_budget
+        ):
             self.capture_path = c.capture_dir / f"conn{self.seq:04d}-{_safe(self.peer)}.bin"
             self.capture = open(self.capture_path, "wb")
             c._capture_files.append(self.capture_path)
         elif c.capture_dir is not None and not c._capture_full:
             c._capture_full = True
-            log.warning("capture budget used up (%d files, %d bytes; caps max_capture_files=%d, "
-                        "capture_budget=%d): connection %d and later ones are not captured",
-                        len(c._capture_files), c._capture_total, c.max_capture_files,
-                        c.capture_budget, self.seq)
+            log.warning(
+                "capture budget used up (%d files, %d bytes; caps max_capture_files=%d, "
+                "capture_budget=%d): connection %d and later ones are not captured",
+                len(c._capture_files),
+                c._capture_total,
+                c.max_capture_files,
+                c.capture_budget,
+                self.seq,
+            )
         log.debug("connection %d from %s", self.seq, self.peer)
 
     def _refuse(self, why: str) -> None:
         """Close a connection beyond the caps at once, before it costs anything."""
-        self.fail(ResourceLimit(
-            f"connection refused: {why}",
-            "close idle agent connections, or raise the collector's connection caps; guests "
-            "behind QEMU user networking all connect from 127.0.0.1 (a token keeps out "
-            "processes that are not agents)"))
+        self.fail(
+            ResourceLimit(
+                f"connection refused: {why}",
+                "close idle agent connections, or raise the collector's connection caps; guests "
+                "behind QEMU user networking all connect from 127.0.0.1 (a token keeps out "
+                "processes that are not agents)",
+            )
+        )
 
     def get_buffer(self, sizehint: int) -> memoryview:
         return self.c.read_buffer()
@@ -198,8 +213,8 @@ class AgentConnection(asyncio.BufferedProtocol):
         if not self.outstanding:
             raise UnexpectedFrame(
                 "RECORDS frame with no REQUEST outstanding: agents send records only when asked"
-                if self.agent is not None else
-                "RECORDS frame before HELLO: an agent must say HELLO first"
+                if self.agent is not None
+                else "RECORDS frame before HELLO: an agent must say HELLO first"
             )
         self.batch_count += frame.count
 
@@ -209,9 +224,7 @@ class AgentConnection(asyncio.BufferedProtocol):
     def _on_frame(self, frame) -> None:
         if self.agent is None:
             if type(frame) is not Hello:
-                raise UnexpectedFrame(
-                    f"first frame is {type(frame).__name__.upper()}, not HELLO"
-                )
+                raise UnexpectedFrame(f"first frame is {type(frame).__name__.upper()}, not HELLO")
             self._on_hello(frame)
             return
         if type(frame) is End:
@@ -219,21 +232,16 @@ class AgentConnection(asyncio.BufferedProtocol):
                 raise UnexpectedFrame(f"END {frame.request_id} with no REQUEST outstanding")
             rid, _, fut = self.outstanding[0]
             if frame.request_id != rid:
-                raise UnexpectedFrame(
-                    f"END answers request {frame.request_id}; the oldest outstanding is {rid}"
-                )
+                raise UnexpectedFrame(f"END answers request {frame.request_id}; the oldest outstanding is {rid}")
             if frame.count != self.batch_count:
-                raise UnexpectedFrame(
-                    f"END {rid} says {frame.count} records; {self.batch_count} were received"
-                )
+                raise UnexpectedFrame(f"END {rid} says {frame.count} records; {self.batch_count} were received")
             self.outstanding.popleft()
             self.batch_count = 0
             with self.c._store.cond:
                 self.stats.dropped_by_agent += frame.dropped
                 self.stats.batches += 1
             if frame.dropped:
-                log.warning("agent %s dropped %d records (its buffer was full)", self.agent,
-                            frame.dropped)
+                log.warning("agent %s dropped %d records (its buffer was full)", self.agent, frame.dropped)
             if fut is not None and not fut.done():
                 fut.set_result(True)
             self.c._store.changed()
@@ -248,20 +256,22 @@ class AgentConnection(asyncio.BufferedProtocol):
         agent = AgentId(hello.kind, hello.os, hello.host)
         c = self.c
         if c.token is not None and not hmac.compare_digest(hello.token, c.token):
-            raise Unauthorized(f"HELLO from {agent} has "
-                               f"{'a wrong token' if hello.token else 'no token'}; this "
-                               "collector requires the shared token")
+            raise Unauthorized(
+                f"HELLO from {agent} has "
+                f"{'a wrong token' if hello.token else 'no token'}; this "
+                "collector requires the shared token"
+            )
         store = c._store
         with store.cond:
             stats = store.stats.get(agent)
             if stats is None:
-                if c.max_agents is not None and len(store.stats) >= c.max_agents \
-                        and not store.forget_idle():
+                if c.max_agents is not None and len(store.stats) >= c.max_agents and not store.forget_idle():
                     raise ResourceLimit(
                         f"HELLO from {agent} refused: {len(store.stats)} agent identities are "
                         f"known and connected or holding records, the cap "
                         f"(max_agents={c.max_agents})",
-                        "raise max_agents, or find what says HELLO with ever new identities")
+                        "raise max_agents, or find what says HELLO with ever new identities",
+                    )
                 stats = store.stats[agent] = AgentStats(agent)
             else:
                 store.reconnected(agent)
@@ -273,8 +283,7 @@ class AgentConnection(asyncio.BufferedProtocol):
             self.agent = agent
             self.stats = stats
             if self.capture_path is not None:
-                new = self.capture_path.with_name(
-                    f"conn{self.seq:04d}-{_safe(hello.host)}-{_safe(hello.kind)}.bin")
+                new = self.capture_path.with_name(f"conn{self.seq:04d}-{_safe(hello.host)}-{_safe(hello.kind)}.bin")
                 try:
                     self.capture_path.rename(new)
                     files = self.c._capture_files
@@ -285,8 +294,13 @@ class AgentConnection(asyncio.BufferedProtocol):
                 stats.capture_files.append(self.capture_path)
             store.version += 1
             store.cond.notify_all()
-        log.info("agent %s connected from %s (connection %d%s)", agent, self.peer, self.seq,
-                 ", reconnect" if stats.reconnects and stats.connections > 1 else "")
+        log.info(
+            "agent %s connected from %s (connection %d%s)",
+            agent,
+            self.peer,
+            self.seq,
+            ", reconnect" if stats.reconnects and stats.connections > 1 else "",
+        )
         self.request()  # drain what the agent saved while disconnected
 
     # ------------------------------------------------------------------ actions
@@ -306,21 +320,26 @@ class AgentConnection(asyncio.BufferedProtocol):
     def check_deadlines(self, now: float) -> None:
         c = self.c
         if self.agent is None and now - self.opened > c.hello_timeout:
-            self.fail(StalledPeer(
-                f"no HELLO within {c.hello_timeout:g} s of connecting",
-                "an agent must send HELLO first; check the agent's connect path",
-            ))
+            self.fail(
+                StalledPeer(
+                    f"no HELLO within {c.hello_timeout:g} s of connecting",
+                    "an agent must send HELLO first; check the agent's connect path",
+                )
+            )
         elif self.partial_since is not None and now - self.partial_since > c.frame_timeout:
-            self.fail(StalledPeer(
-                f"an incomplete frame ({self.decoder.pending} bytes) stayed incomplete for "
-                f"{c.frame_timeout:g} s",
-                "the agent stops sending in the middle of a frame: check its send loop",
-            ))
+            self.fail(
+                StalledPeer(
+                    f"an incomplete frame ({self.decoder.pending} bytes) stayed incomplete for {c.frame_timeout:g} s",
+                    "the agent stops sending in the middle of a frame: check its send loop",
+                )
+            )
         elif self.outstanding and now - self.outstanding[0][1] > c.reply_timeout:
-            self.fail(StalledPeer(
-                f"REQUEST {self.outstanding[0][0]} not answered within {c.reply_timeout:g} s",
-                "the agent must answer every REQUEST with RECORDS... END",
-            ))
+            self.fail(
+                StalledPeer(
+                    f"REQUEST {self.outstanding[0][0]} not answered within {c.reply_timeout:g} s",
+                    "the agent must answer every REQUEST with RECORDS... END",
+                )
+            )
 
     def fail(self, exc: ProtocolError) -> None:
         """Count and log a protocol error and close this connection only."""
@@ -329,7 +348,12 @@ class AgentConnection(asyncio.BufferedProtocol):
         self._count_error(exc)
         self.c._limited_log.warning(
             "protocol error from %s (%s, connection %d): %s: %s; connection closed",
-            self.agent or "unidentified peer", self.peer, self.seq, exc.name, exc.problem)
+            self.agent or "unidentified peer",
+            self.peer,
+            self.seq,
+            exc.name,
+            exc.problem,
+        )
         if self.transport is not None:
             self.transport.abort()
         self._closed()
@@ -346,8 +370,9 @@ class AgentConnection(asyncio.BufferedProtocol):
         with store.cond:
             if self.stats is not None:
                 self.stats.protocol_errors += 1
-            store.errors.append(ProtocolErrorEvent(
-                time.monotonic(), time.time(), self.peer, self.agent, exc.name, exc.problem))
+            store.errors.append(
+                ProtocolErrorEvent(time.monotonic(), time.time(), self.peer, self.agent, exc.name, exc.problem)
+            )
             if len(store.errors) > 10000:  # bounded under a flood of hostile peers
                 del store.errors[:5000]
             store.error_counts[exc.name] = store.error_counts.get(exc.name, 0) + 1
@@ -357,8 +382,11 @@ class AgentConnection(asyncio.BufferedProtocol):
 
     def _capture(self, data: bytes | memoryview) -> None:
         c = self.c
-        room = 0 if self.capture is None else min(c.max_capture_bytes - self.capture_bytes,
-                                                  c.capture_budget - c._capture_total)
+        room = (
+            0
+            if self.capture is None
+            else min(c.max_capture_bytes - self.capture_bytes, c.capture_budget - c._capture_total)
+        )
         if room >= len(data):
             self.capture.write(data)
             self.capture_bytes += len(data)
@@ -370,8 +398,13 @@ class AgentConnection(asyncio.BufferedProtocol):
             c._capture_total += room
             c._limited_log.warning(
                 "capture of connection %d (%s) reached %d bytes (at most %d per connection, "
-                "%d over all); further bytes are decoded but not captured", self.seq,
-                self.peer, self.capture_bytes, c.max_capture_bytes, c.capture_budget)
+                "%d over all); further bytes are decoded but not captured",
+                self.seq,
+                self.peer,
+                self.capture_bytes,
+                c.max_capture_bytes,
+                c.capture_budget,
+            )
         dropped = len(data) - max(room, 0)
         self.capture_dropped += dropped
         if self.stats is not None:
@@ -400,8 +433,7 @@ class AgentConnection(asyncio.BufferedProtocol):
         store = self.c._store
         with store.cond:
             if self.stats is not None:
-                self.stats.connected = any(
-                    conn.agent == self.agent for conn in self.c._conns)
+                self.stats.connected = any(conn.agent == self.agent for conn in self.c._conns)
                 if not self.stats.connected:
                     store.disconnected(self.agent)
             store.version += 1

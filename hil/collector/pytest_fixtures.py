@@ -24,9 +24,11 @@ from hil.collector.collector import Collector
 def collector(request, tmp_path_factory):
     worker = os.environ.get("PYTEST_XDIST_WORKER", "main")
     capture_dir = tmp_path_factory.mktemp(f"collector-{worker}")
-    options = {"capture_dir": capture_dir,
-               "interval": float(os.environ.get("HIL_COLLECTOR_INTERVAL", "0.5")),
-               **getattr(request, "param", {})}
+    options = {
+        "capture_dir": capture_dir,
+        "interval": float(os.environ.get("HIL_COLLECTOR_INTERVAL", "0.5")),
+        **getattr(request, "param", {}),
+    }
     with Collector(**options) as c:
         request.node.user_properties.append(("collector_address", f"{c.host}:{c.port}"))
         try:
@@ -35,5 +37,4 @@ def collector(request, tmp_path_factory):
             for path in c.capture_files():
                 request.node.user_properties.append(("collector_capture", str(path)))
             if c.protocol_errors:
-                request.node.user_properties.append(
-                    ("collector_protocol_errors", str(c.protocol_errors)))
+                request.node.user_properties.append(("collector_protocol_errors", str(c.protocol_errors)))

@@ -114,8 +114,7 @@ def field_matches(record: Record, key: str, want: Any) -> bool:
 
 
 def describe_query(fields: dict[str, Any], predicate: Callable | None) -> str:
-    parts = [f"{k}={getattr(v, '__name__', None) or v!r}" if callable(v) else f"{k}={v!r}"
-             for k, v in fields.items()]
+    parts = [f"{k}={getattr(v, '__name__', None) or v!r}" if callable(v) else f"{k}={v!r}" for k, v in fields.items()]
     if predicate is not None:
         parts.append(f"predicate {getattr(predicate, '__name__', repr(predicate))}")
     return ", ".join(parts) or "any record"
@@ -126,10 +125,8 @@ class _Batch:
 
     __slots__ = ("agent", "cost", "mono", "raws", "seq", "wall")
 
-    def __init__(self, agent: AgentId, mono: float, wall: float, raws: Sequence[bytes],
-                 seq: int, cost: int):
-        self.agent, self.mono, self.wall, self.raws, self.seq, self.cost = (
-            agent, mono, wall, raws, seq, cost)
+    def __init__(self, agent: AgentId, mono: float, wall: float, raws: Sequence[bytes], seq: int, cost: int):
+        self.agent, self.mono, self.wall, self.raws, self.seq, self.cost = (agent, mono, wall, raws, seq, cost)
 
 
 # the batch object, its two floats and its slots in two deques
@@ -151,8 +148,13 @@ class RecordStore:
     arrival order (where an evicted one stays as a tombstone until compacted) and its agent's.
     """
 
-    def __init__(self, max_records: int | None = None, max_bytes: int | None = None,
-                 agent_max_records: int | None = None, agent_max_bytes: int | None = None):
+    def __init__(
+        self,
+        max_records: int | None = None,
+        max_bytes: int | None = None,
+        agent_max_records: int | None = None,
+        agent_max_bytes: int | None = None,
+    ):
         self.max_records = max_records
         self.max_bytes = max_bytes
         self.agent_max_records = max_records if agent_max_records is None else agent_max_records
@@ -183,8 +185,7 @@ class RecordStore:
             self.version += 1
             self.cond.notify_all()
 
-    def _add(self, agent: AgentId, raws: Sequence[bytes], skipped: int, mono: float,
-             wall: float) -> None:
+    def _add(self, agent: AgentId, raws: Sequence[bytes], skipped: int, mono: float, wall: float) -> None:
         st = self.stats[agent]
         n = len(raws)
         st.records += n
@@ -203,8 +204,9 @@ class RecordStore:
         self._stored += n
         self._bytes += batch.cost
         cap_n, cap_b = self.agent_max_records, self.agent_max_bytes
-        while len(queue) > 1 and ((cap_n is not None and st.stored > cap_n)
-                                  or (cap_b is not None and st.stored_bytes > cap_b)):
+        while len(queue) > 1 and (
+            (cap_n is not None and st.stored > cap_n) or (cap_b is not None and st.stored_bytes > cap_b)
+        ):
             self._evict_oldest(queue)
         cap_n, cap_b = self.max_records, self.max_bytes
         while True:
@@ -284,8 +286,9 @@ class RecordStore:
 
     # --- reader side ---
 
-    def iter_records(self, start_batch: int = 0, agent: AgentId | None = None,
-                     host: str | None = None) -> Iterator[tuple[int, Record]]:
+    def iter_records(
+        self, start_batch: int = 0, agent: AgentId | None = None, host: str | None = None
+    ) -> Iterator[tuple[int, Record]]:
         """(batch sequence number, record) from ``start_batch`` on, optionally only from one
         agent / host (filtered per batch, before decoding). Call with cond held."""
         source = self._by_agent.get(agent, ()) if agent is not None else self._order
@@ -314,15 +317,13 @@ class RecordStore:
     def _batches(self) -> list[tuple[AgentId, float, float, Sequence[bytes]]]:
         return self.batches()  # what hil/bench's collector and fuzz benchmarks read
 
-    def evictions(self, agent: AgentId | None = None,
-                  host: str | None = None) -> list[tuple[str, int]]:
+    def evictions(self, agent: AgentId | None = None, host: str | None = None) -> list[tuple[str, int]]:
         """(who, records evicted) for the agents a query covers (one agent, a host name's, or
         all), those that lost any. Call with cond held."""
         if agent is not None:
             st = self.stats.get(agent)
             return [(str(agent), st.evicted)] if st is not None and st.evicted else []
-        lost = [(str(a), st.evicted) for a, st in self.stats.items()
-                if st.evicted and (host is None or a.host == host)]
+        lost = [(str(a), st.evicted) for a, st in self.stats.items() if st.evicted and (host is None or a.host == host)]
         if host is None and self.forgotten_evicted:
             lost.append((f"{self.forgotten} forgotten identities", self.forgotten_evicted))
         return lost

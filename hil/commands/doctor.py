@@ -45,8 +45,14 @@ def checks(uri: str, config=None) -> list[Check]:
 
         out.append(Check("libvirt-python", True, _version(libvirt.getVersion())))
     except ImportError:
-        out.append(Check("libvirt-python", False, "not importable",
-                         "apt-get install libvirt-dev pkg-config && pip install libvirt-python"))
+        out.append(
+            Check(
+                "libvirt-python",
+                False,
+                "not importable",
+                "apt-get install libvirt-dev pkg-config && pip install libvirt-python",
+            )
+        )
     else:
         from hil.errors import HilError
         from hil.provision.daemons import open_connection
@@ -56,10 +62,15 @@ def checks(uri: str, config=None) -> list[Check]:
             out.append(Check("libvirt connection", True, f"{uri} (libvirt {_version(conn.getLibVersion())})"))
             for net in conn.listAllNetworks():
                 if net.isActive() or net.autostart():
-                    out.append(Check(f"network {net.name()}", False,
-                                     "active or autostarting: guests here must use user-mode networking only",
-                                     f"virsh net-destroy {net.name()}; virsh net-autostart --disable {net.name()}",
-                                     required=False))
+                    out.append(
+                        Check(
+                            f"network {net.name()}",
+                            False,
+                            "active or autostarting: guests here must use user-mode networking only",
+                            f"virsh net-destroy {net.name()}; virsh net-autostart --disable {net.name()}",
+                            required=False,
+                        )
+                    )
             conn.close()
         except HilError as exc:
             out.append(Check("libvirt connection", False, exc.problem, exc.fix or ""))
@@ -67,25 +78,47 @@ def checks(uri: str, config=None) -> list[Check]:
     out.append(Check("accelerator", True, f"{'kvm' if probe.usable else 'tcg'} ({probe.reason})"))
     root = cache_root()
     qemu_can_traverse = all(os.stat(p).st_mode & 0o001 for p in [root, *root.parents] if p.exists())
-    out.append(Check("cache folder", qemu_can_traverse, str(root),
-                     f"QEMU runs as libvirt-qemu and must traverse it: set HIL_CACHE_DIR to a folder "
-                     f"outside /root, or chmod o+x the parents of {root}"))
+    out.append(
+        Check(
+            "cache folder",
+            qemu_can_traverse,
+            str(root),
+            f"QEMU runs as libvirt-qemu and must traverse it: set HIL_CACHE_DIR to a folder "
+            f"outside /root, or chmod o+x the parents of {root}",
+        )
+    )
     img = cached_image(load_linux_recipe())
-    out.append(Check("linux image", img is not None,
-                     str(img.dir) if img else "not built yet (the first test builds it, ~5 min)",
-                     "hil image build linux", required=False))
+    out.append(
+        Check(
+            "linux image",
+            img is not None,
+            str(img.dir) if img else "not built yet (the first test builds it, ~5 min)",
+            "hil image build linux",
+            required=False,
+        )
+    )
     if config is not None:
         out += driver_checks(config, img.kernel_release if img else "")
     tool("wine", "wine64", required=False, why=" (Windows drivers under Wine)")
-    tool("x86_64-w64-mingw32-gcc", "gcc-mingw-w64-x86-64 mingw-w64-x86-64-dev", required=False,
-         why=" (building Windows drivers)")
+    tool(
+        "x86_64-w64-mingw32-gcc",
+        "gcc-mingw-w64-x86-64 mingw-w64-x86-64-dev",
+        required=False,
+        why=" (building Windows drivers)",
+    )
     tool("cc", "gcc", why=" (protocol vectors, kernel modules)")
     from hil.protocol import native
 
     status = native.status()
-    out.append(Check("native protocol codec", status.startswith("on"), status,
-                     "apt-get install gcc (the collector then indexes records with hil_proto.c)",
-                     required=False))
+    out.append(
+        Check(
+            "native protocol codec",
+            status.startswith("on"),
+            status,
+            "apt-get install gcc (the collector then indexes records with hil_proto.c)",
+            required=False,
+        )
+    )
     return out
 
 

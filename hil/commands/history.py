@@ -16,9 +16,13 @@ HELP = "the qualification history: recent runs, crash titles, flaky tests, what 
 
 def add_arguments(parser) -> None:
     common = argparse.ArgumentParser(add_help=False)
-    common.add_argument("--history", metavar="URL", default=None,
-                        help="history database: sqlite:///FILE or postgresql://... (default: hil.toml's "
-                             "history, else SQLite in the data folder)")
+    common.add_argument(
+        "--history",
+        metavar="URL",
+        default=None,
+        help="history database: sqlite:///FILE or postgresql://... (default: hil.toml's "
+        "history, else SQLite in the data folder)",
+    )
     sub = parser.add_subparsers(dest="view", metavar="VIEW", required=True)
 
     p = sub.add_parser("runs", parents=[common], help="the latest runs, newest first")
@@ -30,15 +34,21 @@ def add_arguments(parser) -> None:
     p.add_argument("--profile", default=None, metavar="P", help="only runs of this profile")
 
     p = sub.add_parser("flaky", parents=[common], help="tests that were flaky in the last runs")
-    p.add_argument("--limit", "--last", dest="limit", type=int, default=20, metavar="N",
-                   help="over the last N runs (default 20)")
+    p.add_argument(
+        "--limit", "--last", dest="limit", type=int, default=20, metavar="N", help="over the last N runs (default 20)"
+    )
     p.add_argument("--profile", default=None, metavar="P", help="only runs of this profile")
 
     p = sub.add_parser("diff", parents=[common], help="what changed from RUN_A to RUN_B")
     p.add_argument("run_a", metavar="RUN_A")
     p.add_argument("run_b", metavar="RUN_B")
-    p.add_argument("--threshold", type=float, default=0.2, metavar="R",
-                   help="report figures whose relative change exceeds R (default 0.2 = 20%%)")
+    p.add_argument(
+        "--threshold",
+        type=float,
+        default=0.2,
+        metavar="R",
+        help="report figures whose relative change exceeds R (default 0.2 = 20%%)",
+    )
 
 
 def history_url(option: str | None) -> str:
@@ -68,20 +78,47 @@ def runs_view(history, args) -> list[str]:
     if not summaries:
         return [f"no runs{_of(args.profile)} in {history.url}"]
     return table(
-        ["run", "profile", "host", "started", "duration", "passed", "failed", "flaky", "skipped",
-         "crashes", "pass rate"],
-        [[s.run_id, s.profile, s.host, _when(s.started), duration(s.ended - s.started), s.passed,
-          s.failed, s.flaky, s.skipped, s.crashes, f"{s.pass_rate:.1%}"] for s in summaries])
+        [
+            "run",
+            "profile",
+            "host",
+            "started",
+            "duration",
+            "passed",
+            "failed",
+            "flaky",
+            "skipped",
+            "crashes",
+            "pass rate",
+        ],
+        [
+            [
+                s.run_id,
+                s.profile,
+                s.host,
+                _when(s.started),
+                duration(s.ended - s.started),
+                s.passed,
+                s.failed,
+                s.flaky,
+                s.skipped,
+                s.crashes,
+                f"{s.pass_rate:.1%}",
+            ]
+            for s in summaries
+        ],
+    )
 
 
 def crashes_view(history, args) -> list[str]:
     signatures = history.crashes(profile=args.profile)
     if args.limit > 0:
-        signatures = signatures[:args.limit]
+        signatures = signatures[: args.limit]
     if not signatures:
         return [f"no crashes{_of(args.profile)} in {history.url}"]
-    return table(["title", "first run", "last run", "runs"],
-                 [[s.title, s.first_run, s.last_run, s.count] for s in signatures])
+    return table(
+        ["title", "first run", "last run", "runs"], [[s.title, s.first_run, s.last_run, s.count] for s in signatures]
+    )
 
 
 def flaky_view(history, args) -> list[str]:
@@ -99,8 +136,11 @@ def diff_view(history, args) -> list[str]:
         ("newly passing", len(d.newly_passing), d.newly_passing),
         ("new crashes", len(d.new_crashes), d.new_crashes),
         ("vanished crashes", len(d.vanished_crashes), d.vanished_crashes),
-        (f"figures moved by more than {args.threshold:.0%}", len(figures),
-         table(["figure", d.run_a, d.run_b, "change"], figures) if figures else []),
+        (
+            f"figures moved by more than {args.threshold:.0%}",
+            len(figures),
+            table(["figure", d.run_a, d.run_b, "change"], figures) if figures else [],
+        ),
     ]
     out = [f"{d.run_a} -> {d.run_b}"]
     for title, n, lines in sections:
@@ -121,7 +161,9 @@ def table(headers: list[str], rows: list[list]) -> list[str]:
     widths = [max(len(x) for x in [h, *(row[i] for row in cells)]) for i, h in enumerate(headers)]
 
     def line(values: list[str]) -> str:
-        return "  ".join(v.rjust(w) if r else v.ljust(w) for v, w, r in zip(values, widths, right)).rstrip()
+        return "  ".join(
+            v.rjust(w) if r else v.ljust(w) for v, w, r in zip(values, widths, right, strict=True)
+        ).rstrip()
 
     return [line(headers), *(line(row) for row in cells)]
 

@@ -30,6 +30,8 @@ def run(args) -> int:
     if img is None:
         print(f"linux image {recipe.key()}: not built (run `hil image build linux`)")
         return 1
-    print(f"linux image {recipe.key()}: {img.dir}\n  kernel {img.kernel_release}\n  disk {img.disk}"
-          f"\n  kbuild {img.kbuild_dir}")
+    print(
+        f"linux image {recipe.key()}: {img.dir}\n  kernel {img.kernel_release}\n  disk {img.disk}"
+        f"\n  kbuild {img.kbuild_dir}"
+    )
     return 0

@@ -6,16 +6,26 @@ HELP = "run the suites of a profile (smoke, nightly, prerelease, yours), remembe
 
 
 def add_arguments(parser) -> None:
-    parser.add_argument("--profile", default=None,
-                        help="smoke | nightly | prerelease | a [profiles.NAME] of hil.toml (default nightly)")
-    parser.add_argument("--history", metavar="URL", default=None,
-                        help="history database: sqlite:///FILE or postgresql://... (default: hil.toml's "
-                        "history, else SQLite in the data folder)")
-    parser.add_argument("--out", metavar="DIR", default=None,
-                        help="where run folders go (default: hil-runs beside the artifacts folder)")
+    parser.add_argument(
+        "--profile", default=None, help="smoke | nightly | prerelease | a [profiles.NAME] of hil.toml (default nightly)"
+    )
+    parser.add_argument(
+        "--history",
+        metavar="URL",
+        default=None,
+        help="history database: sqlite:///FILE or postgresql://... (default: hil.toml's "
+        "history, else SQLite in the data folder)",
+    )
+    parser.add_argument(
+        "--out",
+        metavar="DIR",
+        default=None,
+        help="where run folders go (default: hil-runs beside the artifacts folder)",
+    )
     parser.add_argument("--config", metavar="FILE", default=None, help="hil.toml to use")
-    parser.add_argument("pytest_args", nargs="*", metavar="-- PYTEST_ARGS",
-                        help="passed to pytest after --, e.g. -- -x --hil-accel tcg")
+    parser.add_argument(
+        "pytest_args", nargs="*", metavar="-- PYTEST_ARGS", help="passed to pytest after --, e.g. -- -x --hil-accel tcg"
+    )
 
 
 def run(args) -> int:
@@ -28,8 +38,9 @@ def run(args) -> int:
     config = load_config(args.config)
     profile = resolve(args.profile, config.profiles)
     out = Path(args.out) if args.out else Path(config.artifacts).resolve().parent / "hil-runs"
-    outcome = qualify(config, profile, history_url=args.history, out=out,
-                      config_path=args.config, extra=args.pytest_args)
+    outcome = qualify(
+        config, profile, history_url=args.history, out=out, config_path=args.config, extra=args.pytest_args
+    )
     run = outcome.run
     counts = ", ".join(f"{run.count(o)} {o}" for o in ("passed", "failed", "error", "flaky", "skipped"))
     print(f"\nhil qualify: {outcome.verdict.word}: {outcome.verdict.reason} ({counts})")

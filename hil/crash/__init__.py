@@ -7,8 +7,8 @@ complete; ``bugcheck.parse_panic_line`` names a Windows bug check from libvirt's
 :mod:`hil.crash.monitor` and :mod:`hil.crash.events`.
 """
 
-from hil.crash.report import Report
 from hil.crash.monitor import Crash, CrashMonitor
+from hil.crash.report import Report
 from hil.crash.stream import ConsoleWatcher, parse, parse_all
 
 __all__ = ["ConsoleWatcher", "Crash", "CrashMonitor", "Report", "parse", "parse_all"]

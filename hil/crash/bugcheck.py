@@ -382,14 +382,16 @@ def _to_int(value: int | str) -> int:
     return value if isinstance(value, int) else int(str(value), 0)
 
 
-def report(code: int | str, parameters: tuple[int | str, ...] = (), text: str = "", start: int = 0,
-           end: int = 0) -> Report:
+def report(
+    code: int | str, parameters: tuple[int | str, ...] = (), text: str = "", start: int = 0, end: int = 0
+) -> Report:
     """A BSOD report for a bug-check ``code`` and its (up to four) parameters."""
     code = _to_int(code)
     params = tuple(f"0x{_to_int(p):x}" for p in parameters[:4])
     params += ("0x0",) * (4 - len(params))
-    return Report(title=title(code), kind=KIND, function="", start=start, end=end, text=text,
-                  corrupted=False, parameters=params)
+    return Report(
+        title=title(code), kind=KIND, function="", start=start, end=end, text=text, corrupted=False, parameters=params
+    )
 
 
 def parse_panic_line(line: str) -> Report | None:
@@ -409,8 +411,9 @@ def parse_domain_log(text: str) -> Report | None:
     for line in text.splitlines(keepends=True):
         rep = parse_panic_line(line)
         if rep is not None:
-            return Report(title=rep.title, kind=rep.kind, start=pos, end=pos + len(line),
-                          text=rep.text, parameters=rep.parameters)
+            return Report(
+                title=rep.title, kind=rep.kind, start=pos, end=pos + len(line), text=rep.text, parameters=rep.parameters
+            )
         pos += len(line)
     return None
 

@@ -148,13 +148,16 @@ class EventDispatcher:
             log.warning("no libvirt event loop: crash detection falls back to the console only")
             return
         try:
-            self._callbacks.append(self.conn.domainEventRegisterAny(
-                None, libvirt.VIR_DOMAIN_EVENT_ID_LIFECYCLE, self._lifecycle, None))
-            self._callbacks.append(self.conn.domainEventRegisterAny(
-                None, libvirt.VIR_DOMAIN_EVENT_ID_REBOOT, self._reboot, None))
+            self._callbacks.append(
+                self.conn.domainEventRegisterAny(None, libvirt.VIR_DOMAIN_EVENT_ID_LIFECYCLE, self._lifecycle, None)
+            )
+            self._callbacks.append(
+                self.conn.domainEventRegisterAny(None, libvirt.VIR_DOMAIN_EVENT_ID_REBOOT, self._reboot, None)
+            )
         except libvirt.libvirtError as exc:
-            log.warning("cannot register for libvirt events (%s): console-only crash detection",
-                        exc.get_error_message())
+            log.warning(
+                "cannot register for libvirt events (%s): console-only crash detection", exc.get_error_message()
+            )
 
     def _deregister(self) -> None:
         import libvirt

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass
-from functools import lru_cache
+from functools import cache
 
 from hil.crash import linux_table as table
 from hil.crash.normalize import function_name, normalize_text
@@ -54,7 +54,7 @@ class Description:
     fmt: table.Format
 
 
-@lru_cache(maxsize=None)
+@cache
 def _re(pattern: str) -> re.Pattern:
     return re.compile(pattern)
 
@@ -109,7 +109,7 @@ def is_neutral(message: str) -> bool:
 def _trace_frames(lines: list[str], implicit: bool = False) -> list[str]:
     for i, line in enumerate(lines):
         if _STACK_START.search(line):
-            return _frames_from(lines[i + 1:])
+            return _frames_from(lines[i + 1 :])
     # KMSAN, KFENCE: the stack follows the header without a "Call Trace:" line.
     return _frames_from(lines[1:]) if implicit else []
 
@@ -146,8 +146,8 @@ def _after(lines: list[str], trigger: str, span: int | None = None) -> list[str]
         m = rx.search(line)
         if not m:
             continue
-        first = line[m.end():]
-        rest = lines[i + 1:] if span is None else lines[i + 1:i + 1 + span]
+        first = line[m.end() :]
+        rest = lines[i + 1 :] if span is None else lines[i + 1 : i + 1 + span]
         for text in [first] + rest:
             if _QUESTIONABLE.match(text):
                 continue
@@ -177,9 +177,9 @@ def _source(source: str, fmt: table.Format, groups: dict, lines: list[str]) -> l
     if source == "trace":
         return _trace_frames(lines, fmt.implicit_stack)
     if source.startswith("after:"):
-        return _after(lines, source[len("after:"):])
+        return _after(lines, source[len("after:") :])
     if source.startswith("line:"):
-        return _after(lines, source[len("line:"):], span=1)
+        return _after(lines, source[len("line:") :], span=1)
     raise ValueError(f"unknown guilty-function source {source!r}")
 
 
@@ -213,7 +213,7 @@ def _stall(frames: list[str]) -> str:
                 prev = frames[j - 1]
             for prefix in table.STALL_STRIP_PREFIXES:
                 if prev.startswith(prefix):
-                    prev = prev[len(prefix):]
+                    prev = prev[len(prefix) :]
             return prev
         prev = frame
     return ""
@@ -229,9 +229,9 @@ def _hang(frames: list[str]) -> str:
         return ""
     first = kept[0]
     # A public wrapper right above its implementation (do_foo / __foo called by foo) names it.
-    following = frames[frames.index(first) + 1:]
+    following = frames[frames.index(first) + 1 :]
     for prefix in ("do_", "__"):
-        if first.startswith(prefix) and following and following[0] == first[len(prefix):]:
+        if first.startswith(prefix) and following and following[0] == first[len(prefix) :]:
             return following[0]
     return first
 

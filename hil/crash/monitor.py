@@ -39,10 +39,21 @@ from hil.crash.stream import ConsoleWatcher
 log = logging.getLogger("hil.crash.monitor")
 
 # Report kinds after which the kernel carries on: the guest is tainted, not dead.
-NON_FATAL_KINDS = frozenset({
-    "WARNING", "REFCOUNT_WARNING", "LOCKDEP", "UBSAN", "KASAN", "KMSAN", "KCSAN", "KFENCE",
-    "LEAK", "ATOMIC_SLEEP", "INFO",
-})
+NON_FATAL_KINDS = frozenset(
+    {
+        "WARNING",
+        "REFCOUNT_WARNING",
+        "LOCKDEP",
+        "UBSAN",
+        "KASAN",
+        "KMSAN",
+        "KCSAN",
+        "KFENCE",
+        "LEAK",
+        "ATOMIC_SLEEP",
+        "INFO",
+    }
+)
 EXCERPT_LINES = 80
 RESUME_AFTER_S = 0.3  # an event with no console report this long after: resume to let it print
 HANG_GRACE_S = 20.0  # after an NMI: time for the kernel to react and print (8 s was too short on a loaded 2-core host)
@@ -84,10 +95,15 @@ class Crash:
         """The ``crash.txt`` evidence: title, kind, function, how it was seen, the detector's
         excerpt, and (given the ``console`` text) the console lines from the report on."""
         r = self.report
-        lines = [f"title: {r.title}", f"kind: {r.kind}", f"function: {r.function or '-'}",
-                 f"source: {self.source}", f"fatal: {is_fatal(r)}",
-                 f"signals: {', '.join(s.what for s in self.signals) or '-'}",
-                 f"expected: {self.expected}"]
+        lines = [
+            f"title: {r.title}",
+            f"kind: {r.kind}",
+            f"function: {r.function or '-'}",
+            f"source: {self.source}",
+            f"fatal: {is_fatal(r)}",
+            f"signals: {', '.join(s.what for s in self.signals) or '-'}",
+            f"expected: {self.expected}",
+        ]
         if r.corrupted:
             lines.append("corrupted: True (the title is a best guess)")
         excerpt = r.text.splitlines()[:EXCERPT_LINES]
@@ -121,8 +137,7 @@ class CrashMonitor:
         hang_timeout_s: silence (console and agent) before a hang check; None/0: no check.
     """
 
-    def __init__(self, guest, *, poll_s: float = 0.05, grace_s: float = 2.0,
-                 hang_timeout_s: float | None = None):
+    def __init__(self, guest, *, poll_s: float = 0.05, grace_s: float = 2.0, hang_timeout_s: float | None = None):
         self.guest = guest
         self.name = guest.name
         self.poll_s = poll_s
@@ -145,7 +160,7 @@ class CrashMonitor:
         self._dispatcher = None
 
     # --- lifecycle --------------------------------------------------------------------
-    def start(self) -> "CrashMonitor":
+    def start(self) -> CrashMonitor:
         self._dispatcher = dispatcher_for(self.guest.conn)
         self._dispatcher.watch(self)
         self._thread = threading.Thread(target=self._run, name=f"hil-crash-{self.name}", daemon=True)
@@ -252,8 +267,9 @@ class CrashMonitor:
                     continue
                 log.info("guest %s rebooted without a crash report on its console", self.name)
                 continue
-            self._declare(Crash(report=Report(title=sig.title, kind="PANIC"), source="event",
-                                detected_at=sig.at, signals=[sig]))
+            self._declare(
+                Crash(report=Report(title=sig.title, kind="PANIC"), source="event", detected_at=sig.at, signals=[sig])
+            )
 
     def _check_grace(self) -> None:
         crash = self.crash
@@ -372,8 +388,11 @@ class CrashMonitor:
         silent = time.monotonic() - last
         self.inject_nmi()
         t_nmi = time.monotonic()
-        crash = Crash(report=Report(title=f"guest hung: no console output and no agent answer for {silent:.0f}s",
-                                    kind="HANG"), source="hang", detected_at=t_nmi)
+        crash = Crash(
+            report=Report(title=f"guest hung: no console output and no agent answer for {silent:.0f}s", kind="HANG"),
+            source="hang",
+            detected_at=t_nmi,
+        )
         with self._lock:
             if self.crash is not None:
                 return
@@ -401,7 +420,8 @@ _FRAME = re.compile(r"^\s*(\?\s+)?([A-Za-z_][\w.]*)\+0x[0-9a-f]+/0x[0-9a-f]+")
 _INTERRUPTED_GENERIC = re.compile(
     r"^(read_hpet|read_tsc|ktime_get\w*|native_sched_clock|sched_clock\w*|delay_tsc|__delay|"
     r"__const_udelay|udelay|cpu_relax|rep_nop|native_safe_halt|default_idle\w*|acpi_idle\w*|"
-    r"mwait_idle\w*|cpu_idle_poll|do_idle|cpuidle_enter\w*|arch_cpu_idle\w*)$")
+    r"mwait_idle\w*|cpu_idle_poll|do_idle|cpuidle_enter\w*|arch_cpu_idle\w*)$"
+)
 
 
 def _interrupted_function(excerpt: str) -> str:
@@ -414,7 +434,7 @@ def _interrupted_function(excerpt: str) -> str:
         candidates.append(rip)
     ends = [i for i, line in enumerate(lines) if line.strip() == "</NMI>"]
     if ends:
-        for line in lines[ends[0] + 1:]:
+        for line in lines[ends[0] + 1 :]:
             if line.strip() in ("</TASK>", "</IRQ>"):
                 break
             m = _FRAME.match(line)
@@ -431,8 +451,9 @@ def _hang_report(console: Report, excerpt: str = "") -> Report:
     NMI interrupted (``kernel.unknown_nmi_panic=1`` makes the kernel print it)."""
     function = console.function or _interrupted_function(excerpt)
     where = f" in {function}" if function else ""
-    return Report(title=f"guest hung{where} (NMI: {console.title})", kind="HANG",
-                  function=function, text=excerpt or console.text)
+    return Report(
+        title=f"guest hung{where} (NMI: {console.title})", kind="HANG", function=function, text=excerpt or console.text
+    )
 
 
 # --- evidence ---------------------------------------------------------------------------
@@ -496,8 +517,7 @@ class ExpectedCrash:
 
     def matches(self, crash: Crash) -> bool:
         r = crash.report
-        return ((self.kind is None or r.kind == self.kind)
-                and (self.function is None or r.function == self.function))
+        return (self.kind is None or r.kind == self.kind) and (self.function is None or r.function == self.function)
 
     def _wanted(self) -> str:
         parts = [f"kind={self.kind}"] if self.kind else []
@@ -516,7 +536,7 @@ class ExpectedCrash:
                 if c is not None and not c.final:
                     grace = max(monitor.grace_s, HANG_GRACE_S) if c.source == "hang" else monitor.grace_s
                     monitor.wait_settled(max(0.0, min(remaining, grace + 0.5)))
-            new = self.guest.crashes[self._seen:]
+            new = self.guest.crashes[self._seen :]
             for c in new:
                 if self.matches(c):
                     c.expected = True
@@ -526,10 +546,12 @@ class ExpectedCrash:
                 break
             if new:  # a crash that does not match yet: a later report might
                 time.sleep(monitor.poll_s)
-        got = self.guest.crashes[self._seen:]
+        got = self.guest.crashes[self._seen :]
         if got:
-            raise AssertionError(f"expected {self._wanted()}, got {got[0].title} "
-                                 f"(kind={got[0].report.kind}, function={got[0].report.function or '-'})")
+            raise AssertionError(
+                f"expected {self._wanted()}, got {got[0].title} "
+                f"(kind={got[0].report.kind}, function={got[0].report.function or '-'})"
+            )
         msg = f"expected {self._wanted()} within {self.timeout:g}s, but the guest did not crash"
         if error is not None:
             raise AssertionError(f"{msg}; the block failed with: {error}") from error

@@ -30,7 +30,7 @@ def split_prefix(line: str) -> tuple[str, str]:
     m = _PREFIX_RE.match(line)
     if m is None:
         return "", line
-    return (m.group("ctx") or "console"), line[m.end():]
+    return (m.group("ctx") or "console"), line[m.end() :]
 
 
 def function_name(symbol: str) -> str:

@@ -111,8 +111,13 @@ class _Candidate:
         if d is None:
             return None
         return Report(
-            title=d.title, kind=d.kind, function=d.function, start=self.start, end=self.end,
-            text="\n".join(self.lines) + "\n", corrupted=d.corrupted,
+            title=d.title,
+            kind=d.kind,
+            function=d.function,
+            start=self.start,
+            end=self.end,
+            text="\n".join(self.lines) + "\n",
+            corrupted=d.corrupted,
         )
 
 

@@ -48,7 +48,7 @@ class Deployed:
     origin: str  # "configured" (the team's [drivers]) or "reference" (the in-repo build)
 
     @classmethod
-    def of(cls, path: Path, origin: str = "configured") -> "Deployed":
+    def of(cls, path: Path, origin: str = "configured") -> Deployed:
         path = Path(path).resolve()
         return cls(path, hashlib.sha256(path.read_bytes()).hexdigest(), origin)
 
@@ -79,8 +79,9 @@ def check_configured(drivers, source: str) -> None:
             continue
         where = f"{source}: drivers.{role} = {str(path)!r}"
         if not path.is_file():
-            raise ConfigError(f"{where} does not exist",
-                              f"build it first, or remove drivers.{role} to qualify the reference build")
+            raise ConfigError(
+                f"{where} does not exist", f"build it first, or remove drivers.{role} to qualify the reference build"
+            )
         if spec.os == "linux":
             _check_module(path, spec, where, role)
         else:
@@ -95,11 +96,15 @@ def _check_module(path: Path, spec: Role, where: str, role: str) -> None:
     except HilError as exc:
         raise ConfigError(f"{where}: {exc.problem}", exc.fix) from None
     if info.name != spec.module:
-        raise ConfigError(f"{where} is module {info.name!r}, but the {role} suites drive {spec.module!r}",
-                          f"name the {spec.module}.ko your build produced")
+        raise ConfigError(
+            f"{where} is module {info.name!r}, but the {role} suites drive {spec.module!r}",
+            f"name the {spec.module}.ko your build produced",
+        )
     if not info.vermagic:
-        raise ConfigError(f"{where} has no vermagic: it was not built by kbuild",
-                          "build it with make -C <kernel headers> M=<module dir> modules")
+        raise ConfigError(
+            f"{where} has no vermagic: it was not built by kbuild",
+            "build it with make -C <kernel headers> M=<module dir> modules",
+        )
 
 
 def _check_windows_driver(path: Path, spec: Role, where: str, role: str) -> None:
@@ -112,11 +117,15 @@ def _check_windows_driver(path: Path, spec: Role, where: str, role: str) -> None
     except Exception as exc:  # pefile's own errors: not a PE at all
         raise ConfigError(f"{where} is not a PE image ({exc})", "name the .sys your driver build produced") from None
     if report.problems:
-        raise ConfigError(f"{where}: " + "; ".join(report.problems),
-                          "link it as a kernel driver: native subsystem, kernel imports only, PE checksum set")
+        raise ConfigError(
+            f"{where}: " + "; ".join(report.problems),
+            "link it as a kernel driver: native subsystem, kernel imports only, PE checksum set",
+        )
     if spec.needs_inf and not path.with_suffix(".inf").is_file():
-        raise ConfigError(f"{where} has no {path.with_suffix('.inf').name} beside it",
-                          "a minifilter installs from its INF: put the .inf next to the .sys")
+        raise ConfigError(
+            f"{where} has no {path.with_suffix('.inf').name} beside it",
+            "a minifilter installs from its INF: put the .inf next to the .sys",
+        )
 
 
 def check_kernel(drivers, kernel_release: str, source: str, kbuild_dir: Path | None = None) -> None:
@@ -135,7 +144,8 @@ def check_kernel(drivers, kernel_release: str, source: str, kbuild_dir: Path | N
                 f"{source}: drivers.{role} = {str(path)!r} was built for kernel {built_for}, "
                 f"but the guest runs {kernel_release}",
                 f"rebuild it against {headers}: make -C <headers> M=<module dir> modules "
-                "(`hil image show linux` prints the headers folder)")
+                "(`hil image show linux` prints the headers folder)",
+            )
 
 
 def resolve(drivers, role: str, reference) -> Deployed:

@@ -27,8 +27,15 @@ def compiler_messages(output: str, limit: int = 60) -> str:
     return "\n".join((keep or lines)[-limit:])
 
 
-def compile_c(source: Path, *, flags: Iterable[str], cc: str = "gcc", depends: Iterable[Path] = (),
-              cache: str = "kmod/tools", output: str | None = None) -> Path:
+def compile_c(
+    source: Path,
+    *,
+    flags: Iterable[str],
+    cc: str = "gcc",
+    depends: Iterable[Path] = (),
+    cache: str = "kmod/tools",
+    output: str | None = None,
+) -> Path:
     """Compile ``source`` with ``cc`` and ``flags`` into ``<cache root>/<cache>/<key>/<output>``
     (``output`` defaults to the source's stem); ``depends`` are the headers it includes."""
     source, flags = Path(source), list(flags)
@@ -44,8 +51,9 @@ def compile_c(source: Path, *, flags: Iterable[str], cc: str = "gcc", depends: I
         return out
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = out.with_name(f".{out.name}.{os.getpid()}")
-    proc = subprocess.run([cc, *flags, "-o", str(tmp), str(source)], capture_output=True, text=True,
-                          stdin=subprocess.DEVNULL)
+    proc = subprocess.run(
+        [cc, *flags, "-o", str(tmp), str(source)], capture_output=True, text=True, stdin=subprocess.DEVNULL
+    )
     if proc.returncode != 0:
         tmp.unlink(missing_ok=True)
         raise HilError(f"compiling {source.name} failed:\n{compiler_messages(proc.stdout + proc.stderr)}")

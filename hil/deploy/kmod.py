@@ -28,9 +28,10 @@ import shutil
 import subprocess
 import tempfile
 import uuid
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Iterable, Protocol
+from typing import Protocol
 
 from hil.crash import parse_all
 from hil.deploy.host_build import compile_c, compiler_messages
@@ -43,6 +44,7 @@ from hil.waiting import wait_until  # noqa: F401  (the suites' helper, re-export
 _OUTPUT_PATTERNS = re.compile(
     r"(\.o|\.ko|\.mod|\.mod\.c|\.cmd|\.symvers|\.order|\.tmp|\.d|\.swp|~)$|^(Module\.symvers|modules\.order)$"
 )
+
 
 class Guest(Protocol):
     """What this module needs from a guest (the ``linux_guest`` fixture provides it)."""
@@ -206,8 +208,7 @@ def build_module(
         if strip_debug and shutil.which("objcopy"):
             # like INSTALL_MOD_STRIP=1: a tenth of the size to copy into every guest
             for ko_file in work.glob("*.ko"):
-                subprocess.run(["objcopy", "--strip-debug", str(ko_file)], check=False,
-                               capture_output=True)
+                subprocess.run(["objcopy", "--strip-debug", str(ko_file)], check=False, capture_output=True)
         try:
             os.rename(work, final)
         except OSError:
@@ -310,7 +311,9 @@ def kernel_log_since(guest: Guest, token: str) -> str:
     return text[nl + 1 :] if nl >= 0 else ""
 
 
-def load_module(guest: Guest, ko_path: Path, *, timeout: float = 120.0, remote_dir: str = "/tmp", **params) -> ModuleEvent:
+def load_module(
+    guest: Guest, ko_path: Path, *, timeout: float = 120.0, remote_dir: str = "/tmp", **params
+) -> ModuleEvent:
     """Copy ``ko_path`` into the guest and ``insmod`` it with ``params``.
 
     Raises :class:`GuestError` with insmod's message and the new kernel log lines when
@@ -329,7 +332,9 @@ def load_module(guest: Guest, ko_path: Path, *, timeout: float = 120.0, remote_d
             err = res.stderr.decode(errors="replace").strip()
             raise GuestError(f"insmod {name} failed (exit {res.exit_code}): {err}\nkernel log:\n{log[-3000:]}")
         if problems:
-            raise GuestError(f"loading {name} made the kernel complain:\n" + "\n".join(problems[:20]) + f"\n\n{log[-4000:]}")
+            raise GuestError(
+                f"loading {name} made the kernel complain:\n" + "\n".join(problems[:20]) + f"\n\n{log[-4000:]}"
+            )
     return ModuleEvent(name=name, action="load", kernel_log=log, problems=problems)
 
 
@@ -344,7 +349,9 @@ def unload_module(guest: Guest, name: str, *, timeout: float = 120.0, check: boo
             err = res.stderr.decode(errors="replace").strip()
             raise GuestError(f"rmmod {name} failed (exit {res.exit_code}): {err}\nkernel log:\n{log[-3000:]}")
         if check and problems:
-            raise GuestError(f"unloading {name} made the kernel complain:\n" + "\n".join(problems[:20]) + f"\n\n{log[-4000:]}")
+            raise GuestError(
+                f"unloading {name} made the kernel complain:\n" + "\n".join(problems[:20]) + f"\n\n{log[-4000:]}"
+            )
     return ModuleEvent(name=name, action="unload", kernel_log=log, problems=problems)
 
 
@@ -406,8 +413,10 @@ def build_storm_tool() -> Path:
 
 def build_noop_tool() -> Path:
     """``hil_noop``: a static, libc-free program that exits 0 at once (the storm's exec target)."""
-    return build_host_tool(drivers_dir() / "linux" / "tools" / "hil_noop.c",
-                           flags=("-O2", "-static", "-nostdlib", "-s", "-fno-stack-protector"))
+    return build_host_tool(
+        drivers_dir() / "linux" / "tools" / "hil_noop.c",
+        flags=("-O2", "-static", "-nostdlib", "-s", "-fno-stack-protector"),
+    )
 
 
 def install_storm_tools(guest: Guest, target: str, storm: str = "/tmp/hil_storm") -> None:
@@ -449,7 +458,7 @@ class KServerClient:
         self.sock = socket.create_connection((host, port), timeout=timeout)
         self._buf = b""
 
-    def __enter__(self) -> "KServerClient":
+    def __enter__(self) -> KServerClient:
         return self
 
     def __exit__(self, *exc) -> None:

@@ -51,8 +51,10 @@ class ModuleSession:
         """Build the out-of-tree module in ``src_dir`` against the guest's own kernel headers
         (cached by the sources and the kernel: a rebuild of unchanged sources is a lookup)."""
         if self.guest.kbuild_dir is None:
-            raise HilError(f"guest {self.guest.name} has no kernel headers to build modules against",
-                           "set [linux] kbuild_dir in hil.toml to your kernel's headers tree")
+            raise HilError(
+                f"guest {self.guest.name} has no kernel headers to build modules against",
+                "set [linux] kbuild_dir in hil.toml to your kernel's headers tree",
+            )
         ko = kmod.build_module(Path(src_dir), self.guest.kbuild_dir, extra_sources, name=name)
         self._built.add(ko)
         return ko
@@ -60,8 +62,11 @@ class ModuleSession:
     def load(self, module: Path | Deployed, **params) -> kmod.ModuleEvent:
         """Copy the ``.ko`` (a path, or a :class:`Deployed` from ``artifacts.resolve``) into the
         guest and insmod it with ``params``; raises when insmod fails or the kernel complains."""
-        deployed = module if isinstance(module, Deployed) else Deployed.of(
-            module, "built" if Path(module) in self._built else "file")
+        deployed = (
+            module
+            if isinstance(module, Deployed)
+            else Deployed.of(module, "built" if Path(module) in self._built else "file")
+        )
         self.deployed.append(deployed)
         if self.on_deploy is not None:
             self.on_deploy(deployed)
@@ -85,7 +90,7 @@ class ModuleSession:
 
     def console_problems(self) -> list[str]:
         """Titles of the crash reports on the console since this session started."""
-        return kmod.kernel_problems(self.guest.console_text()[self.console_start:])
+        return kmod.kernel_problems(self.guest.console_text()[self.console_start :])
 
     def finish(self) -> list[str]:
         """Unload what is still loaded, save ``dmesg.txt`` and give every kernel report since the

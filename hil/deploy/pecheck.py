@@ -62,7 +62,7 @@ class PeReport:
     def ok(self) -> bool:
         return not self.problems
 
-    def raise_for_problems(self) -> "PeReport":
+    def raise_for_problems(self) -> PeReport:
         if self.problems:
             raise PeCheckError(
                 f"{self.path.name}: " + "; ".join(self.problems),
@@ -148,7 +148,9 @@ def main(argv: list[str] | None = None) -> int:
             write_checksum(f)
         r = check_driver(f)
         status = "ok" if r.ok else "FAIL: " + "; ".join(r.problems)
-        print(f"{f.name}: subsystem={r.subsystem} imports={','.join(sorted(r.imports))} checksum={r.checksum_stored:#x} {status}")
+        print(
+            f"{f.name}: subsystem={r.subsystem} imports={','.join(sorted(r.imports))} checksum={r.checksum_stored:#x} {status}"
+        )
         rc |= 0 if r.ok else 1
     return rc
 

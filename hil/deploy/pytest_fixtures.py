@@ -22,8 +22,9 @@ from hil.deploy.module_session import ModuleSession
 
 @pytest.fixture
 def kmod(request, linux_guest, hil_artifacts) -> ModuleSession:
-    session = ModuleSession(linux_guest, hil_artifacts,
-                            on_deploy=lambda d: request.node.user_properties.extend(d.properties()))
+    session = ModuleSession(
+        linux_guest, hil_artifacts, on_deploy=lambda d: request.node.user_properties.extend(d.properties())
+    )
     yield session
     problems = session.finish()
     if problems:

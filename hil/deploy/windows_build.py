@@ -179,8 +179,7 @@ TARGETS: tuple[Target, ...] = (
     # The release agent; PsSetCreateProcessNotifyRoutineEx demands /INTEGRITYCHECK.
     Target("hilagent.sys", _AGENT, "driver", NT_LIBS, ldflags=("-Wl,--forceinteg",)),
     # Test build: adds the IOCTL that injects synthetic process notifications.
-    Target("hilagent_test.sys", _AGENT, "driver", NT_LIBS, defines=("HIL_TEST_BUILD",),
-           ldflags=("-Wl,--forceinteg",)),
+    Target("hilagent_test.sys", _AGENT, "driver", NT_LIBS, defines=("HIL_TEST_BUILD",), ldflags=("-Wl,--forceinteg",)),
     Target("hilflt.sys", ("windows/minifilter/hilflt.c",), "driver", ("fltmgr", "ntoskrnl", "hal")),
     Target("hilsvc.exe", ("windows/tools/hilsvc.c",), "user", ("advapi32",)),
     Target("hilagentctl.exe", ("windows/tools/hilagentctl.c",), "user", ()),
@@ -247,8 +246,9 @@ def _resolve_path(value: str | Path, root: Path, what: str, want_dir: bool) -> P
     ok = path.is_dir() if want_dir else path.is_file()
     if not ok:
         kind = "folder" if want_dir else "file"
-        raise BuildError(f"{what}: {kind} {path} does not exist",
-                         f"correct the path (relative paths are relative to {root})")
+        raise BuildError(
+            f"{what}: {kind} {path} does not exist", f"correct the path (relative paths are relative to {root})"
+        )
     return path.resolve()
 
 
@@ -297,8 +297,15 @@ def _key(resolved: list[_Resolved], root: Path) -> str:
     h.update(repr((COMMON_CFLAGS, KERNEL_CFLAGS, KERNEL_LDFLAGS, USER_LDFLAGS)).encode())
     for r in resolved:
         t = r.target
-        row = (t.name, t.kind, t.libs, t.defines, t.ldflags,
-               [_label(s, root) for s in r.sources], [_label(d, root) for d in r.include_dirs])
+        row = (
+            t.name,
+            t.kind,
+            t.libs,
+            t.defines,
+            t.ldflags,
+            [_label(s, root) for s in r.sources],
+            [_label(d, root) for d in r.include_dirs],
+        )
         h.update(repr(row).encode())
     for label, p in sorted((_label(p, root), p) for p in _inputs(resolved)):
         h.update(label.encode() + b"\0")
@@ -368,9 +375,10 @@ def _compile(r: _Resolved, out_dir: Path, lib_dir: Path) -> Path:
         write_checksum(out)
         report = check_driver(out)
         if report.problems:
-            raise BuildError(f"{t.name} is not a loadable kernel driver: " + "; ".join(report.problems),
-                             "link only kernel libraries (libs=ntoskrnl, hal, netio, fltmgr...) "
-                             "and call no user-mode API")
+            raise BuildError(
+                f"{t.name} is not a loadable kernel driver: " + "; ".join(report.problems),
+                "link only kernel libraries (libs=ntoskrnl, hal, netio, fltmgr...) and call no user-mode API",
+            )
     return out
 
 
@@ -380,8 +388,10 @@ def build(targets: Iterable[Target], source_root: Path | None = None, *, force: 
     targets = tuple(targets)
     names = [t.name for t in targets]
     if len(set(names)) != len(names):
-        raise BuildError(f"two targets share an output name: {sorted(n for n in names if names.count(n) > 1)}",
-                         "give each target its own file name")
+        raise BuildError(
+            f"two targets share an output name: {sorted(n for n in names if names.count(n) > 1)}",
+            "give each target its own file name",
+        )
     root = _root(source_root)
     resolved = [_resolve(t, root) for t in targets]
     key = _key(resolved, root)
@@ -399,8 +409,7 @@ def build(targets: Iterable[Target], source_root: Path | None = None, *, force: 
             if any("fltmgr" in t.libs for t in targets):
                 if shutil.which(DLLTOOL) is None:
                     raise EnvironmentProblem(f"{DLLTOOL} is not installed", f"apt-get install -y {APT_PACKAGES}")
-                _run([DLLTOOL, "-d", str(FLTMGR_DEF), "-l", str(lib_dir / "libfltmgr.a"), "-k"], tmp,
-                     "libfltmgr.a")
+                _run([DLLTOOL, "-d", str(FLTMGR_DEF), "-l", str(lib_dir / "libfltmgr.a"), "-k"], tmp, "libfltmgr.a")
             for r in resolved:
                 _compile(r, tmp, lib_dir)
             shutil.rmtree(lib_dir)
@@ -427,8 +436,15 @@ def build_all(targets: tuple[Target, ...] = TARGETS, force: bool = False) -> Bui
     return build(targets, source_root(), force=force)
 
 
-def _build_one(kind: str, suffix: str, sources: Iterable[str | Path], name: str | None,
-               source_root: Path | None, force: bool, **row: Iterable[str | Path]) -> Path:
+def _build_one(
+    kind: str,
+    suffix: str,
+    sources: Iterable[str | Path],
+    name: str | None,
+    source_root: Path | None,
+    force: bool,
+    **row: Iterable[str | Path],
+) -> Path:
     sources = tuple(sources)
     if not sources:
         raise BuildError(f"no sources given for a {kind}", "pass the .c files to compile")
@@ -437,21 +453,57 @@ def _build_one(kind: str, suffix: str, sources: Iterable[str | Path], name: str 
     return build([Target(name, sources, kind, **row)], source_root, force=force)[name]
 
 
-def build_driver(sources: Iterable[str | Path], name: str | None = None, *, source_root: Path | None = None,
-                 include_dirs: Iterable[str | Path] = (), defines: Iterable[str] = (),
-                 libs: Iterable[str] = NT_LIBS, ldflags: Iterable[str] = (), force: bool = False) -> Path:
+def build_driver(
+    sources: Iterable[str | Path],
+    name: str | None = None,
+    *,
+    source_root: Path | None = None,
+    include_dirs: Iterable[str | Path] = (),
+    defines: Iterable[str] = (),
+    libs: Iterable[str] = NT_LIBS,
+    ldflags: Iterable[str] = (),
+    force: bool = False,
+) -> Path:
     """Build one kernel driver (``name`` defaults to the first source's stem + ``.sys``) and
     return its path in the cache: checksummed and checked by :func:`~hil.deploy.pecheck.check_driver`."""
-    return _build_one("driver", ".sys", sources, name, source_root, force, include_dirs=include_dirs,
-                      defines=defines, libs=libs, ldflags=ldflags)
+    return _build_one(
+        "driver",
+        ".sys",
+        sources,
+        name,
+        source_root,
+        force,
+        include_dirs=include_dirs,
+        defines=defines,
+        libs=libs,
+        ldflags=ldflags,
+    )
 
 
-def build_exe(sources: Iterable[str | Path], name: str | None = None, *, source_root: Path | None = None,
-              include_dirs: Iterable[str | Path] = (), defines: Iterable[str] = (),
-              libs: Iterable[str] = (), ldflags: Iterable[str] = (), force: bool = False) -> Path:
+def build_exe(
+    sources: Iterable[str | Path],
+    name: str | None = None,
+    *,
+    source_root: Path | None = None,
+    include_dirs: Iterable[str | Path] = (),
+    defines: Iterable[str] = (),
+    libs: Iterable[str] = (),
+    ldflags: Iterable[str] = (),
+    force: bool = False,
+) -> Path:
     """Build one Windows console program (``wmain``; ``name`` defaults to stem + ``.exe``)."""
-    return _build_one("user", ".exe", sources, name, source_root, force, include_dirs=include_dirs,
-                      defines=defines, libs=libs, ldflags=ldflags)
+    return _build_one(
+        "user",
+        ".exe",
+        sources,
+        name,
+        source_root,
+        force,
+        include_dirs=include_dirs,
+        defines=defines,
+        libs=libs,
+        ldflags=ldflags,
+    )
 
 
 def main(argv: list[str] | None = None) -> int:

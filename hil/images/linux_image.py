@@ -44,11 +44,17 @@ class LinuxImage:
     kbuild_dir: Path | None
 
     @classmethod
-    def from_dir(cls, d: Path) -> "LinuxImage":
+    def from_dir(cls, d: Path) -> LinuxImage:
         m = json.loads((d / "manifest.json").read_text())
-        return cls(dir=d, disk=d / "base.qcow2", kernel=d / "vmlinuz", initrd=d / "initrd.img",
-                   cmdline=m["cmdline"], kernel_release=m["kernel_release"],
-                   kbuild_dir=d / "kbuild" / "usr" / "src" / f"linux-headers-{m['kernel_release']}")
+        return cls(
+            dir=d,
+            disk=d / "base.qcow2",
+            kernel=d / "vmlinuz",
+            initrd=d / "initrd.img",
+            cmdline=m["cmdline"],
+            kernel_release=m["kernel_release"],
+            kbuild_dir=d / "kbuild" / "usr" / "src" / f"linux-headers-{m['kernel_release']}",
+        )
 
 
 def image_dir_for(recipe: LinuxRecipe) -> Path:
@@ -61,8 +67,9 @@ def cached_image(recipe: LinuxRecipe | None = None) -> LinuxImage | None:
     return LinuxImage.from_dir(d) if (d / "manifest.json").is_file() else None
 
 
-def ensure_linux_image(recipe: LinuxRecipe | None = None, progress: Progress | None = None,
-                       rebuild: bool = False) -> LinuxImage:
+def ensure_linux_image(
+    recipe: LinuxRecipe | None = None, progress: Progress | None = None, rebuild: bool = False
+) -> LinuxImage:
     """Return the cached image for ``recipe``, building it first if needed."""
     recipe = recipe or load_linux_recipe()
     final = image_dir_for(recipe)
@@ -81,20 +88,21 @@ def ensure_linux_image(recipe: LinuxRecipe | None = None, progress: Progress | N
 def _require_tools() -> None:
     missing = [t for t in ("debootstrap", "mkfs.ext4", "qemu-img") if not shutil.which(t)]
     if missing:
-        raise EnvironmentProblem(f"building the Linux guest needs {', '.join(missing)}",
-                                 "apt-get install debootstrap e2fsprogs qemu-utils")
+        raise EnvironmentProblem(
+            f"building the Linux guest needs {', '.join(missing)}", "apt-get install debootstrap e2fsprogs qemu-utils"
+        )
     if os.geteuid() != 0:
-        raise EnvironmentProblem("building the Linux guest with debootstrap needs root",
-                                 "run `hil image build linux` as root, or point the config at your own image")
+        raise EnvironmentProblem(
+            "building the Linux guest with debootstrap needs root",
+            "run `hil image build linux` as root, or point the config at your own image",
+        )
 
 
-def _run_logged(cmd: list[str], log: Path, progress: Progress, phase: str,
-                line_detail=None) -> None:
+def _run_logged(cmd: list[str], log: Path, progress: Progress, phase: str, line_detail=None) -> None:
     """Run ``cmd``, append its output to ``log``, feed lines to the progress display."""
     with open(log, "ab") as out:
         out.write(f"$ {' '.join(cmd)}\n".encode())
-        proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-                                stdin=subprocess.DEVNULL)
+        proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
         assert proc.stdout is not None
         for raw in proc.stdout:
             out.write(raw)
@@ -105,8 +113,10 @@ def _run_logged(cmd: list[str], log: Path, progress: Progress, phase: str,
         rc = proc.wait()
     if rc != 0:
         tail = log.read_text(errors="replace").splitlines()[-15:]
-        raise HilError(f"{phase} failed (exit {rc}); last lines of {log}:\n    " + "\n    ".join(tail),
-                       "check network access to the Debian mirror and free disk space, then rebuild")
+        raise HilError(
+            f"{phase} failed (exit {rc}); last lines of {log}:\n    " + "\n    ".join(tail),
+            "check network access to the Debian mirror and free disk space, then rebuild",
+        )
 
 
 def _debootstrap_detail():
@@ -131,9 +141,20 @@ def _build(recipe: LinuxRecipe, final: Path, progress: Progress) -> None:
     root = partial / "root"
 
     progress.update("debootstrap", f"{recipe.suite} from {recipe.mirror}")
-    _run_logged(["debootstrap", f"--variant={recipe.variant}",
-                 f"--include={','.join(recipe.packages)}", recipe.suite, str(root), recipe.mirror],
-                log, progress, "debootstrap", _debootstrap_detail())
+    _run_logged(
+        [
+            "debootstrap",
+            f"--variant={recipe.variant}",
+            f"--include={','.join(recipe.packages)}",
+            recipe.suite,
+            str(root),
+            recipe.mirror,
+        ],
+        log,
+        progress,
+        "debootstrap",
+        _debootstrap_detail(),
+    )
 
     progress.update("configure", "overlay, services")
     _configure(recipe, root, log, progress)
@@ -142,21 +163,29 @@ def _build(recipe: LinuxRecipe, final: Path, progress: Progress) -> None:
     release = _extract_boot_files(root, partial)
 
     progress.update("mkfs", "ext4 from the root folder")
-    used_mib = int(subprocess.run(["du", "-sm", "--apparent-size", str(root)], check=True,
-                                  capture_output=True, text=True).stdout.split()[0])
+    used_mib = int(
+        subprocess.run(
+            ["du", "-sm", "--apparent-size", str(root)], check=True, capture_output=True, text=True
+        ).stdout.split()[0]
+    )
     size_mib = int(used_mib * 1.15) + recipe.headroom_mib
     raw = partial / "root.raw"
-    _run_logged(["mkfs.ext4", "-q", "-F", "-L", "hilroot", "-d", str(root), str(raw), f"{size_mib}M"],
-                log, progress, "mkfs")
+    _run_logged(
+        ["mkfs.ext4", "-q", "-F", "-L", "hilroot", "-d", str(root), str(raw), f"{size_mib}M"], log, progress, "mkfs"
+    )
     progress.update("qcow2", f"{size_mib} MiB file system")
-    _run_logged(["qemu-img", "convert", "-O", "qcow2", str(raw), str(partial / "base.qcow2")],
-                log, progress, "qcow2")
+    _run_logged(["qemu-img", "convert", "-O", "qcow2", str(raw), str(partial / "base.qcow2")], log, progress, "qcow2")
     raw.unlink()
     shutil.rmtree(root)
 
-    manifest = {"key": recipe.key(), "recipe": str(recipe.path.name), "kernel_release": release,
-                "cmdline": recipe.cmdline, "built_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
-                "fs_size_mib": size_mib}
+    manifest = {
+        "key": recipe.key(),
+        "recipe": str(recipe.path.name),
+        "kernel_release": release,
+        "cmdline": recipe.cmdline,
+        "built_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+        "fs_size_mib": size_mib,
+    }
     (partial / "manifest.json").write_text(json.dumps(manifest, indent=2) + "\n")
     for p in [partial, *partial.rglob("*")]:
         if not p.is_symlink():
@@ -187,8 +216,7 @@ def _configure(recipe: LinuxRecipe, root: Path, log: Path, progress: Progress) -
 def _extract_boot_files(root: Path, out: Path) -> str:
     kernels = sorted((root / "boot").glob("vmlinuz-*"))
     if not kernels:
-        raise HilError(f"no kernel in {root}/boot after debootstrap",
-                       "the recipe must include a linux-image-* package")
+        raise HilError(f"no kernel in {root}/boot after debootstrap", "the recipe must include a linux-image-* package")
     release = kernels[-1].name.removeprefix("vmlinuz-")
     shutil.copy2(kernels[-1], out / "vmlinuz")
     shutil.copy2(root / "boot" / f"initrd.img-{release}", out / "initrd.img")
@@ -198,6 +226,8 @@ def _extract_boot_files(root: Path, out: Path) -> str:
     for d in (root / "usr/lib").glob("linux-kbuild-*"):
         shutil.copytree(d, kbuild / "lib" / d.name, symlinks=True)
     if not (kbuild / "src" / f"linux-headers-{release}").is_dir():
-        raise HilError(f"the guest kernel {release} has no headers in the image",
-                       "the recipe must include the linux-headers-* package matching its kernel")
+        raise HilError(
+            f"the guest kernel {release} has no headers in the image",
+            "the recipe must include the linux-headers-* package matching its kernel",
+        )
     return release

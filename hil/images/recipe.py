@@ -49,8 +49,10 @@ def default_recipe_path(os_name: str = "linux") -> Path:
 def load_linux_recipe(path: Path | None = None) -> LinuxRecipe:
     path = path or default_recipe_path("linux")
     if not path.is_file():
-        raise ConfigError(f"guest recipe {path} does not exist",
-                          "reinstall kernel-hil (the wheel ships guests/), or pass the path of a recipe.toml")
+        raise ConfigError(
+            f"guest recipe {path} does not exist",
+            "reinstall kernel-hil (the wheel ships guests/), or pass the path of a recipe.toml",
+        )
     try:
         data = tomllib.loads(path.read_text())
         ds, img, boot, sd = data["debootstrap"], data.get("image", {}), data["boot"], data.get("systemd", {})
@@ -66,5 +68,7 @@ def load_linux_recipe(path: Path | None = None) -> LinuxRecipe:
             enable=tuple(sd.get("enable", ())),
         )
     except (tomllib.TOMLDecodeError, KeyError, TypeError, ValueError) as exc:
-        raise ConfigError(f"guest recipe {path} is invalid: {exc!r}",
-                          "compare it with guests/linux/recipe.toml in the kernel-hil repository") from None
+        raise ConfigError(
+            f"guest recipe {path} is invalid: {exc!r}",
+            "compare it with guests/linux/recipe.toml in the kernel-hil repository",
+        ) from None

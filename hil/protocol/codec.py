@@ -66,8 +66,10 @@ class Hello(NamedTuple):
 
     def __repr__(self) -> str:
         token = f", token=<{len(self.token)} bytes>" if self.token else ""
-        return (f"Hello(kind={self.kind!r}, os={self.os!r}, host={self.host!r}, "
-                f"protocol_version={self.protocol_version}{token})")
+        return (
+            f"Hello(kind={self.kind!r}, os={self.os!r}, host={self.host!r}, "
+            f"protocol_version={self.protocol_version}{token})"
+        )
 
 
 class Request(NamedTuple):
@@ -101,18 +103,18 @@ class RawRecords(Sequence):
         if not 0 <= i < n:
             raise IndexError("record index out of range")
         stop = self._base + starts[i + 1] if i + 1 < n else self._end
-        return self._data[self._base + starts[i]:stop]
+        return self._data[self._base + starts[i] : stop]
 
     def __iter__(self) -> Iterator[bytes]:
         data, base, starts = self._data, self._base, self._starts
         for i in range(len(starts) - 1):
-            yield data[base + starts[i]:base + starts[i + 1]]
+            yield data[base + starts[i] : base + starts[i + 1]]
         if starts:
-            yield data[base + starts[-1]:self._end]
+            yield data[base + starts[-1] : self._end]
 
     def __eq__(self, other) -> bool:
         if isinstance(other, (list, tuple, RawRecords)):
-            return len(self) == len(other) and all(a == b for a, b in zip(self, other))
+            return len(self) == len(other) and all(a == b for a, b in zip(self, other, strict=True))
         return NotImplemented
 
     def __repr__(self) -> str:
@@ -160,21 +162,14 @@ def encode_frame(ftype: int, payload: bytes = b"") -> bytes:
 def _str16(value: str, what: str, minimum: int) -> bytes:
     raw = value.encode("utf-8")
     if not minimum <= len(raw) <= MAX_HELLO_STRING:
-        raise ValueError(
-            f"HELLO {what} must be {minimum}..{MAX_HELLO_STRING} UTF-8 bytes: {value!r}")
+        raise ValueError(f"HELLO {what} must be {minimum}..{MAX_HELLO_STRING} UTF-8 bytes: {value!r}")
     return _U16.pack(len(raw)) + raw
 
 
-def encode_hello(kind: str, os: str, host: str, protocol_version: int = VERSION,
-                 token: bytes | str = b"") -> bytes:
+def encode_hello(kind: str, os: str, host: str, protocol_version: int = VERSION, token: bytes | str = b"") -> bytes:
     """HELLO; ``token`` (bytes, or text sent as UTF-8) is the optional shared secret, left out
     of the frame when empty (the frame is then exactly a HELLO without the field)."""
-    payload = (
-        _U16.pack(protocol_version)
-        + _str16(kind, "kind", 1)
-        + _str16(os, "os", 0)
-        + _str16(host, "host", 1)
-    )
+    payload = _U16.pack(protocol_version) + _str16(kind, "kind", 1) + _str16(os, "os", 0) + _str16(host, "host", 1)
     if token:
         raw = token_bytes(token)
         payload += _U16.pack(len(raw)) + raw
@@ -221,8 +216,7 @@ def encode_batch(request_id: int, records: list[bytes], dropped: int = 0) -> byt
 # --------------------------------------------------------------------------- decoding
 
 
-def decode_records(buf: bytes, off: int, end: int,
-                   out: list[bytes], skipped: list[tuple[int, int]]) -> None:
+def decode_records(buf: bytes, off: int, end: int, out: list[bytes], skipped: list[tuple[int, int]]) -> None:
     """Validate the records in ``buf[off:end]``, appending raw process records to ``out``.
 
     ``buf`` must be a ``bytes`` object (slices of it become the stored records); it may extend
@@ -236,8 +230,7 @@ def decode_records(buf: bytes, off: int, end: int,
         try:
             while off < end:
                 t, blen, lp, ls, lh, ln = unpack(buf, off)
-                if blen - ln != 52 or lp != 4 or ls != 8 or lh != 32 or ln > MAX_PATH \
-                        or not 0 < t < 3:
+                if blen - ln != 52 or lp != 4 or ls != 8 or lh != 32 or ln > MAX_PATH or not 0 < t < 3:
                     break
                 nxt = off + 56 + ln
                 append(buf[off:nxt])
@@ -250,13 +243,10 @@ def decode_records(buf: bytes, off: int, end: int,
             off = _decode_record_slow(buf, off, end, out, skipped)
 
 
-def _decode_record_slow(buf: bytes, off: int, end: int,
-                        out: list[bytes], skipped: list[tuple[int, int]]) -> int:
+def _decode_record_slow(buf: bytes, off: int, end: int, out: list[bytes], skipped: list[tuple[int, int]]) -> int:
     left = end - off
     if left < 4:
-        raise MalformedRecord(
-            f"record header at payload offset {off} needs 4 bytes, only {left} left"
-        )
+        raise MalformedRecord(f"record header at payload offset {off} needs 4 bytes, only {left} left")
     rtype, blen = _REC_HDR.unpack_from(buf, off)
     nxt = off + 4 + blen
     if nxt > end:
@@ -268,9 +258,7 @@ def _decode_record_slow(buf: bytes, off: int, end: int,
         skipped.append((rtype, blen))
         return nxt
     if blen < 52:
-        raise MalformedRecord(
-            f"process record at payload offset {off} has body_len {blen}; at least 52 needed"
-        )
+        raise MalformedRecord(f"process record at payload offset {off} has body_len {blen}; at least 52 needed")
     _, _, lp, _, ls, _, lh, _, ln = _FULL.unpack_from(buf, off)
     if (lp, ls, lh) != (4, 8, 32):
         raise MalformedRecord(
@@ -279,13 +267,11 @@ def _decode_record_slow(buf: bytes, off: int, end: int,
         )
     if ln > MAX_PATH:
         raise MalformedRecord(
-            f"process record at payload offset {off}: image path of {ln} bytes exceeds "
-            f"the {MAX_PATH}-byte limit"
+            f"process record at payload offset {off}: image path of {ln} bytes exceeds the {MAX_PATH}-byte limit"
         )
     if 52 + ln > blen:
         raise MalformedRecord(
-            f"process record at payload offset {off}: image path of {ln} bytes overruns "
-            f"body_len {blen}"
+            f"process record at payload offset {off}: image path of {ln} bytes overruns body_len {blen}"
         )
     out.append(buf[off:nxt])
     return nxt
@@ -300,7 +286,7 @@ def _decode_bytes16(payload: bytes, off: int, what: str, minimum: int) -> tuple[
         raise MalformedFrame(f"HELLO {what} is {n} bytes; allowed {minimum}..{MAX_HELLO_STRING}")
     if off + n > len(payload):
         raise MalformedFrame(f"HELLO {what} of {n} bytes overruns the payload")
-    return payload[off:off + n], off + n
+    return payload[off : off + n], off + n
 
 
 def _decode_str16(payload: bytes, off: int, what: str, minimum: int) -> tuple[str, int]:
@@ -345,15 +331,13 @@ def _check_header(magic: bytes, version: int, ftype: int, length: int, where: in
         )
     if version != VERSION:
         raise UnsupportedVersion(
-            f"frame at stream offset {where} is protocol version {version}; "
-            f"this side speaks {VERSION}"
+            f"frame at stream offset {where} is protocol version {version}; this side speaks {VERSION}"
         )
     if ftype not in FRAME_NAMES:
         raise UnknownFrameType(f"frame at stream offset {where} has unknown type {ftype}")
     if length > MAX_PAYLOAD:
         raise FrameTooLarge(
-            f"frame at stream offset {where} announces a {length}-byte payload; "
-            f"the limit is {MAX_PAYLOAD}"
+            f"frame at stream offset {where} announces a {length}-byte payload; the limit is {MAX_PAYLOAD}"
         )
 
 
@@ -408,14 +392,13 @@ class StreamDecoder:
                     _check_magic_prefix(buf, self.offset)
                     return
             magic, version, ftype, length = HEADER.unpack_from(buf, 0)
-            if magic != MAGIC or version != VERSION or length > MAX_PAYLOAD \
-                    or ftype not in FRAME_NAMES:
+            if magic != MAGIC or version != VERSION or length > MAX_PAYLOAD or ftype not in FRAME_NAMES:
                 _check_header(magic, version, ftype, length, self.offset)
             need = HEADER_LEN + length - len(buf)
             if len(data) - start < need:
                 buf += memoryview(data)[start:]
                 return
-            buf += memoryview(data)[start:start + need]
+            buf += memoryview(data)[start : start + need]
             start += need
             frame = bytes(buf)
             buf.clear()
@@ -431,8 +414,7 @@ class StreamDecoder:
         try:
             while end - off >= HEADER_LEN:
                 magic, version, ftype, length = unpack_header(data, off)
-                if magic != MAGIC or version != VERSION or length > MAX_PAYLOAD \
-                        or ftype not in FRAME_NAMES:
+                if magic != MAGIC or version != VERSION or length > MAX_PAYLOAD or ftype not in FRAME_NAMES:
                     _check_header(magic, version, ftype, length, self.offset + off)
                 p = off + HEADER_LEN
                 nxt = p + length
@@ -442,8 +424,7 @@ class StreamDecoder:
                     starts = indexer.index(data, p, nxt) if indexer is not None else None
                     if starts is not None:  # all v1 process records, checked in C
                         if len(starts) <= SMALL_FRAME:  # a view costs ~150 bytes: copies
-                            frame: Frame = Records(
-                                [bytes(r) for r in RawRecords(data, p, nxt, starts)], [])
+                            frame: Frame = Records([bytes(r) for r in RawRecords(data, p, nxt, starts)], [])
                         elif p == HEADER_LEN and nxt == end and type(data) is bytes:
                             # data is this one frame (reassembled): its bytes are its own
                             frame = Records(RawRecords(data, p, nxt, starts), [])
@@ -458,9 +439,7 @@ class StreamDecoder:
                             else:  # a reused read buffer: slices would be views of it
                                 decode_records(bytes(data[p:nxt]), 0, length, out, skipped)
                         except MalformedRecord as exc:
-                            exc.problem = (
-                                f"{exc.problem} (RECORDS frame at stream offset {self.offset + off})"
-                            )
+                            exc.problem = f"{exc.problem} (RECORDS frame at stream offset {self.offset + off})"
                             exc.args = (exc.problem,)
                             raise
                         frame = Records(out, skipped)
@@ -485,8 +464,7 @@ class StreamDecoder:
             n = len(self._buf)
             self._buf.clear()
             raise TruncatedFrame(
-                f"stream ended inside a frame at stream offset {self.offset} "
-                f"({n} bytes of an incomplete frame)"
+                f"stream ended inside a frame at stream offset {self.offset} ({n} bytes of an incomplete frame)"
             )
 
 

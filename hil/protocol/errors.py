@@ -63,9 +63,14 @@ class StalledPeer(ProtocolError):
 class Unauthorized(ProtocolError):
     """The collector requires a shared token and the HELLO's token is absent or wrong."""
 
-    def __init__(self, problem: str, fix: str | None = (
+    def __init__(
+        self,
+        problem: str,
+        fix: str | None = (
             "give the agent the collector's token (Linux: hil_agent token=...; Windows: the "
-            "Token value under the driver's Parameters key; Python: ReferenceAgent(token=...))")):
+            "Token value under the driver's Parameters key; Python: ReferenceAgent(token=...))"
+        ),
+    ):
         super().__init__(problem, fix)
 
 

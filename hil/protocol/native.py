@@ -49,8 +49,14 @@ def _build() -> Path:
     cc = _compiler()
     if cc is None:
         raise EnvironmentProblem("no C compiler (cc, gcc or clang)", "apt-get install gcc")
-    return compile_c(SOURCE_DIR / "hil_proto.c", cc=cc, flags=CFLAGS, depends=[SOURCE_DIR / "hil_proto.h"],
-                     cache="build/native", output="libhilproto.so")
+    return compile_c(
+        SOURCE_DIR / "hil_proto.c",
+        cc=cc,
+        flags=CFLAGS,
+        depends=[SOURCE_DIR / "hil_proto.h"],
+        cache="build/native",
+        output="libhilproto.so",
+    )
 
 
 def load() -> ctypes.CDLL | None:
@@ -89,7 +95,7 @@ class RecordIndexer:
         self._starts = (ctypes.c_uint32 * MAX_RECORDS)()
         self._starts_addr = ctypes.addressof(self._starts)
         self._data: bytes | None = None  # the last buffer seen and its address: several frames
-        self._base = 0                   # arrive in one read, so most calls skip the lookup
+        self._base = 0  # arrive in one read, so most calls skip the lookup
 
     def index(self, data: bytes | memoryview, off: int, end: int) -> array | None:
         """Payload-relative starts of the records in ``data[off:end]`` (a compact ``uint32``

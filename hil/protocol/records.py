@@ -58,8 +58,10 @@ class Record:
             when = time.strftime(" at %H:%M:%S", time.gmtime(self.wall)) + f".{ms:03d}Z"
         who = f" from {self.agent.host}" if self.agent is not None else ""
         sha = "0" if self.sha256 == NO_SHA256 else self.sha256.hex()[:16] + "..."
-        return (f"Record({self.kind} pid={self.pid} image_path={self.image_path!r} "
-                f"image_size={self.image_size} sha256={sha}{who}{when})")
+        return (
+            f"Record({self.kind} pid={self.pid} image_path={self.image_path!r} "
+            f"image_size={self.image_size} sha256={sha}{who}{when})"
+        )
 
     @property
     def host(self) -> str | None:
@@ -101,11 +103,7 @@ def encode_process_record(
     body_len = PROCESS_BODY_FIXED + len(path) + len(extra)
     if body_len > 0xFFFF:
         raise ValueError("record body too long")
-    return (
-        PROCESS_PREFIX.pack(rtype, body_len, 4, pid, 8, image_size, 32, sha256, len(path))
-        + path
-        + extra
-    )
+    return PROCESS_PREFIX.pack(rtype, body_len, 4, pid, 8, image_size, 32, sha256, len(path)) + path + extra
 
 
 def encode_raw_record(rtype: int, body: bytes) -> bytes:
@@ -116,12 +114,18 @@ def encode_raw_record(rtype: int, body: bytes) -> bytes:
 _unpack_prefix = PROCESS_PREFIX.unpack_from
 
 
-def decode_record(raw: bytes, agent: Any = None, mono: float | None = None,
-                  wall: float | None = None) -> Record:
+def decode_record(raw: bytes, agent: Any = None, mono: float | None = None, wall: float | None = None) -> Record:
     """Build a :class:`Record` from a validated raw process record."""
     rtype, _blen, _, pid, _, size, _, sha, n = _unpack_prefix(raw, 0)
-    path = raw[PROCESS_PREFIX_LEN:PROCESS_PREFIX_LEN + n]
+    path = raw[PROCESS_PREFIX_LEN : PROCESS_PREFIX_LEN + n]
     return Record(
-        KIND_BY_TYPE[rtype], pid, path.decode("utf-8", "replace"), size, sha, path,
-        agent, mono, wall,
+        KIND_BY_TYPE[rtype],
+        pid,
+        path.decode("utf-8", "replace"),
+        size,
+        sha,
+        path,
+        agent,
+        mono,
+        wall,
     )

@@ -60,6 +60,7 @@ def choose_accel(requested: str, probe: KvmProbe | None = None) -> str:
         return "tcg"
     probe = probe or probe_kvm()
     if requested == "kvm" and not probe.usable:
-        raise EnvironmentProblem(f"KVM was requested but does not work here: {probe.reason}",
-                                 "use --hil-accel=tcg (or auto) on this machine")
+        raise EnvironmentProblem(
+            f"KVM was requested but does not work here: {probe.reason}", "use --hil-accel=tcg (or auto) on this machine"
+        )
     return "kvm" if probe.usable else "tcg"

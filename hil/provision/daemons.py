@@ -39,8 +39,7 @@ def socket_answers(path: Path) -> bool:
         return True
 
 
-def ensure_daemons(uri: str, timeout: float = 15.0,
-                   sockets: dict[str, Path] | None = None) -> None:
+def ensure_daemons(uri: str, timeout: float = 15.0, sockets: dict[str, Path] | None = None) -> None:
     """Start the system daemons behind ``qemu:///system`` when nobody answers on their sockets.
 
     Only for the local system URI and only as root: anything else is the user's libvirt to run.
@@ -55,23 +54,28 @@ def ensure_daemons(uri: str, timeout: float = 15.0,
     if os.geteuid() != 0:
         raise EnvironmentProblem(
             f"libvirt daemons not running ({', '.join(missing)}) and we are not root to start them",
-            "start them as root: `virtlogd -d && libvirtd -d` (or `systemctl start libvirtd`)")
+            "start them as root: `virtlogd -d && libvirtd -d` (or `systemctl start libvirtd`)",
+        )
     for name in missing:  # virtlogd first: serial consoles to a file need it
         binary = _daemon_binary(name)
         if binary is None:
-            raise EnvironmentProblem(f"{name} is not installed",
-                                     "apt-get install libvirt-daemon-system qemu-system-x86")
+            raise EnvironmentProblem(
+                f"{name} is not installed", "apt-get install libvirt-daemon-system qemu-system-x86"
+            )
         sockets[name].unlink(missing_ok=True)  # stale: nobody answered on it
-        subprocess.run([binary, "-d"], check=False, stdin=subprocess.DEVNULL,
-                       stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        subprocess.run(
+            [binary, "-d"], check=False, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+        )
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if all(socket_answers(sockets[n]) for n in missing):
             return
         time.sleep(0.05)
-    raise EnvironmentProblem(f"started {', '.join(missing)} but nobody answered on "
-                             f"{', '.join(str(sockets[n]) for n in missing)} within {timeout:.0f}s",
-                             "look at /var/log/libvirt/ and run `libvirtd` in the foreground to see why")
+    raise EnvironmentProblem(
+        f"started {', '.join(missing)} but nobody answered on "
+        f"{', '.join(str(sockets[n]) for n in missing)} within {timeout:.0f}s",
+        "look at /var/log/libvirt/ and run `libvirtd` in the foreground to see why",
+    )
 
 
 def ensure_kvm_node_permissions(dev: Path = Path("/dev/kvm")) -> None:
@@ -100,8 +104,10 @@ def open_connection(uri: str):
     try:
         import libvirt
     except ImportError:
-        raise EnvironmentProblem("the libvirt Python binding is not installed",
-                                 "apt-get install libvirt-dev pkg-config && pip install libvirt-python") from None
+        raise EnvironmentProblem(
+            "the libvirt Python binding is not installed",
+            "apt-get install libvirt-dev pkg-config && pip install libvirt-python",
+        ) from None
     if uri == "qemu:///system":
         ensure_kvm_node_permissions()
     ensure_daemons(uri)
@@ -113,5 +119,7 @@ def open_connection(uri: str):
     try:
         return libvirt.open(uri)
     except libvirt.libvirtError as exc:
-        raise EnvironmentProblem(f"cannot connect to libvirt at {uri}: {exc.get_error_message()}",
-                                 "check `libvirt_uri` in hil.toml and that libvirtd runs (`hil doctor`)") from None
+        raise EnvironmentProblem(
+            f"cannot connect to libvirt at {uri}: {exc.get_error_message()}",
+            "check `libvirt_uri` in hil.toml and that libvirtd runs (`hil doctor`)",
+        ) from None

@@ -94,8 +94,7 @@ def domain_xml(spec: GuestSpec) -> str:
     _sub(_sub(dev, "rng", model="virtio"), "backend", model="builtin")
     _sub(dev, "memballoon", model="none")
 
-    args = ["-netdev", netdev_arg(spec),
-            "-device", f"virtio-net-pci,netdev={NETDEV_ID},bus=pcie.0,addr=0x10"]
+    args = ["-netdev", netdev_arg(spec), "-device", f"virtio-net-pci,netdev={NETDEV_ID},bus=pcie.0,addr=0x10"]
     if spec.pcap:
         args += ["-object", f"filter-dump,id=hildump0,netdev={NETDEV_ID},file={spec.pcap}"]
     cmd = ET.SubElement(dom, f"{{{QEMU_NS}}}commandline")
@@ -115,8 +114,7 @@ def read_owner(xml: str) -> dict[str, str] | None:
     return dict(el.attrib) if el is not None else None
 
 
-def with_changes(xml: str, *, name: str | None = None, disk: str | None = None,
-                 console_log: str | None = None) -> str:
+def with_changes(xml: str, *, name: str | None = None, disk: str | None = None, console_log: str | None = None) -> str:
     """Rewrite a saved domain's XML for a restore on a fresh overlay under a new name."""
     root = ET.fromstring(xml)
     if name:

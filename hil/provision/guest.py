@@ -43,8 +43,14 @@ def free_local_port() -> int:
 class Guest:
     """A libvirt guest with a transport.  Created by :class:`hil.lab.Lab`, not directly."""
 
-    def __init__(self, conn, spec: GuestSpec, transcript: Path | None = None,
-                 kernel_release: str | None = None, kbuild_dir: Path | None = None):
+    def __init__(
+        self,
+        conn,
+        spec: GuestSpec,
+        transcript: Path | None = None,
+        kernel_release: str | None = None,
+        kbuild_dir: Path | None = None,
+    ):
         self.conn = conn
         self.spec = spec
         self.name = spec.name
@@ -82,8 +88,10 @@ class Guest:
             try:
                 self._attach(self.conn.createXML(domain_xml(self.spec), 0))
             except libvirt.libvirtError as exc:
-                raise GuestError(f"libvirt refused to start guest {self.name}: {exc.get_error_message()}",
-                                 "run `hil doctor`; the domain XML is in the debug log") from None
+                raise GuestError(
+                    f"libvirt refused to start guest {self.name}: {exc.get_error_message()}",
+                    "run `hil doctor`; the domain XML is in the debug log",
+                ) from None
         self.state = GuestState.BOOTED
 
     def restore(self, save_file: Path, xml: str) -> None:
@@ -96,8 +104,10 @@ class Guest:
                 self.conn.restoreFlags(str(save_file), xml, libvirt.VIR_DOMAIN_SAVE_RUNNING)
                 self._attach(self.conn.lookupByName(self.name))
             except libvirt.libvirtError as exc:
-                raise GuestError(f"restoring guest {self.name} from {save_file} failed: {exc.get_error_message()}",
-                                 "the snapshot may be stale: delete the session's run folder and retry") from None
+                raise GuestError(
+                    f"restoring guest {self.name} from {save_file} failed: {exc.get_error_message()}",
+                    "the snapshot may be stale: delete the session's run folder and retry",
+                ) from None
         self.state = GuestState.BOOTED
 
     def wait_ready(self, timeout: float = 180.0) -> None:
@@ -109,7 +119,8 @@ class Guest:
                 self._raise_if_crashed("waiting for the guest agent")
                 raise GuestError(
                     f"guest {self.name} did not become ready within {timeout:.0f}s",
-                    f"look at its console log {self.spec.console_log}:\n{self.console_tail()}") from None
+                    f"look at its console log {self.spec.console_log}:\n{self.console_tail()}",
+                ) from None
         self.state = GuestState.READY
 
     def save(self, save_file: Path) -> str:
@@ -149,16 +160,18 @@ class Guest:
         if self.domain is not None:
             owner = {**self.spec.owner, "keep": "1"}
             attrs = " ".join(f'{k}="{v}"' for k, v in owner.items())
-            self.domain.setMetadata(libvirt.VIR_DOMAIN_METADATA_ELEMENT, f"<owner {attrs}/>", "hil",
-                                    HIL_NS, libvirt.VIR_DOMAIN_AFFECT_LIVE)
+            self.domain.setMetadata(
+                libvirt.VIR_DOMAIN_METADATA_ELEMENT, f"<owner {attrs}/>", "hil", HIL_NS, libvirt.VIR_DOMAIN_AFFECT_LIVE
+            )
 
     def mark_crashed(self, report=None) -> None:
         """The guest is dead: every later call fails at once, naming the crash."""
         if report is not None and self.crash is None:
             from hil.crash.monitor import Crash
 
-            self._manual_crash = Crash(report=report, source="manual", detected_at=time.monotonic(),
-                                       final_at=time.monotonic())
+            self._manual_crash = Crash(
+                report=report, source="manual", detected_at=time.monotonic(), final_at=time.monotonic()
+            )
         if self.state not in (GuestState.DESTROYED, GuestState.SAVED):
             self.state = GuestState.CRASHED
         if self.transport is not None:
@@ -223,10 +236,11 @@ class Guest:
         if self.state not in states:
             if self.state is GuestState.CRASHED:
                 what = f": {self.crash.title}" if self.crash is not None else ""
-                raise GuestError(f"guest {self.name} has crashed{what}; it cannot be used any more",
-                                 f"see its console log {self.spec.console_log}")
-            raise GuestError(f"guest {self.name} is {self.state.value}, not "
-                             + " or ".join(s.value for s in states))
+                raise GuestError(
+                    f"guest {self.name} has crashed{what}; it cannot be used any more",
+                    f"see its console log {self.spec.console_log}",
+                )
+            raise GuestError(f"guest {self.name} is {self.state.value}, not " + " or ".join(s.value for s in states))
 
     def domain_state(self) -> tuple[int, int] | None:
         import libvirt
@@ -249,8 +263,10 @@ class Guest:
             self.mark_crashed()
         if self.state is GuestState.CRASHED:
             title = self.crash.title if self.crash is not None else "libvirt state crashed/panicked"
-            raise GuestError(f"guest {self.name} crashed while {doing}: {title}",
-                             f"console log {self.spec.console_log}:\n{self.console_tail()}")
+            raise GuestError(
+                f"guest {self.name} crashed while {doing}: {title}",
+                f"console log {self.spec.console_log}:\n{self.console_tail()}",
+            )
 
     # --- console ------------------------------------------------------------------------
     def console_text(self) -> str:
@@ -260,7 +276,7 @@ class Guest:
             return ""
 
     def console_tail(self, lines: int = 25) -> str:
-        return "\n".join("    " + l for l in self.console_text().splitlines()[-lines:])
+        return "\n".join("    " + line for line in self.console_text().splitlines()[-lines:])
 
     # --- what tests use ---------------------------------------------------------------------
     def _transport(self) -> QgaTransport:
@@ -309,8 +325,10 @@ class Guest:
         for _ in range(8):
             host_port = free_local_port()
             last = libvirt_qemu.qemuMonitorCommand(
-                self.domain, f"hostfwd_add {NETDEV_ID} tcp:127.0.0.1:{host_port}-:{guest_port}",
-                libvirt_qemu.VIR_DOMAIN_QEMU_MONITOR_COMMAND_HMP).strip()
+                self.domain,
+                f"hostfwd_add {NETDEV_ID} tcp:127.0.0.1:{host_port}-:{guest_port}",
+                libvirt_qemu.VIR_DOMAIN_QEMU_MONITOR_COMMAND_HMP,
+            ).strip()
             if not last:
                 self.forwards[guest_port] = host_port
                 return host_port

@@ -38,15 +38,25 @@ class Owner:
     host: str
 
     @classmethod
-    def current(cls, worker: str | None = None, session: str | None = None) -> "Owner":
+    def current(cls, worker: str | None = None, session: str | None = None) -> Owner:
         pid = os.getpid()
         worker = worker or os.environ.get("PYTEST_XDIST_WORKER", "main")
-        return cls(session=session or uuid.uuid4().hex[:8], worker=worker, pid=pid,
-                   start=process_start_time(pid) or "0", host=socket.gethostname())
+        return cls(
+            session=session or uuid.uuid4().hex[:8],
+            worker=worker,
+            pid=pid,
+            start=process_start_time(pid) or "0",
+            host=socket.gethostname(),
+        )
 
     def as_dict(self) -> dict[str, str]:
-        return {"session": self.session, "worker": self.worker, "pid": str(self.pid),
-                "start": self.start, "host": self.host}
+        return {
+            "session": self.session,
+            "worker": self.worker,
+            "pid": str(self.pid),
+            "start": self.start,
+            "host": self.host,
+        }
 
     def prefix(self) -> str:
         """Every domain name this owner creates starts with this."""

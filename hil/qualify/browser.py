@@ -30,9 +30,18 @@ from hil.errors import EnvironmentProblem, HilError
 CANDIDATES = ("chromium", "chromium-browser", "google-chrome", "google-chrome-stable")
 INSTALL = "apt-get install -y chromium"
 # --no-sandbox: CI and the lab run as root, where Chromium's sandbox refuses to start.
-FLAGS = ("--headless", "--no-sandbox", "--disable-gpu", "--no-first-run", "--no-default-browser-check",
-         "--disable-extensions", "--disable-background-networking", "--disable-sync", "--mute-audio",
-         "--remote-debugging-pipe")
+FLAGS = (
+    "--headless",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--no-first-run",
+    "--no-default-browser-check",
+    "--disable-extensions",
+    "--disable-background-networking",
+    "--disable-sync",
+    "--mute-audio",
+    "--remote-debugging-pipe",
+)
 
 SETTLE = "new Promise(done => requestAnimationFrame(() => setTimeout(done, 0)))"
 
@@ -107,10 +116,10 @@ class PageLoad:
     console: list[ConsoleMessage] = field(default_factory=list)
     screenshot: Path | None = None
     text: str = ""
-    verdict: str = ""                       # PASS / FAIL (``data-verdict``)
+    verdict: str = ""  # PASS / FAIL (``data-verdict``)
     counts: dict[str, int] = field(default_factory=dict)  # outcome -> tests (``data-count``)
     crash_marks: list[str] = field(default_factory=list)  # "new", "known (first seen ...)" per crash shown
-    trend_points: int = 0                   # runs on the pass-rate plot
+    trend_points: int = 0  # runs on the pass-rate plot
 
     @property
     def errors(self) -> list[ConsoleMessage]:
@@ -137,8 +146,7 @@ def find_chromium() -> str:
         path = shutil.which(name)
         if path:
             return path
-    raise EnvironmentProblem("headless Chromium not found (the run report is checked and "
-                             "screenshotted in it)", INSTALL)
+    raise EnvironmentProblem("headless Chromium not found (the run report is checked and screenshotted in it)", INSTALL)
 
 
 class _Pipe:
@@ -171,7 +179,7 @@ class _Pipe:
             message["sessionId"] = session
         data = json.dumps(message).encode() + b"\0"
         while data:
-            data = data[os.write(self.to_browser, data):]
+            data = data[os.write(self.to_browser, data) :]
         while True:
             reply = self._read_message()
             if reply.get("id") == self.next_id:
@@ -211,19 +219,34 @@ def _console(events: list[dict], session: str) -> list[ConsoleMessage]:
             continue
         p = e.get("params", {})
         if e["method"] == "Runtime.consoleAPICalled":
-            level = {"error": "error", "assert": "error", "warning": "warning",
-                     "debug": "debug"}.get(p.get("type", ""), "info")
+            level = {"error": "error", "assert": "error", "warning": "warning", "debug": "debug"}.get(
+                p.get("type", ""), "info"
+            )
             frame = (p.get("stackTrace") or {}).get("callFrames") or [{}]
-            out.append(ConsoleMessage(level, _remote_text(p.get("args", [])), "console-api",
-                                      frame[0].get("url", ""), frame[0].get("lineNumber", -1) + 1))
+            out.append(
+                ConsoleMessage(
+                    level,
+                    _remote_text(p.get("args", [])),
+                    "console-api",
+                    frame[0].get("url", ""),
+                    frame[0].get("lineNumber", -1) + 1,
+                )
+            )
         elif e["method"] == "Runtime.exceptionThrown":
             d = p.get("exceptionDetails", {})
             text = (d.get("exception") or {}).get("description") or d.get("text", "exception")
             out.append(ConsoleMessage("error", text, "exception", d.get("url", ""), d.get("lineNumber", -1) + 1))
         elif e["method"] == "Log.entryAdded":  # failed loads, CSP and other browser-side reports
             entry = p.get("entry", {})
-            out.append(ConsoleMessage(entry.get("level", "info"), entry.get("text", ""),
-                                      entry.get("source", ""), entry.get("url", ""), entry.get("lineNumber", 0)))
+            out.append(
+                ConsoleMessage(
+                    entry.get("level", "info"),
+                    entry.get("text", ""),
+                    entry.get("source", ""),
+                    entry.get("url", ""),
+                    entry.get("lineNumber", 0),
+                )
+            )
     return out
 
 
@@ -244,17 +267,25 @@ class _Chromium:
     def __enter__(self) -> _Chromium:
         self.profile = tempfile.TemporaryDirectory(prefix="hil-chromium-")
         self.log = tempfile.TemporaryFile()  # its chatter (D-Bus, GPU): read only on failure
-        to_r, to_w = os.pipe()      # we write commands, Chromium reads them on fd 3
+        to_r, to_w = os.pipe()  # we write commands, Chromium reads them on fd 3
         from_r, from_w = os.pipe()  # Chromium writes replies on fd 4, we read them
         to_r, from_w = _above_4(to_r), _above_4(from_w)
         # bash puts the pipe ends on fds 3 and 4 (subprocess cannot renumber descriptors; dash
         # cannot name one above 9)
-        argv = ["/bin/bash", "-c", f'exec "$0" "$@" 3<&{to_r} 4>&{from_w} {to_r}<&- {from_w}>&-', self.exe,
-                *FLAGS, f"--user-data-dir={self.profile.name}", f"--window-size={self.width},{self.height}",
-                "about:blank"]
+        argv = [
+            "/bin/bash",
+            "-c",
+            f'exec "$0" "$@" 3<&{to_r} 4>&{from_w} {to_r}<&- {from_w}>&-',
+            self.exe,
+            *FLAGS,
+            f"--user-data-dir={self.profile.name}",
+            f"--window-size={self.width},{self.height}",
+            "about:blank",
+        ]
         try:
-            self.proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=self.log, stderr=self.log,
-                                         pass_fds=(to_r, from_w))
+            self.proc = subprocess.Popen(
+                argv, stdin=subprocess.DEVNULL, stdout=self.log, stderr=self.log, pass_fds=(to_r, from_w)
+            )
         except OSError:
             for fd in (to_r, to_w, from_r, from_w):
                 os.close(fd)
@@ -292,8 +323,11 @@ class _Chromium:
         sid = session["sessionId"]
         for domain in ("Page", "Runtime", "Log"):
             self.pipe.call(f"{domain}.enable", session=sid)
-        self.pipe.call("Emulation.setDeviceMetricsOverride", {"width": self.width, "height": self.height,
-                                                              "deviceScaleFactor": 1, "mobile": False}, session=sid)
+        self.pipe.call(
+            "Emulation.setDeviceMetricsOverride",
+            {"width": self.width, "height": self.height, "deviceScaleFactor": 1, "mobile": False},
+            session=sid,
+        )
         return sid
 
     def navigate(self, sid: str, url: str) -> str:
@@ -307,24 +341,34 @@ class _Chromium:
         return ""
 
     def dom(self, sid: str) -> str:
-        reply = self.pipe.call("Runtime.evaluate", {"expression": "document.documentElement.outerHTML",
-                                                    "returnByValue": True}, session=sid)
+        reply = self.pipe.call(
+            "Runtime.evaluate", {"expression": "document.documentElement.outerHTML", "returnByValue": True}, session=sid
+        )
         return reply["result"].get("value", "")
 
     def screenshot(self, sid: str, out: Path, full_page: bool) -> Path:
         params: dict = {"format": "png"}
         if full_page:
             size = self.pipe.call("Page.getLayoutMetrics", session=sid)["cssContentSize"]
-            params.update(captureBeyondViewport=True, clip={"x": 0, "y": 0, "width": max(size["width"], 1),
-                                                            "height": max(size["height"], 1), "scale": 1})
+            params.update(
+                captureBeyondViewport=True,
+                clip={"x": 0, "y": 0, "width": max(size["width"], 1), "height": max(size["height"], 1), "scale": 1},
+            )
         shot = self.pipe.call("Page.captureScreenshot", params, session=sid)
         out.parent.mkdir(parents=True, exist_ok=True)
         out.write_bytes(base64.b64decode(shot["data"]))
         return out
 
 
-def load(page: Path | str, *, screenshot: Path | None = None, width: int = 1400, height: int = 1000,
-         full_page: bool = True, timeout: float = 60.0) -> PageLoad:
+def load(
+    page: Path | str,
+    *,
+    screenshot: Path | None = None,
+    width: int = 1400,
+    height: int = 1000,
+    full_page: bool = True,
+    timeout: float = 60.0,
+) -> PageLoad:
     """Load ``page`` (a file or a URL) in a fresh headless Chromium and return its rendered DOM,
     its console messages and, if ``screenshot`` is given, a PNG of it there (the whole page
     when ``full_page``, else the ``width`` x ``height`` viewport)."""
@@ -338,9 +382,10 @@ def load(page: Path | str, *, screenshot: Path | None = None, width: int = 1400,
             if screenshot is not None:
                 result.screenshot = browser.screenshot(sid, screenshot, full_page)
         except OSError as e:  # the pipe broke: Chromium did not start or died
-            raise EnvironmentProblem("\n".join([f"{browser.exe} died loading {url}: {e}", *browser.log_tail()]),
-                                     f"does `{browser.exe} --headless --no-sandbox --dump-dom about:blank` run? "
-                                     f"else {INSTALL}") from None
+            raise EnvironmentProblem(
+                "\n".join([f"{browser.exe} died loading {url}: {e}", *browser.log_tail()]),
+                f"does `{browser.exe} --headless --no-sandbox --dump-dom about:blank` run? else {INSTALL}",
+            ) from None
         except TimeoutError:
             raise HilError(f"{url} did not finish loading in {timeout:.0f} s in {browser.exe}") from None
         except RuntimeError as e:  # the browser refused a command
@@ -361,8 +406,7 @@ def console_errors(page: Path | str) -> list[ConsoleMessage]:
     return load(page).errors
 
 
-def screenshot(page: Path | str, out: Path, *, width: int = 1400, height: int = 1000,
-               full_page: bool = True) -> Path:
+def screenshot(page: Path | str, out: Path, *, width: int = 1400, height: int = 1000, full_page: bool = True) -> Path:
     """A PNG of ``page`` at ``out``."""
     load(page, screenshot=out, width=width, height=height, full_page=full_page)
     return out

@@ -40,7 +40,7 @@ import sqlite3
 import time
 from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import TypeVar
 
@@ -50,8 +50,21 @@ from sqlalchemy.engine import URL, Connection, Engine, make_url
 
 from hil.errors import ConfigError, HilError
 from hil.qualify.model import (
-    ERROR, FAILED, FLAKY, PASSED, SKIPPED, Artifact, CrashSeen, CrashSignature, Figure, FlakyTest,
-    Run, RunDiff, RunSummary, TestResult, TrendPoint,
+    ERROR,
+    FAILED,
+    FLAKY,
+    PASSED,
+    SKIPPED,
+    Artifact,
+    CrashSeen,
+    CrashSignature,
+    Figure,
+    FlakyTest,
+    Run,
+    RunDiff,
+    RunSummary,
+    TestResult,
+    TrendPoint,
 )
 
 SCHEMA_VERSION = 1
@@ -63,20 +76,23 @@ BUSY_TIMEOUT_S = 30.0
 RETRY_FOR_S = 120.0
 """How long a write is retried on lock contention, serialization failures and deadlocks."""
 
-URL_FIX = ("write sqlite:////ABSOLUTE/PATH/history.sqlite, or postgresql://USER:PASSWORD@HOST/DB "
-           "(postgresql://USER@/DB?host=/var/run/postgresql for the local socket)")
+URL_FIX = (
+    "write sqlite:////ABSOLUTE/PATH/history.sqlite, or postgresql://USER:PASSWORD@HOST/DB "
+    "(postgresql://USER@/DB?host=/var/run/postgresql for the local socket)"
+)
 
 metadata = sa.MetaData()
 
 runs = sa.Table(
-    "hil_runs", metadata,
+    "hil_runs",
+    metadata,
     sa.Column("run_id", sa.Text, primary_key=True),
     sa.Column("profile", sa.Text, nullable=False),
     sa.Column("host", sa.Text, nullable=False),
     sa.Column("version", sa.Text, nullable=False),
     sa.Column("guest_kernel", sa.Text, nullable=False),
     sa.Column("folder", sa.Text, nullable=False),
-    sa.Column("started", sa.Text, nullable=False),       # ISO 8601 as the run gave it
+    sa.Column("started", sa.Text, nullable=False),  # ISO 8601 as the run gave it
     sa.Column("ended", sa.Text, nullable=False),
     sa.Column("started_utc", sa.DateTime, nullable=False),  # the order of runs
     sa.Index("hil_runs_started", "started_utc", "run_id"),
@@ -85,12 +101,12 @@ runs = sa.Table(
 
 
 def _run_fk() -> sa.Column:
-    return sa.Column("run_id", sa.Text, sa.ForeignKey("hil_runs.run_id", ondelete="CASCADE"),
-                     primary_key=True)
+    return sa.Column("run_id", sa.Text, sa.ForeignKey("hil_runs.run_id", ondelete="CASCADE"), primary_key=True)
 
 
 artifacts = sa.Table(
-    "hil_artifacts", metadata,
+    "hil_artifacts",
+    metadata,
     _run_fk(),
     sa.Column("seq", sa.Integer, primary_key=True, autoincrement=False),  # order in Run.artifacts
     sa.Column("name", sa.Text, nullable=False),
@@ -100,7 +116,8 @@ artifacts = sa.Table(
 )
 
 results = sa.Table(
-    "hil_results", metadata,
+    "hil_results",
+    metadata,
     _run_fk(),
     sa.Column("nodeid", sa.Text, primary_key=True),
     sa.Column("seq", sa.Integer, nullable=False),  # order in Run.results
@@ -112,12 +129,13 @@ results = sa.Table(
     sa.Column("crash_kind", sa.Text, nullable=False),
     sa.Column("crash_expected", sa.Boolean, nullable=False),
     sa.Column("console_excerpt", sa.Text, nullable=False),
-    sa.Column("artifacts", sa.JSON, nullable=False),   # name -> path
-    sa.Column("deployed", sa.JSON, nullable=False),    # name -> [path, sha256]
+    sa.Column("artifacts", sa.JSON, nullable=False),  # name -> path
+    sa.Column("deployed", sa.JSON, nullable=False),  # name -> [path, sha256]
 )
 
 crashes = sa.Table(
-    "hil_crashes", metadata,
+    "hil_crashes",
+    metadata,
     _run_fk(),
     sa.Column("seq", sa.Integer, primary_key=True, autoincrement=False),
     sa.Column("title", sa.Text, nullable=False),
@@ -128,7 +146,8 @@ crashes = sa.Table(
 )
 
 figures = sa.Table(
-    "hil_figures", metadata,
+    "hil_figures",
+    metadata,
     _run_fk(),
     sa.Column("seq", sa.Integer, primary_key=True, autoincrement=False),
     sa.Column("name", sa.Text, nullable=False),
@@ -137,7 +156,8 @@ figures = sa.Table(
 )
 
 meta = sa.Table(
-    "hil_meta", metadata,
+    "hil_meta",
+    metadata,
     sa.Column("key", sa.Text, primary_key=True),
     sa.Column("value", sa.Text, nullable=False),
 )
@@ -148,6 +168,7 @@ _SCHEMA_LOCK = 0x68696C5F686973  # "hil_his": PostgreSQL advisory lock held whil
 
 
 # --- where the history is ------------------------------------------------------------------
+
 
 def data_root() -> Path:
     """The user's data folder: ``HIL_DATA_DIR``, else ``/var/lib/kernel-hil`` as root, else
@@ -166,8 +187,10 @@ def default_url() -> str:
     try:
         root.mkdir(parents=True, exist_ok=True)
     except OSError as exc:
-        raise ConfigError(f"cannot create the history folder {root}: {exc.strerror}",
-                          "set HIL_DATA_DIR to a folder you can write, or pass --history URL") from None
+        raise ConfigError(
+            f"cannot create the history folder {root}: {exc.strerror}",
+            "set HIL_DATA_DIR to a folder you can write, or pass --history URL",
+        ) from None
     return f"sqlite:///{(root / 'history.sqlite').resolve()}"
 
 
@@ -189,17 +212,21 @@ def engine_url(url: str) -> URL:
         driver = parsed.drivername.partition("+")[2] or "psycopg"
         return parsed.set(drivername=f"postgresql+{driver}")
     if backend != "sqlite":
-        raise ConfigError(f"history URL {mask(url)!r}: kernel-hil keeps its history in SQLite or "
-                          f"PostgreSQL, not {backend}", URL_FIX)
+        raise ConfigError(
+            f"history URL {mask(url)!r}: kernel-hil keeps its history in SQLite or PostgreSQL, not {backend}", URL_FIX
+        )
     if parsed.database and parsed.database != ":memory:" and not parsed.database.startswith("file:"):
         folder = Path(parsed.database).expanduser().resolve().parent
         if not folder.is_dir():
-            raise ConfigError(f"history URL {mask(url)!r}: folder {folder} does not exist",
-                              f"create it (mkdir -p {folder}) or choose another path")
+            raise ConfigError(
+                f"history URL {mask(url)!r}: folder {folder} does not exist",
+                f"create it (mkdir -p {folder}) or choose another path",
+            )
     return parsed
 
 
 # --- engines and errors --------------------------------------------------------------------
+
 
 def _create_engine(url: URL) -> Engine:
     if url.get_backend_name() == "sqlite":
@@ -221,7 +248,7 @@ def _sqlite_connect(dbapi_connection, _record) -> None:
     dbapi_connection.isolation_level = None
     cursor = dbapi_connection.cursor()
     try:
-        cursor.execute("PRAGMA journal_mode=WAL")   # persistent in the file; readers never block
+        cursor.execute("PRAGMA journal_mode=WAL")  # persistent in the file; readers never block
         cursor.execute("PRAGMA synchronous=NORMAL")  # durable at checkpoints, safe with WAL
         cursor.execute("PRAGMA foreign_keys=ON")
     finally:
@@ -245,14 +272,22 @@ def _fix(url: URL, message: str) -> str:
     low = message.lower()
     if "does not exist" in low and "database" in low:
         owner = f" -O {url.username}" if url.username else ""
-        return (f"create it (as the postgres user: createdb{owner} {url.database}) "
-                "or fix the database name in the URL")
+        return f"create it (as the postgres user: createdb{owner} {url.database}) or fix the database name in the URL"
     if "authentication failed" in low or "password" in low or "role" in low:
         return "fix the user and password in the URL (or the server's pg_hba.conf)"
-    if any(s in low for s in ("refused", "could not connect", "timeout", "timed out",
-                              "no such file", "could not translate host", "name or service")):
-        return ("start the server (Debian: pg_ctlcluster <version> main start) "
-                "or fix the host and port in the URL")
+    if any(
+        s in low
+        for s in (
+            "refused",
+            "could not connect",
+            "timeout",
+            "timed out",
+            "no such file",
+            "could not translate host",
+            "name or service",
+        )
+    ):
+        return "start the server (Debian: pg_ctlcluster <version> main start) or fix the host and port in the URL"
     if "unable to open database file" in low or "readonly" in low or "read-only" in low:
         return "check that the file's folder exists and that you may write it"
     if "locked" in low:
@@ -275,7 +310,7 @@ def _lock_key(run_id: str) -> int:
 
 def _utc(when: datetime) -> datetime:
     """The sort key of a time: UTC without tzinfo (a naive time is this host's local time)."""
-    return when.astimezone(timezone.utc).replace(tzinfo=None)
+    return when.astimezone(UTC).replace(tzinfo=None)
 
 
 def _pass_rate(counts: dict[str, int]) -> float:
@@ -288,6 +323,7 @@ T = TypeVar("T")
 
 
 # --- the history ---------------------------------------------------------------------------
+
 
 class History:
     """The run history in one database.  Open with :meth:`open`; close (or use ``with``)."""
@@ -308,8 +344,10 @@ class History:
         try:
             engine = _create_engine(sa_url)
         except ImportError as exc:  # an explicit driver that is not installed (+psycopg2...)
-            raise ConfigError(f"history URL {mask(url)!r}: database driver missing ({exc})",
-                              "write postgresql://... (psycopg 3 comes with kernel-hil)") from None
+            raise ConfigError(
+                f"history URL {mask(url)!r}: database driver missing ({exc})",
+                "write postgresql://... (psycopg 3 comes with kernel-hil)",
+            ) from None
         history = cls(engine, url)
         try:
             history._ensure_schema()
@@ -388,9 +426,11 @@ class History:
         if version is None:
             conn.execute(meta.insert().values(key="schema_version", value=str(SCHEMA_VERSION)))
         elif version > SCHEMA_VERSION:
-            raise ConfigError(f"history {self.url} was written by a newer kernel-hil "
-                              f"(schema {version}, this one knows {SCHEMA_VERSION})",
-                              "upgrade kernel-hil, or use another history URL")
+            raise ConfigError(
+                f"history {self.url} was written by a newer kernel-hil "
+                f"(schema {version}, this one knows {SCHEMA_VERSION})",
+                "upgrade kernel-hil, or use another history URL",
+            )
 
     # --- writing ---
 
@@ -418,22 +458,40 @@ class History:
             row = conn.execute(sa.select(runs).where(runs.c.run_id == run_id)).mappings().first()
             if row is None:
                 raise self._no_run(run_id)
-            child = {t: conn.execute(sa.select(t).where(t.c.run_id == run_id).order_by(t.c.seq)).mappings().all()
-                     for t in CHILDREN}
+            child = {
+                t: conn.execute(sa.select(t).where(t.c.run_id == run_id).order_by(t.c.seq)).mappings().all()
+                for t in CHILDREN
+            }
         return Run(
-            run_id=row["run_id"], profile=row["profile"], host=row["host"], version=row["version"],
-            guest_kernel=row["guest_kernel"], folder=row["folder"],
-            started=datetime.fromisoformat(row["started"]), ended=datetime.fromisoformat(row["ended"]),
-            results=[TestResult(
-                nodeid=r["nodeid"], outcome=r["outcome"], duration_s=r["duration_s"],
-                attempts=list(r["attempts"]), message=r["message"], crash_title=r["crash_title"],
-                crash_kind=r["crash_kind"], crash_expected=bool(r["crash_expected"]),
-                console_excerpt=r["console_excerpt"], artifacts=dict(r["artifacts"]),
-                deployed={k: (v[0], v[1]) for k, v in r["deployed"].items()},
-            ) for r in child[results]],
+            run_id=row["run_id"],
+            profile=row["profile"],
+            host=row["host"],
+            version=row["version"],
+            guest_kernel=row["guest_kernel"],
+            folder=row["folder"],
+            started=datetime.fromisoformat(row["started"]),
+            ended=datetime.fromisoformat(row["ended"]),
+            results=[
+                TestResult(
+                    nodeid=r["nodeid"],
+                    outcome=r["outcome"],
+                    duration_s=r["duration_s"],
+                    attempts=list(r["attempts"]),
+                    message=r["message"],
+                    crash_title=r["crash_title"],
+                    crash_kind=r["crash_kind"],
+                    crash_expected=bool(r["crash_expected"]),
+                    console_excerpt=r["console_excerpt"],
+                    artifacts=dict(r["artifacts"]),
+                    deployed={k: (v[0], v[1]) for k, v in r["deployed"].items()},
+                )
+                for r in child[results]
+            ],
             crashes=[CrashSeen(c["title"], c["kind"], c["nodeid"], bool(c["expected"])) for c in child[crashes]],
-            figures=[Figure(f["name"], float("nan") if f["value"] is None else f["value"], f["nodeid"])
-                     for f in child[figures]],
+            figures=[
+                Figure(f["name"], float("nan") if f["value"] is None else f["value"], f["nodeid"])
+                for f in child[figures]
+            ],
             artifacts=[Artifact(a["name"], a["path"], a["sha256"], a["origin"]) for a in child[artifacts]],
         )
 
@@ -451,19 +509,33 @@ class History:
             recent = conn.execute(_recent(runs, limit, profile)).mappings().all()
             ids = _recent(runs.c.run_id, limit, profile)
             counts = _outcome_counts(conn, ids)
-            crash_count = dict(conn.execute(
-                sa.select(crashes.c.run_id, sa.func.count())
-                .where(crashes.c.run_id.in_(ids), crashes.c.expected == sa.false())
-                .group_by(crashes.c.run_id)).all())
+            crash_count = dict(
+                conn.execute(
+                    sa.select(crashes.c.run_id, sa.func.count())
+                    .where(crashes.c.run_id.in_(ids), crashes.c.expected == sa.false())
+                    .group_by(crashes.c.run_id)
+                ).all()
+            )
         out = []
         for r in recent:
             c = counts.get(r["run_id"], {})
-            out.append(RunSummary(
-                run_id=r["run_id"], profile=r["profile"], host=r["host"],
-                started=datetime.fromisoformat(r["started"]), ended=datetime.fromisoformat(r["ended"]),
-                passed=c.get(PASSED, 0), failed=c.get(FAILED, 0) + c.get(ERROR, 0), flaky=c.get(FLAKY, 0),
-                skipped=c.get(SKIPPED, 0), crashes=crash_count.get(r["run_id"], 0), pass_rate=_pass_rate(c),
-                guest_kernel=r["guest_kernel"], version=r["version"]))
+            out.append(
+                RunSummary(
+                    run_id=r["run_id"],
+                    profile=r["profile"],
+                    host=r["host"],
+                    started=datetime.fromisoformat(r["started"]),
+                    ended=datetime.fromisoformat(r["ended"]),
+                    passed=c.get(PASSED, 0),
+                    failed=c.get(FAILED, 0) + c.get(ERROR, 0),
+                    flaky=c.get(FLAKY, 0),
+                    skipped=c.get(SKIPPED, 0),
+                    crashes=crash_count.get(r["run_id"], 0),
+                    pass_rate=_pass_rate(c),
+                    guest_kernel=r["guest_kernel"],
+                    version=r["version"],
+                )
+            )
         return out
 
     def crash_history(self, titles: Iterable[str], before: str | None = None) -> dict[str, CrashSignature]:
@@ -480,11 +552,12 @@ class History:
                 where.append(runs.c.run_id != before)
                 start = conn.scalar(sa.select(runs.c.started_utc).where(runs.c.run_id == before))
                 if start is not None:
-                    where.append(sa.or_(runs.c.started_utc < start,
-                                        sa.and_(runs.c.started_utc == start, runs.c.run_id < before)))
+                    where.append(
+                        sa.or_(runs.c.started_utc < start, sa.and_(runs.c.started_utc == start, runs.c.run_id < before))
+                    )
             rows = []
             for i in range(0, len(wanted), 500):  # bounded IN lists
-                rows += conn.execute(_sightings(crashes.c.title.in_(wanted[i:i + 500]), *where)).all()
+                rows += conn.execute(_sightings(crashes.c.title.in_(wanted[i : i + 500]), *where)).all()
         return {s.title: s for s in _signatures(rows)}
 
     def crashes(self, profile: str | None = None) -> list[CrashSignature]:
@@ -504,7 +577,9 @@ class History:
             rows = conn.execute(
                 sa.select(results.c.nodeid, sa.func.sum(is_flaky), sa.func.count())
                 .where(results.c.run_id.in_(_recent(runs.c.run_id, last, profile)))
-                .group_by(results.c.nodeid).having(sa.func.sum(is_flaky) > 0)).all()
+                .group_by(results.c.nodeid)
+                .having(sa.func.sum(is_flaky) > 0)
+            ).all()
         tests = [FlakyTest(nodeid, int(n_flaky), int(n_runs)) for nodeid, n_flaky, n_runs in rows]
         return sorted(tests, key=lambda t: (-t.fail_ratio, -t.flaky_runs, t.nodeid))
 
@@ -517,10 +592,11 @@ class History:
             for run_id in (a, b):
                 if run_id not in found:
                     raise self._no_run(run_id)
-            outcome = {r: dict(conn.execute(sa.select(results.c.nodeid, results.c.outcome)
-                                            .where(results.c.run_id == r)).all()) for r in (a, b)}
-            titles = {r: set(conn.scalars(sa.select(crashes.c.title).where(crashes.c.run_id == r)))
-                      for r in (a, b)}
+            outcome = {
+                r: dict(conn.execute(sa.select(results.c.nodeid, results.c.outcome).where(results.c.run_id == r)).all())
+                for r in (a, b)
+            }
+            titles = {r: set(conn.scalars(sa.select(crashes.c.title).where(crashes.c.run_id == r))) for r in (a, b)}
             figs = {r: _figures(conn, figures.c.run_id == r).get(r, {}) for r in (a, b)}
         good, bad = (PASSED, FLAKY, SKIPPED), (FAILED, ERROR)
         both = outcome[a].keys() & outcome[b].keys()
@@ -531,7 +607,8 @@ class History:
             if change > threshold:
                 moved.append((name, va, vb))
         return RunDiff(
-            run_a=a, run_b=b,
+            run_a=a,
+            run_b=b,
             newly_failing=sorted(n for n in both if outcome[a][n] in good and outcome[b][n] in bad),
             newly_passing=sorted(n for n in both if outcome[a][n] in bad and outcome[b][n] in (PASSED, FLAKY)),
             new_crashes=sorted(titles[b] - titles[a]),
@@ -546,18 +623,28 @@ class History:
             recent = conn.execute(_recent(sa.select(runs.c.run_id, runs.c.started), last, profile)).all()
             ids = _recent(runs.c.run_id, last, profile)
             counts = _outcome_counts(conn, ids)
-            titles = dict(conn.execute(
-                sa.select(crashes.c.run_id, sa.func.count(sa.distinct(crashes.c.title)))
-                .where(crashes.c.run_id.in_(ids), crashes.c.expected == sa.false())
-                .group_by(crashes.c.run_id)).all())
+            titles = dict(
+                conn.execute(
+                    sa.select(crashes.c.run_id, sa.func.count(sa.distinct(crashes.c.title)))
+                    .where(crashes.c.run_id.in_(ids), crashes.c.expected == sa.false())
+                    .group_by(crashes.c.run_id)
+                ).all()
+            )
             figs = _figures(conn, figures.c.run_id.in_(ids))
-        return [TrendPoint(run_id=run_id, started=datetime.fromisoformat(started),
-                           pass_rate=_pass_rate(counts.get(run_id, {})), crash_titles=titles.get(run_id, 0),
-                           figures=figs.get(run_id, {}))
-                for run_id, started in reversed(recent)]
+        return [
+            TrendPoint(
+                run_id=run_id,
+                started=datetime.fromisoformat(started),
+                pass_rate=_pass_rate(counts.get(run_id, {})),
+                crash_titles=titles.get(run_id, 0),
+                figures=figs.get(run_id, {}),
+            )
+            for run_id, started in reversed(recent)
+        ]
 
 
 # --- query pieces --------------------------------------------------------------------------
+
 
 def _of(profile: str | None) -> list:
     return [] if profile is None else [runs.c.profile == profile]
@@ -573,8 +660,10 @@ def _recent(what, limit: int, profile: str | None) -> sa.Select:
 def _outcome_counts(conn: Connection, ids: sa.Select) -> dict[str, dict[str, int]]:
     out: dict[str, dict[str, int]] = {}
     for run_id, outcome, n in conn.execute(
-            sa.select(results.c.run_id, results.c.outcome, sa.func.count())
-            .where(results.c.run_id.in_(ids)).group_by(results.c.run_id, results.c.outcome)):
+        sa.select(results.c.run_id, results.c.outcome, sa.func.count())
+        .where(results.c.run_id.in_(ids))
+        .group_by(results.c.run_id, results.c.outcome)
+    ):
         out.setdefault(run_id, {})[outcome] = n
     return out
 
@@ -583,8 +672,10 @@ def _figures(conn: Connection, *where) -> dict[str, dict[str, float]]:
     """run -> figure name -> its largest value in that run."""
     out: dict[str, dict[str, float]] = {}
     for run_id, name, value in conn.execute(
-            sa.select(figures.c.run_id, figures.c.name, sa.func.max(figures.c.value))
-            .where(*where).group_by(figures.c.run_id, figures.c.name)):
+        sa.select(figures.c.run_id, figures.c.name, sa.func.max(figures.c.value))
+        .where(*where)
+        .group_by(figures.c.run_id, figures.c.name)
+    ):
         if value is not None:
             out.setdefault(run_id, {})[name] = value
     return out
@@ -592,9 +683,13 @@ def _figures(conn: Connection, *where) -> dict[str, dict[str, float]]:
 
 def _sightings(*where) -> sa.Select:
     """(title, run, run's start) once per run a title was seen in, oldest first."""
-    return (sa.select(crashes.c.title, runs.c.run_id, runs.c.started_utc).distinct()
-            .join(runs, runs.c.run_id == crashes.c.run_id).where(*where)
-            .order_by(runs.c.started_utc, runs.c.run_id))
+    return (
+        sa.select(crashes.c.title, runs.c.run_id, runs.c.started_utc)
+        .distinct()
+        .join(runs, runs.c.run_id == crashes.c.run_id)
+        .where(*where)
+        .order_by(runs.c.started_utc, runs.c.run_id)
+    )
 
 
 def _signatures(rows: Iterable) -> list[CrashSignature]:
@@ -614,23 +709,53 @@ def _rows(run: Run) -> dict[sa.Table, list[dict]]:
     seen: set[str] = set()
     for r in run.results:
         if r.nodeid in seen:
-            raise HilError(f"run {run.run_id} lists {r.nodeid} twice",
-                           "merge a test's attempts into one TestResult (attempts=[...])")
+            raise HilError(
+                f"run {run.run_id} lists {r.nodeid} twice",
+                "merge a test's attempts into one TestResult (attempts=[...])",
+            )
         seen.add(r.nodeid)
     return {
-        runs: [dict(run_id=run.run_id, profile=run.profile, host=run.host, version=run.version,
-                    guest_kernel=run.guest_kernel, folder=run.folder, started=run.started.isoformat(),
-                    ended=run.ended.isoformat(), started_utc=_utc(run.started))],
-        results: [dict(run_id=run.run_id, nodeid=r.nodeid, seq=i, outcome=r.outcome, attempts=list(r.attempts),
-                       duration_s=r.duration_s, message=r.message, crash_title=r.crash_title,
-                       crash_kind=r.crash_kind, crash_expected=r.crash_expected,
-                       console_excerpt=r.console_excerpt, artifacts=dict(r.artifacts),
-                       deployed={k: list(v) for k, v in r.deployed.items()})
-                  for i, r in enumerate(run.results)],
-        crashes: [dict(run_id=run.run_id, seq=i, title=c.title, kind=c.kind, nodeid=c.nodeid, expected=c.expected)
-                  for i, c in enumerate(run.crashes)],
-        figures: [dict(run_id=run.run_id, seq=i, name=f.name, value=f.value, nodeid=f.nodeid)
-                  for i, f in enumerate(run.figures)],
-        artifacts: [dict(run_id=run.run_id, seq=i, name=a.name, path=a.path, sha256=a.sha256, origin=a.origin)
-                    for i, a in enumerate(run.artifacts)],
+        runs: [
+            dict(
+                run_id=run.run_id,
+                profile=run.profile,
+                host=run.host,
+                version=run.version,
+                guest_kernel=run.guest_kernel,
+                folder=run.folder,
+                started=run.started.isoformat(),
+                ended=run.ended.isoformat(),
+                started_utc=_utc(run.started),
+            )
+        ],
+        results: [
+            dict(
+                run_id=run.run_id,
+                nodeid=r.nodeid,
+                seq=i,
+                outcome=r.outcome,
+                attempts=list(r.attempts),
+                duration_s=r.duration_s,
+                message=r.message,
+                crash_title=r.crash_title,
+                crash_kind=r.crash_kind,
+                crash_expected=r.crash_expected,
+                console_excerpt=r.console_excerpt,
+                artifacts=dict(r.artifacts),
+                deployed={k: list(v) for k, v in r.deployed.items()},
+            )
+            for i, r in enumerate(run.results)
+        ],
+        crashes: [
+            dict(run_id=run.run_id, seq=i, title=c.title, kind=c.kind, nodeid=c.nodeid, expected=c.expected)
+            for i, c in enumerate(run.crashes)
+        ],
+        figures: [
+            dict(run_id=run.run_id, seq=i, name=f.name, value=f.value, nodeid=f.nodeid)
+            for i, f in enumerate(run.figures)
+        ],
+        artifacts: [
+            dict(run_id=run.run_id, seq=i, name=a.name, path=a.path, sha256=a.sha256, origin=a.origin)
+            for i, a in enumerate(run.artifacts)
+        ],
     }

@@ -160,8 +160,8 @@ class RunDiff:
 
     run_a: str
     run_b: str
-    newly_failing: list[str] = field(default_factory=list)   # pass -> fail
-    newly_passing: list[str] = field(default_factory=list)   # fail -> pass
+    newly_failing: list[str] = field(default_factory=list)  # pass -> fail
+    newly_passing: list[str] = field(default_factory=list)  # fail -> pass
     new_crashes: list[str] = field(default_factory=list)
     vanished_crashes: list[str] = field(default_factory=list)
     moved_figures: list[tuple[str, float, float]] = field(default_factory=list)  # name, a, b

@@ -34,8 +34,12 @@ from hil.errors import ConfigError
 
 SUITES_PREFIX = "suites:"
 FLAVOURS = ("stock",)
-ENV_OVERRIDES = {"execs": "HIL_STORM_EXECS", "connections": "HIL_STORM_CONNECTIONS",
-                 "concurrency": "HIL_STORM_CONCURRENCY", "soak_s": "HIL_SOAK_S"}
+ENV_OVERRIDES = {
+    "execs": "HIL_STORM_EXECS",
+    "connections": "HIL_STORM_CONNECTIONS",
+    "concurrency": "HIL_STORM_CONCURRENCY",
+    "soak_s": "HIL_SOAK_S",
+}
 
 
 @dataclass(frozen=True)
@@ -68,8 +72,7 @@ class Profile:
 BUILTIN: dict[str, Profile] = {
     "smoke": Profile("smoke", markers="smoke", soak_s=0, reruns=1),
     "nightly": Profile("nightly"),
-    "prerelease": Profile("prerelease", execs=100000, connections=20000, concurrency=32, soak_s=1800,
-                          reruns=2),
+    "prerelease": Profile("prerelease", execs=100000, connections=20000, concurrency=32, soak_s=1800, reruns=2),
 }
 DEFAULT = "nightly"
 
@@ -86,17 +89,22 @@ def from_table(name: str, table: dict, source: str) -> Profile:
     values = {}
     for key, value in table.items():
         if key not in known:
-            raise ConfigError(f"{source}: unknown key {key!r} in [profiles.{name}]",
-                              f"known keys there: {', '.join(sorted(known))}")
+            raise ConfigError(
+                f"{source}: unknown key {key!r} in [profiles.{name}]", f"known keys there: {', '.join(sorted(known))}"
+            )
         default = getattr(base, key)
         if isinstance(default, tuple):
             if not (isinstance(value, list) and all(isinstance(v, str) for v in value)):
-                raise ConfigError(f"{source}: {key} in [profiles.{name}] must be a list of strings",
-                                  f'for example {key} = ["suites:linux", "tests"]')
+                raise ConfigError(
+                    f"{source}: {key} in [profiles.{name}] must be a list of strings",
+                    f'for example {key} = ["suites:linux", "tests"]',
+                )
             value = tuple(value)
         elif type(value) is not type(default):
-            raise ConfigError(f"{source}: {key} in [profiles.{name}] must be {type(default).__name__}, "
-                              f"not {type(value).__name__}", f"for example {key} = {default!r}")
+            raise ConfigError(
+                f"{source}: {key} in [profiles.{name}] must be {type(default).__name__}, not {type(value).__name__}",
+                f"for example {key} = {default!r}",
+            )
         values[key] = value
     profile = dataclasses.replace(base, name=name, **values)
     check(profile, source)
@@ -109,8 +117,10 @@ def check(profile: Profile, source: str) -> None:
         if getattr(profile, key) < 0:
             raise ConfigError(f"{where} {key} = {getattr(profile, key)} is negative", f"give {key} >= 0")
     if profile.flavour not in FLAVOURS:
-        raise ConfigError(f"{where} flavour = {profile.flavour!r} is not one of {', '.join(FLAVOURS)}",
-                          'use flavour = "stock" (the debug kernel flavour is not built yet)')
+        raise ConfigError(
+            f"{where} flavour = {profile.flavour!r} is not one of {', '.join(FLAVOURS)}",
+            'use flavour = "stock" (the debug kernel flavour is not built yet)',
+        )
     if not profile.paths:
         raise ConfigError(f"{where} paths is empty", 'select something, e.g. paths = ["suites:"]')
 
@@ -123,8 +133,7 @@ def resolve(name: str | None, configured: dict[str, Profile]) -> Profile:
     if name in BUILTIN:
         return BUILTIN[name]
     known = sorted({*BUILTIN, *configured})
-    raise ConfigError(f"no profile {name!r}", f"choose one of {', '.join(known)}, or add [profiles.{name}] "
-                      "to hil.toml")
+    raise ConfigError(f"no profile {name!r}", f"choose one of {', '.join(known)}, or add [profiles.{name}] to hil.toml")
 
 
 def pytest_selection(profile: Profile) -> list[str]:
@@ -134,7 +143,7 @@ def pytest_selection(profile: Profile) -> list[str]:
     args = []
     for p in profile.paths:
         if p.startswith(SUITES_PREFIX):
-            rest = p[len(SUITES_PREFIX):].strip("/")
+            rest = p[len(SUITES_PREFIX) :].strip("/")
             args.append(str(bundled("suites") / rest) if rest else str(bundled("suites")))
         else:
             args.append(p)

@@ -27,7 +27,15 @@ from urllib.parse import quote
 
 from hil.crash.linux import match_header
 from hil.qualify.model import (
-    ERROR, FAILED, FLAKY, PASSED, SKIPPED, CrashSignature, Run, TestResult, TrendPoint,
+    ERROR,
+    FAILED,
+    FLAKY,
+    PASSED,
+    SKIPPED,
+    CrashSignature,
+    Run,
+    TestResult,
+    TrendPoint,
 )
 from hil.qualify.verdict import Verdict, plural, run_crashes, verdict
 from hil.report import histogram
@@ -39,6 +47,7 @@ _CONTROL = re.compile(r"[\x00-\x08\x0b-\x1f\x7f-\x9f]")
 
 
 # --- escaping and small formatting -------------------------------------------------------------
+
 
 def _clean(text: str) -> str:
     """Terminal colour codes removed, other control characters shown as U+FFFD, CR as newline."""
@@ -83,13 +92,16 @@ class _Links:
 
 # --- sections ----------------------------------------------------------------------------------
 
+
 def _badge(title: str, expected: bool, known: dict[str, CrashSignature]) -> str:
     sig = known.get(title)
     if sig is None:
         state = '<span class="badge new" data-crash-state="new">new</span>'
     else:
-        state = (f'<span class="badge known" data-crash-state="known" title="last seen {_esc(sig.last_run)}">'
-                 f"known (first seen {_esc(sig.first_run)}, seen {plural(sig.count, 'time')})</span>")
+        state = (
+            f'<span class="badge known" data-crash-state="known" title="last seen {_esc(sig.last_run)}">'
+            f"known (first seen {_esc(sig.first_run)}, seen {plural(sig.count, 'time')})</span>"
+        )
     return state + (' <span class="badge expected">expected</span>' if expected else "")
 
 
@@ -120,26 +132,32 @@ def _crash_line(r: TestResult, known: dict[str, CrashSignature]) -> str:
     if not r.crash_title:
         return ""
     kind = f' <span class="kind">{_esc(r.crash_kind)}</span>' if r.crash_kind else ""
-    return (f'<p class="crash">crash: <b>{_esc(r.crash_title)}</b> '
-            f"{_badge(r.crash_title, r.crash_expected, known)}{kind}</p>")
+    return (
+        f'<p class="crash">crash: <b>{_esc(r.crash_title)}</b> '
+        f"{_badge(r.crash_title, r.crash_expected, known)}{kind}</p>"
+    )
 
 
 def _console_block(r: TestResult, summary: str, open_: bool) -> str:
     if not r.console_excerpt.strip():
         return ""
-    return (f'<details{" open" if open_ else ""}><summary>{summary}</summary>'
-            f'<pre class="console">{_console(r.console_excerpt)}</pre></details>')
+    return (
+        f"<details{' open' if open_ else ''}><summary>{summary}</summary>"
+        f'<pre class="console">{_console(r.console_excerpt)}</pre></details>'
+    )
 
 
 def _failure(i: int, r: TestResult, known: dict[str, CrashSignature], links: _Links) -> str:
     message = f'<pre class="message">{_esc(r.message)}</pre>' if r.message and r.message != r.crash_title else ""
     outcome = _esc(r.outcome)
-    return (f'<section class="failure" id="failure-{i}" data-nodeid="{_esc(r.nodeid)}" data-outcome="{outcome}">'
-            f'<h3><span class="outcome {outcome}">{outcome}</span> <code>{_esc(r.nodeid)}</code></h3>'
-            f'<p class="muted">attempts: {_attempts(r)} · {r.duration_s:.1f} s</p>'
-            f"{_crash_line(r, known)}{message}"
-            f"{_console_block(r, 'guest console', True) or '<p class=muted>no guest console captured</p>'}"
-            f"{_artifact_links(r, links)}</section>")
+    return (
+        f'<section class="failure" id="failure-{i}" data-nodeid="{_esc(r.nodeid)}" data-outcome="{outcome}">'
+        f'<h3><span class="outcome {outcome}">{outcome}</span> <code>{_esc(r.nodeid)}</code></h3>'
+        f'<p class="muted">attempts: {_attempts(r)} · {r.duration_s:.1f} s</p>'
+        f"{_crash_line(r, known)}{message}"
+        f"{_console_block(r, 'guest console', True) or '<p class=muted>no guest console captured</p>'}"
+        f"{_artifact_links(r, links)}</section>"
+    )
 
 
 def _failures(run: Run, known: dict[str, CrashSignature], links: _Links) -> str:
@@ -150,39 +168,61 @@ def _failures(run: Run, known: dict[str, CrashSignature], links: _Links) -> str:
 
 def _flaky(run: Run, known: dict[str, CrashSignature], links: _Links) -> str:
     flaky = [r for r in run.results if r.outcome == FLAKY]
-    rows = "".join(f'<tr data-flaky="{_esc(r.nodeid)}"><td><code>{_esc(r.nodeid)}</code></td><td>{_attempts(r)}</td>'
-                   f'<td><pre class="message">{_esc(r.message)}</pre>{_crash_line(r, known)}'
-                   f"{_console_block(r, 'guest console of the failed attempt', False)}"
-                   f"{_artifact_links(r, links)}</td></tr>" for r in flaky)
-    body = (f"<table><tr><th>test</th><th>attempts</th><th>first failure</th></tr>{rows}</table>"
-            if flaky else '<p class="muted">none</p>')
+    rows = "".join(
+        f'<tr data-flaky="{_esc(r.nodeid)}"><td><code>{_esc(r.nodeid)}</code></td><td>{_attempts(r)}</td>'
+        f'<td><pre class="message">{_esc(r.message)}</pre>{_crash_line(r, known)}'
+        f"{_console_block(r, 'guest console of the failed attempt', False)}"
+        f"{_artifact_links(r, links)}</td></tr>"
+        for r in flaky
+    )
+    body = (
+        f"<table><tr><th>test</th><th>attempts</th><th>first failure</th></tr>{rows}</table>"
+        if flaky
+        else '<p class="muted">none</p>'
+    )
     return f'<h2 id="flaky">Flaky tests ({len(flaky)})</h2>{body}'
 
 
 def _crash_table(run: Run, known: dict[str, CrashSignature]) -> str:
     crashes = run_crashes(run)
-    rows = "".join(f'<tr data-crash="{_esc(c.title)}" data-expected="{str(c.expected).lower()}">'
-                   f"<td><b>{_esc(c.title)}</b></td><td>{_esc(c.kind)}</td><td><code>{_esc(c.nodeid)}</code></td>"
-                   f"<td>{_badge(c.title, c.expected, known)}</td></tr>" for c in crashes)
-    body = (f"<table><tr><th>title</th><th>kind</th><th>test</th><th>history</th></tr>{rows}</table>"
-            if crashes else '<p class="muted">no guest crashed</p>')
+    rows = "".join(
+        f'<tr data-crash="{_esc(c.title)}" data-expected="{str(c.expected).lower()}">'
+        f"<td><b>{_esc(c.title)}</b></td><td>{_esc(c.kind)}</td><td><code>{_esc(c.nodeid)}</code></td>"
+        f"<td>{_badge(c.title, c.expected, known)}</td></tr>"
+        for c in crashes
+    )
+    body = (
+        f"<table><tr><th>title</th><th>kind</th><th>test</th><th>history</th></tr>{rows}</table>"
+        if crashes
+        else '<p class="muted">no guest crashed</p>'
+    )
     return f'<h2 id="crashes">Crashes ({len(crashes)})</h2>{body}'
 
 
 def _header(run: Run, v: Verdict) -> str:
-    counts = "".join(f'<div class="count {o}{" zero" if not run.count(o) else ""}">'
-                     f'<span class="n" data-count="{o}">{run.count(o)}</span><span class="label">{o}</span></div>'
-                     for o in (PASSED, FAILED, ERROR, FLAKY, SKIPPED))
-    facts = [("run", run.run_id), ("profile", run.profile), ("host", run.host), ("kernel-hil", run.version),
-             ("guest kernel", run.guest_kernel or "no Linux guest"), ("started", _when(run.started)),
-             ("duration", _duration((run.ended - run.started).total_seconds()))]
+    counts = "".join(
+        f'<div class="count {o}{" zero" if not run.count(o) else ""}">'
+        f'<span class="n" data-count="{o}">{run.count(o)}</span><span class="label">{o}</span></div>'
+        for o in (PASSED, FAILED, ERROR, FLAKY, SKIPPED)
+    )
+    facts = [
+        ("run", run.run_id),
+        ("profile", run.profile),
+        ("host", run.host),
+        ("kernel-hil", run.version),
+        ("guest kernel", run.guest_kernel or "no Linux guest"),
+        ("started", _when(run.started)),
+        ("duration", _duration((run.ended - run.started).total_seconds())),
+    ]
     dl = "".join(f'<div><dt>{k}</dt><dd data-fact="{k}">{_esc(val)}</dd></div>' for k, val in facts)
-    return (f'<header class="{"pass" if v.passed else "fail"}">'
-            f'<div id="verdict" data-verdict="{v.word}">{v.word}</div>'
-            f'<div><div id="reason">{_esc(v.reason)}</div><div class="sub">{_esc(run.profile)} on {_esc(run.host)}'
-            f" · {_esc(_when(run.started))} · {_esc(run.run_id)}</div></div></header>"
-            f'<div class="counts">{counts}<div class="count total"><span class="n" data-count="total">'
-            f'{len(run.results)}</span><span class="label">total</span></div></div><dl class="facts">{dl}</dl>')
+    return (
+        f'<header class="{"pass" if v.passed else "fail"}">'
+        f'<div id="verdict" data-verdict="{v.word}">{v.word}</div>'
+        f'<div><div id="reason">{_esc(v.reason)}</div><div class="sub">{_esc(run.profile)} on {_esc(run.host)}'
+        f" · {_esc(_when(run.started))} · {_esc(run.run_id)}</div></div></header>"
+        f'<div class="counts">{counts}<div class="count total"><span class="n" data-count="total">'
+        f'{len(run.results)}</span><span class="label">total</span></div></div><dl class="facts">{dl}</dl>'
+    )
 
 
 def _drivers(run: Run) -> str:
@@ -194,11 +234,15 @@ def _drivers(run: Run) -> str:
         rows = [(name, path, sha, "") for name, (path, sha) in sorted(seen.items())]
     if not rows:
         return '<p id="drivers" class="muted">no driver deployed</p>'
-    body = "".join(f'<tr data-driver="{_esc(n)}"><td>{_esc(n)}</td><td><code>{_esc(p)}</code></td>'
-                   f'<td><code title="{_esc(sha)}">{_esc(sha[:12])}</code></td><td>{_esc(o)}</td></tr>'
-                   for n, p, sha, o in rows)
-    return (f'<table id="drivers" class="drivers"><tr><th>deployed driver</th><th>path</th><th>sha256</th>'
-            f"<th>origin</th></tr>{body}</table>")
+    body = "".join(
+        f'<tr data-driver="{_esc(n)}"><td>{_esc(n)}</td><td><code>{_esc(p)}</code></td>'
+        f'<td><code title="{_esc(sha)}">{_esc(sha[:12])}</code></td><td>{_esc(o)}</td></tr>'
+        for n, p, sha, o in rows
+    )
+    return (
+        f'<table id="drivers" class="drivers"><tr><th>deployed driver</th><th>path</th><th>sha256</th>'
+        f"<th>origin</th></tr>{body}</table>"
+    )
 
 
 # --- trend plots -------------------------------------------------------------------------------
@@ -214,8 +258,16 @@ def _nice_ceiling(v: float) -> float:
     return next(m * base for m in (1, 2, 2.5, 5, 10) if m * base >= v * (1 - 1e-9))
 
 
-def _plot(key: str, title: str, unit: str, trends: list[TrendPoint], values: list[float | None],
-          *, top: float | None = None, bars: bool = False) -> str:
+def _plot(
+    key: str,
+    title: str,
+    unit: str,
+    trends: list[TrendPoint],
+    values: list[float | None],
+    *,
+    top: float | None = None,
+    bars: bool = False,
+) -> str:
     """An inline SVG of one value over the runs, oldest left, this run (the last) marked."""
     n = len(values)
     present = [v for v in values if v is not None]
@@ -231,16 +283,20 @@ def _plot(key: str, title: str, unit: str, trends: list[TrendPoint], values: lis
 
     last = values[-1]
     now = f"this run: {fmt_number(last)} {unit}".rstrip() if last is not None else "this run: not measured"
-    out = [f'<svg xmlns="http://www.w3.org/2000/svg" class="trend" data-trend="{_esc(key)}" '
-           f'data-points="{len(present)}" width="{PLOT_W}" height="{PLOT_H}" font-family="sans-serif" font-size="11">',
-           f'<text x="{P_LEFT}" y="14" font-weight="bold">{_esc(title)}</text>',
-           f'<text x="{PLOT_W - P_RIGHT}" y="14" text-anchor="end" fill="#555">{_esc(now)}</text>']
+    out = [
+        f'<svg xmlns="http://www.w3.org/2000/svg" class="trend" data-trend="{_esc(key)}" '
+        f'data-points="{len(present)}" width="{PLOT_W}" height="{PLOT_H}" font-family="sans-serif" font-size="11">',
+        f'<text x="{P_LEFT}" y="14" font-weight="bold">{_esc(title)}</text>',
+        f'<text x="{PLOT_W - P_RIGHT}" y="14" text-anchor="end" fill="#555">{_esc(now)}</text>',
+    ]
     for frac in (0.0, 0.5, 1.0):
         y = base_y - frac * plot_h
-        out.append(f'<line x1="{P_LEFT}" y1="{y:.1f}" x2="{PLOT_W - P_RIGHT}" y2="{y:.1f}" '
-                   f'stroke="{"#999" if frac == 0 else "#eee"}"/>'
-                   f'<text x="{P_LEFT - 4}" y="{y + 4:.1f}" text-anchor="end" fill="#666">'
-                   f"{fmt_number(frac * y_max)}</text>")
+        out.append(
+            f'<line x1="{P_LEFT}" y1="{y:.1f}" x2="{PLOT_W - P_RIGHT}" y2="{y:.1f}" '
+            f'stroke="{"#999" if frac == 0 else "#eee"}"/>'
+            f'<text x="{P_LEFT - 4}" y="{y + 4:.1f}" text-anchor="end" fill="#666">'
+            f"{fmt_number(frac * y_max)}</text>"
+        )
     if unit:
         out.append(f'<text x="4" y="{P_TOP - 8}" fill="#666">{_esc(unit)}</text>')
     step = max(1, math.ceil(n / 6))
@@ -248,8 +304,10 @@ def _plot(key: str, title: str, unit: str, trends: list[TrendPoint], values: lis
         if i % step == 0 or i == n - 1:
             if i != n - 1 and n - 1 - i < step:  # too close to the last label
                 continue
-            out.append(f'<text x="{x_of(i):.1f}" y="{base_y + 16}" text-anchor="middle" fill="#666">'
-                       f'{_esc(p.started.strftime("%m-%d %H:%M"))}</text>')
+            out.append(
+                f'<text x="{x_of(i):.1f}" y="{base_y + 16}" text-anchor="middle" fill="#666">'
+                f"{_esc(p.started.strftime('%m-%d %H:%M'))}</text>"
+            )
     if bars:
         width = max(3.0, min(26.0, plot_w / max(n, 1) * 0.6))
         for i, v in enumerate(values):
@@ -257,11 +315,15 @@ def _plot(key: str, title: str, unit: str, trends: list[TrendPoint], values: lis
                 continue
             h = max(base_y - y_of(v), 1.0 if v else 0.0)
             colour = "#d62728" if i == n - 1 else "#9467bd"
-            out.append(f'<rect x="{x_of(i) - width / 2:.1f}" y="{base_y - h:.1f}" width="{width:.1f}" height="{h:.1f}" '
-                       f'fill="{colour}"><title>{_esc(trends[i].run_id)}: {fmt_number(v)}</title></rect>')
+            out.append(
+                f'<rect x="{x_of(i) - width / 2:.1f}" y="{base_y - h:.1f}" width="{width:.1f}" height="{h:.1f}" '
+                f'fill="{colour}"><title>{_esc(trends[i].run_id)}: {fmt_number(v)}</title></rect>'
+            )
             if n <= 15:
-                out.append(f'<text x="{x_of(i):.1f}" y="{base_y - h - 3:.1f}" text-anchor="middle" fill="#333">'
-                           f"{fmt_number(v)}</text>")
+                out.append(
+                    f'<text x="{x_of(i):.1f}" y="{base_y - h - 3:.1f}" text-anchor="middle" fill="#333">'
+                    f"{fmt_number(v)}</text>"
+                )
     else:
         segment: list[str] = []
         for i, v in enumerate(values + [None]):  # a missing value breaks the line
@@ -269,19 +331,24 @@ def _plot(key: str, title: str, unit: str, trends: list[TrendPoint], values: lis
                 segment.append(f"{x_of(i):.1f},{y_of(v):.1f}")
             elif segment:
                 if len(segment) > 1:
-                    out.append(f'<polyline points="{" ".join(segment)}" fill="none" stroke="#1f77b4" '
-                               'stroke-width="2"/>')
+                    out.append(
+                        f'<polyline points="{" ".join(segment)}" fill="none" stroke="#1f77b4" stroke-width="2"/>'
+                    )
                 segment = []
         for i, v in enumerate(values):
             if v is None:
                 continue
             mine = i == n - 1
-            out.append(f'<circle cx="{x_of(i):.1f}" cy="{y_of(v):.1f}" r="{4.5 if mine else 3}" '
-                       f'fill="{"#ff7f0e" if mine else "#1f77b4"}"><title>{_esc(trends[i].run_id)}: '
-                       f"{fmt_number(v)} {_esc(unit)}</title></circle>")
+            out.append(
+                f'<circle cx="{x_of(i):.1f}" cy="{y_of(v):.1f}" r="{4.5 if mine else 3}" '
+                f'fill="{"#ff7f0e" if mine else "#1f77b4"}"><title>{_esc(trends[i].run_id)}: '
+                f"{fmt_number(v)} {_esc(unit)}</title></circle>"
+            )
     if len(present) == 1:
-        out.append(f'<text x="{P_LEFT + 6}" y="{base_y - 6}" fill="#999">'
-                   f'{"only this run so far" if n == 1 else "one run measured this"}</text>')
+        out.append(
+            f'<text x="{P_LEFT + 6}" y="{base_y - 6}" fill="#999">'
+            f"{'only this run so far' if n == 1 else 'one run measured this'}</text>"
+        )
     out.append("</svg>")
     return "".join(out)
 
@@ -310,9 +377,10 @@ def trend_plots(trends: list[TrendPoint]) -> list[str]:
     """Pass rate, crash titles per run, every p99 figure and the restore time, as SVG plots."""
     if not trends:
         return []
-    plots = [_plot("pass_rate", "pass rate", "%", trends, [p.pass_rate * 100 for p in trends], top=100.0),
-             _plot("crash_titles", "crash titles per run", "", trends, [float(p.crash_titles) for p in trends],
-                   bars=True)]
+    plots = [
+        _plot("pass_rate", "pass rate", "%", trends, [p.pass_rate * 100 for p in trends], top=100.0),
+        _plot("crash_titles", "crash titles per run", "", trends, [float(p.crash_titles) for p in trends], bars=True),
+    ]
     names = sorted({name for p in trends for name in p.figures})
     for name in [n for n in names if _is_p99(n)] + [n for n in names if _is_restore(n)]:
         values = _figure_values(trends, name)
@@ -330,6 +398,7 @@ def _trends(trends: list[TrendPoint]) -> str:
 
 # --- latency, figures, timeline, the rest ------------------------------------------------------
 
+
 def _latency(run: Run, latency: Path | None, links: _Links) -> str:
     """Every ``*.latency.svg`` of the run folder inline (found as ``histogram.render_index``
     finds them; the run folder is this run's own), captioned with the test that drew it."""
@@ -343,8 +412,10 @@ def _latency(run: Run, latency: Path | None, links: _Links) -> str:
             continue
         rel = svg.parent.relative_to(folder)
         caption = by_folder.get(str(rel), str(rel))
-        figures.append(f'<figure class="latency"><figcaption><code>{_esc(caption)}</code> · '
-                       f'<a href="{links.href(svg)}">{_esc(svg.name)}</a></figcaption>{text}</figure>')
+        figures.append(
+            f'<figure class="latency"><figcaption><code>{_esc(caption)}</code> · '
+            f'<a href="{links.href(svg)}">{_esc(svg.name)}</a></figcaption>{text}</figure>'
+        )
     page = f' · <a href="{links.href(latency)}">latency.html</a>' if latency and latency.exists() else ""
     body = "".join(figures) or '<p class="muted">no latency histogram in this run</p>'
     return f'<h2 id="latency">Latency histograms{page}</h2><div class="plots">{body}</div>'
@@ -353,8 +424,11 @@ def _latency(run: Run, latency: Path | None, links: _Links) -> str:
 def _figures(run: Run) -> str:
     if not run.figures:
         return '<h2 id="figures">Figures</h2><p class="muted">no figure recorded</p>'
-    rows = "".join(f'<tr data-figure="{_esc(f.name)}"><td>{_esc(f.name)}</td><td class="num">{_value(f.value)}</td>'
-                   f"<td><code>{_esc(f.nodeid)}</code></td></tr>" for f in run.figures)
+    rows = "".join(
+        f'<tr data-figure="{_esc(f.name)}"><td>{_esc(f.name)}</td><td class="num">{_value(f.value)}</td>'
+        f"<td><code>{_esc(f.nodeid)}</code></td></tr>"
+        for f in run.figures
+    )
     return f'<h2 id="figures">Figures</h2><table><tr><th>figure</th><th>value</th><th>test</th></tr>{rows}</table>'
 
 
@@ -366,7 +440,7 @@ def _timeline(timeline: Path | None, links: _Links) -> str:
     link = f'<a href="{links.href(timeline)}">timeline.html</a>'
     text = timeline.read_text(errors="replace")
     head_end = text.find("</h1>")
-    content = text[head_end + 5:] if head_end >= 0 else ""
+    content = text[head_end + 5 :] if head_end >= 0 else ""
     content = re.sub(r"</body>\s*(</html>)?\s*$", "", content.strip())
     content = re.sub(r"<(/?)h2\b", r"<\1h3", content)  # its headings sit below this section's
     body = f'<div class="timeline">{content}</div>' if "<svg" in content else f"<p>open {link}</p>"
@@ -376,13 +450,18 @@ def _timeline(timeline: Path | None, links: _Links) -> str:
 def _all_tests(run: Run) -> str:
     order = {o: i for i, o in enumerate((ERROR, FAILED, FLAKY, PASSED, SKIPPED))}
     results = sorted(run.results, key=lambda r: (order.get(r.outcome, len(order)), r.nodeid))
-    rows = "".join(f'<tr data-nodeid="{_esc(r.nodeid)}"><td><code>{_esc(r.nodeid)}</code></td>'
-                   f'<td><span class="outcome {_esc(r.outcome)}">{_esc(r.outcome)}</span></td>'
-                   f'<td>{_attempts(r)}</td><td class="num">{r.duration_s:.1f}</td>'
-                   f'<td>{_esc(r.message) if r.outcome == SKIPPED else ""}</td></tr>' for r in results)
-    return (f'<h2 id="tests">All tests ({len(results)})</h2><details><summary>show every test</summary>'
-            f"<table><tr><th>test</th><th>outcome</th><th>attempts</th><th>s</th><th>skip reason</th></tr>"
-            f"{rows}</table></details>")
+    rows = "".join(
+        f'<tr data-nodeid="{_esc(r.nodeid)}"><td><code>{_esc(r.nodeid)}</code></td>'
+        f'<td><span class="outcome {_esc(r.outcome)}">{_esc(r.outcome)}</span></td>'
+        f'<td>{_attempts(r)}</td><td class="num">{r.duration_s:.1f}</td>'
+        f"<td>{_esc(r.message) if r.outcome == SKIPPED else ''}</td></tr>"
+        for r in results
+    )
+    return (
+        f'<h2 id="tests">All tests ({len(results)})</h2><details><summary>show every test</summary>'
+        f"<table><tr><th>test</th><th>outcome</th><th>attempts</th><th>s</th><th>skip reason</th></tr>"
+        f"{rows}</table></details>"
+    )
 
 
 CSS = """
@@ -436,9 +515,16 @@ document.querySelectorAll("pre.console").forEach(hilScroll);
 """
 
 
-def write_report(run: Run, out: Path, *, known_crashes: dict[str, CrashSignature], trends: list[TrendPoint],
-                 timeline: Path | None = None, latency: Path | None = None,
-                 verdict_: Verdict | None = None) -> Path:
+def write_report(
+    run: Run,
+    out: Path,
+    *,
+    known_crashes: dict[str, CrashSignature],
+    trends: list[TrendPoint],
+    timeline: Path | None = None,
+    latency: Path | None = None,
+    verdict_: Verdict | None = None,
+) -> Path:
     """Write the run's report to ``out`` and return it.
 
     ``known_crashes``: each crash title as the history saw it before this run (absent = new).
@@ -448,21 +534,36 @@ def write_report(run: Run, out: Path, *, known_crashes: dict[str, CrashSignature
     """
     v = verdict_ or verdict(run, known_crashes)
     links = _Links(run, out)
-    sections = [("failures", f"Failures ({len(run.product_failures)})"),
-                ("crashes", f"Crashes ({len(run_crashes(run))})"), ("flaky", f"Flaky ({run.count(FLAKY)})"),
-                ("trends", "Trends"), ("latency", "Latency"),
-                ("figures", "Figures"), ("timeline", "Timeline"), ("tests", "All tests")]
+    sections = [
+        ("failures", f"Failures ({len(run.product_failures)})"),
+        ("crashes", f"Crashes ({len(run_crashes(run))})"),
+        ("flaky", f"Flaky ({run.count(FLAKY)})"),
+        ("trends", "Trends"),
+        ("latency", "Latency"),
+        ("figures", "Figures"),
+        ("timeline", "Timeline"),
+        ("tests", "All tests"),
+    ]
     nav = "".join(f'<a href="#{a}">{label}</a>' for a, label in sections)
-    page = ["<!doctype html><html lang='en'><head><meta charset='utf-8'>",
-            "<meta name='viewport' content='width=device-width'>",
-            f"<title>{v.word} · {_esc(run.profile)} · {_esc(run.run_id)}</title><style>{CSS}</style></head><body>",
-            _header(run, v), _drivers(run), f"<nav>{nav}</nav>",
-            _failures(run, known_crashes, links), _crash_table(run, known_crashes), _flaky(run, known_crashes, links),
-            _trends(trends), _latency(run, latency, links), _figures(run), _timeline(timeline, links),
-            _all_tests(run),
-            f'<p class="muted">kernel-hil {_esc(run.version)} · '
-            f"run folder <code>{_esc(run.folder or out.parent)}</code></p>",
-            f"<script>{JS}</script></body></html>"]
+    page = [
+        "<!doctype html><html lang='en'><head><meta charset='utf-8'>",
+        "<meta name='viewport' content='width=device-width'>",
+        f"<title>{v.word} · {_esc(run.profile)} · {_esc(run.run_id)}</title><style>{CSS}</style></head><body>",
+        _header(run, v),
+        _drivers(run),
+        f"<nav>{nav}</nav>",
+        _failures(run, known_crashes, links),
+        _crash_table(run, known_crashes),
+        _flaky(run, known_crashes, links),
+        _trends(trends),
+        _latency(run, latency, links),
+        _figures(run),
+        _timeline(timeline, links),
+        _all_tests(run),
+        f'<p class="muted">kernel-hil {_esc(run.version)} · '
+        f"run folder <code>{_esc(run.folder or out.parent)}</code></p>",
+        f"<script>{JS}</script></body></html>",
+    ]
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text("\n".join(page), encoding="utf-8", errors="replace")
     return out

@@ -18,9 +18,9 @@ from pathlib import Path
 @dataclass
 class PhaseReport:
     nodeid: str
-    path: str        # the test file, absolute
+    path: str  # the test file, absolute
     when: str
-    outcome: str     # passed | failed | skipped
+    outcome: str  # passed | failed | skipped
     duration: float
     message: str = ""
     properties: list[tuple[str, str]] = field(default_factory=list)
@@ -47,10 +47,16 @@ class ResultsWriter:
             else:
                 message = str(report.longrepr).strip().splitlines()[-1] if report.longrepr else ""
         console = next((text for title, text in report.sections if title.startswith("guest ")), "")
-        row = {"nodeid": report.nodeid, "path": str(self.rootpath / report.location[0]),
-               "when": report.when, "outcome": report.outcome, "duration": report.duration,
-               "message": message[:2000], "properties": [[str(k), str(v)] for k, v in report.user_properties],
-               "console": console}
+        row = {
+            "nodeid": report.nodeid,
+            "path": str(self.rootpath / report.location[0]),
+            "when": report.when,
+            "outcome": report.outcome,
+            "duration": report.duration,
+            "message": message[:2000],
+            "properties": [[str(k), str(v)] for k, v in report.user_properties],
+            "console": console,
+        }
         with self._lock, open(self.path, "a") as f:
             f.write(json.dumps(row) + "\n")
 

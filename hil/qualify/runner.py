@@ -26,7 +26,7 @@ import sys
 import uuid
 from collections import defaultdict
 from dataclasses import dataclass
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 
 from hil.config import HilConfig
@@ -34,6 +34,7 @@ from hil.qualify import model
 from hil.qualify.profiles import Profile, pytest_selection
 from hil.qualify.results import PhaseReport, read
 from hil.qualify.verdict import Verdict, verdict
+
 
 @dataclass
 class Outcome:
@@ -54,8 +55,11 @@ def workers_for(profile: Profile, config: HilConfig) -> int:
         return profile.workers
     cores = os.cpu_count() or 1
     try:
-        avail_kib = next(int(line.split()[1]) for line in Path("/proc/meminfo").read_text().splitlines()
-                         if line.startswith("MemAvailable:"))
+        avail_kib = next(
+            int(line.split()[1])
+            for line in Path("/proc/meminfo").read_text().splitlines()
+            if line.startswith("MemAvailable:")
+        )
     except (OSError, StopIteration, ValueError):
         return cores
     per_worker_mib = config.linux.memory_mib * 2 + 512  # the live guest, the next one, the worker
@@ -63,19 +67,36 @@ def workers_for(profile: Profile, config: HilConfig) -> int:
 
 
 def new_run_id() -> str:
-    now = datetime.now(timezone.utc).strftime("%Y%m%dT%H%M%S")
+    now = datetime.now(UTC).strftime("%Y%m%dT%H%M%S")
     return f"{now}-{platform.node() or 'host'}-{uuid.uuid4().hex[:4]}"
 
 
-def pytest_command(profile: Profile, folder: Path, attempt: int, selection: list[str], workers: int,
-                   config_path: str | None, extra: list[str]) -> list[str]:
+def pytest_command(
+    profile: Profile,
+    folder: Path,
+    attempt: int,
+    selection: list[str],
+    workers: int,
+    config_path: str | None,
+    extra: list[str],
+) -> list[str]:
     artifacts = folder / "artifacts" if attempt == 1 else folder / "artifacts" / f"rerun-{attempt}"
     basetemp = folder / ".tmp" / str(attempt)
     basetemp.parent.mkdir(parents=True, exist_ok=True)  # pytest makes the last level only
-    cmd = [sys.executable, "-m", "pytest", *selection, "-p", "no:cacheprovider", "-rfEs",
-           f"--hil-profile={profile.name}", f"--hil-artifacts={artifacts}",
-           f"--hil-results={folder / f'results-{attempt}.jsonl'}", f"--junitxml={folder / f'junit-{attempt}.xml'}",
-           f"--basetemp={basetemp}"]
+    cmd = [
+        sys.executable,
+        "-m",
+        "pytest",
+        *selection,
+        "-p",
+        "no:cacheprovider",
+        "-rfEs",
+        f"--hil-profile={profile.name}",
+        f"--hil-artifacts={artifacts}",
+        f"--hil-results={folder / f'results-{attempt}.jsonl'}",
+        f"--junitxml={folder / f'junit-{attempt}.xml'}",
+        f"--basetemp={basetemp}",
+    ]
     if config_path:
         cmd.append(f"--hil-config={config_path}")
     if workers > 1:
@@ -103,7 +124,7 @@ def canonical_name(path: str, nodeid: str) -> str:
     suites are ``suites/<file>::<test>``; a team's tests are relative to where the run started."""
     from hil.paths import bundled
 
-    rest = nodeid[nodeid.index("::"):] if "::" in nodeid else ""
+    rest = nodeid[nodeid.index("::") :] if "::" in nodeid else ""
     p = Path(path)
     for base, prefix in ((bundled("suites"), "suites/"), (Path.cwd(), "")):
         try:
@@ -115,7 +136,7 @@ def canonical_name(path: str, nodeid: str) -> str:
 
 def rerun_argument(report: PhaseReport) -> str:
     """A node id that selects the test again from any folder: the absolute file, then the rest."""
-    rest = report.nodeid[report.nodeid.index("::"):] if "::" in report.nodeid else ""
+    rest = report.nodeid[report.nodeid.index("::") :] if "::" in report.nodeid else ""
     return report.path + rest
 
 
@@ -161,9 +182,9 @@ def _number(value: str) -> float | None:
 ARTIFACT_PROPERTIES = ("hil_console_log", "hil_agent_log", "hil_crash_txt", "wine_debug_log")
 
 
-def test_results(attempts: list[list[PhaseReport]], folder: Path) -> tuple[list[model.TestResult],
-                                                                          list[model.Figure],
-                                                                          list[model.Artifact]]:
+def test_results(
+    attempts: list[list[PhaseReport]], folder: Path
+) -> tuple[list[model.TestResult], list[model.Figure], list[model.Artifact]]:
     """Every test of the run over its attempts, the figures the tests recorded and the drivers
     they deployed."""
     per_test: dict[str, list[tuple[str, PhaseReport | None, list[PhaseReport]]]] = defaultdict(list)
@@ -182,11 +203,17 @@ def test_results(attempts: list[list[PhaseReport]], folder: Path) -> tuple[list[
         shown_phases = first_bad[1] if first_bad else tries[-1][2]
         props = dict(shown_phases[-1].properties) if shown_phases else {}
         result = model.TestResult(
-            nodeid=name, outcome=final, attempts=outcomes,
+            nodeid=name,
+            outcome=final,
+            attempts=outcomes,
             duration_s=sum(p.duration for p in tries[-1][2]),
-            message=(first_bad[0].message if first_bad and first_bad[0] else
-                     (tries[-1][1].message if final == model.SKIPPED and tries[-1][1] else "")),
-            crash_title=props.get("hil_crash_title", ""), crash_kind=props.get("hil_crash_kind", ""),
+            message=(
+                first_bad[0].message
+                if first_bad and first_bad[0]
+                else (tries[-1][1].message if final == model.SKIPPED and tries[-1][1] else "")
+            ),
+            crash_title=props.get("hil_crash_title", ""),
+            crash_kind=props.get("hil_crash_kind", ""),
             crash_expected=props.get("hil_crash_expected", "") == "True",
             console_excerpt=next((p.console for p in shown_phases if p.console), ""),
         )
@@ -233,8 +260,15 @@ def guest_kernel(config: HilConfig) -> str:
 # ---- the run ------------------------------------------------------------------------------------
 
 
-def qualify(config: HilConfig, profile: Profile, *, history_url: str | None, out: Path,
-            config_path: str | None = None, extra: list[str] | None = None) -> Outcome:
+def qualify(
+    config: HilConfig,
+    profile: Profile,
+    *,
+    history_url: str | None,
+    out: Path,
+    config_path: str | None = None,
+    extra: list[str] | None = None,
+) -> Outcome:
     from hil import __version__
     from hil.qualify.history import History
     from hil.qualify.report import write_report
@@ -246,30 +280,45 @@ def qualify(config: HilConfig, profile: Profile, *, history_url: str | None, out
         folder.mkdir(parents=True)
         workers = workers_for(profile, config)
         selection = pytest_selection(profile)
-        print(f"hil qualify: profile {profile.name}, {workers} worker(s), run {run_id}\n  folder: {folder}",
-              flush=True)
-        started = datetime.now(timezone.utc)
+        print(f"hil qualify: profile {profile.name}, {workers} worker(s), run {run_id}\n  folder: {folder}", flush=True)
+        started = datetime.now(UTC)
         attempts: list[list[PhaseReport]] = []
         args, codes = selection, []
         for attempt in range(1, profile.reruns + 2):
-            cmd = pytest_command(profile, folder, attempt, args, workers if attempt == 1 else 1,
-                                 config_path, list(extra or []))
+            cmd = pytest_command(
+                profile, folder, attempt, args, workers if attempt == 1 else 1, config_path, list(extra or [])
+            )
             codes.append(run_pytest(cmd, folder / f"pytest-{attempt}.log"))
             phases = read(folder / f"results-{attempt}.jsonl")
             attempts.append(phases)
             failed = _failed_tests(phases)
             if not failed or attempt > profile.reruns:
                 break
-            print(f"\nhil qualify: running {len(failed)} failed test(s) again on fresh guests "
-                  f"(attempt {attempt + 1} of {profile.reruns + 1})", flush=True)
+            print(
+                f"\nhil qualify: running {len(failed)} failed test(s) again on fresh guests "
+                f"(attempt {attempt + 1} of {profile.reruns + 1})",
+                flush=True,
+            )
             args = failed
         results, figures, deployed = test_results(attempts, folder)
-        run = model.Run(run_id=run_id, profile=profile.name, host=platform.node(), version=__version__,
-                        guest_kernel=guest_kernel(config), started=started, ended=datetime.now(timezone.utc),
-                        folder=str(folder), results=results, figures=figures + lab_figures(folder / "artifacts"),
-                        artifacts=deployed,
-                        crashes=[model.CrashSeen(r.crash_title, r.crash_kind, r.nodeid, r.crash_expected)
-                                 for r in results if r.crash_title])
+        run = model.Run(
+            run_id=run_id,
+            profile=profile.name,
+            host=platform.node(),
+            version=__version__,
+            guest_kernel=guest_kernel(config),
+            started=started,
+            ended=datetime.now(UTC),
+            folder=str(folder),
+            results=results,
+            figures=figures + lab_figures(folder / "artifacts"),
+            artifacts=deployed,
+            crashes=[
+                model.CrashSeen(r.crash_title, r.crash_kind, r.nodeid, r.crash_expected)
+                for r in results
+                if r.crash_title
+            ],
+        )
         history.record(run)
         known = history.crash_history([c.title for c in run.crashes], before=run_id)
         trends = history.trends(profile.name)
@@ -277,9 +326,15 @@ def qualify(config: HilConfig, profile: Profile, *, history_url: str | None, out
         history.close()
     decided = verdict(run, known, fail_on_flaky=profile.fail_on_flaky, pytest_exit=codes[0])
     art = folder / "artifacts"
-    report = write_report(run, folder / "report.html", known_crashes=known, trends=trends,
-                          timeline=_existing(art / "timeline.html"), latency=_existing(art / "latency.html"),
-                          verdict_=decided)
+    report = write_report(
+        run,
+        folder / "report.html",
+        known_crashes=known,
+        trends=trends,
+        timeline=_existing(art / "timeline.html"),
+        latency=_existing(art / "latency.html"),
+        verdict_=decided,
+    )
     return Outcome(run, decided, report)
 
 

@@ -46,8 +46,9 @@ def new_crash_titles(run: Run, known_crashes: dict[str, CrashSignature]) -> list
     return titles
 
 
-def verdict(run: Run, known_crashes: dict[str, CrashSignature], *, fail_on_flaky: bool = False,
-            pytest_exit: int | None = None) -> Verdict:
+def verdict(
+    run: Run, known_crashes: dict[str, CrashSignature], *, fail_on_flaky: bool = False, pytest_exit: int | None = None
+) -> Verdict:
     """FAIL on a failed or erroring test, on an unexpected crash title never seen before, when
     no test ran (a qualification that qualified nothing must not look green), on flaky tests when
     ``fail_on_flaky``, or when pytest itself ended abnormally (``pytest_exit`` other than 0, 1:
@@ -65,8 +66,16 @@ def verdict(run: Run, known_crashes: dict[str, CrashSignature], *, fail_on_flaky
         problems.append(plural(flaky, "flaky test") + " (the profile fails on flaky tests)")
     abnormal = pytest_exit not in (None, 0, 1, EXIT_NO_TESTS)
     if not ran:
-        problems.append("no test ran" + (" (the profile selected none)" if pytest_exit == EXIT_NO_TESTS else
-                                         f" (pytest exit code {pytest_exit})" if abnormal else ""))
+        problems.append(
+            "no test ran"
+            + (
+                " (the profile selected none)"
+                if pytest_exit == EXIT_NO_TESTS
+                else f" (pytest exit code {pytest_exit})"
+                if abnormal
+                else ""
+            )
+        )
     elif abnormal:
         problems.append(f"pytest ended with exit code {pytest_exit} (interrupted, or an internal or usage error)")
     notes = [plural(flaky, "flaky test")] if flaky and not fail_on_flaky else []

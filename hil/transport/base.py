@@ -21,7 +21,7 @@ class RunResult:
     def text(self) -> str:
         return self.stdout.decode(errors="replace")
 
-    def check(self) -> "RunResult":
+    def check(self) -> RunResult:
         if self.exit_code != 0:
             err = self.stderr.decode(errors="replace").strip()[-2000:]
             raise GuestError(f"command {self.command!r} exited {self.exit_code}" + (f": {err}" if err else ""))

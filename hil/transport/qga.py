@@ -62,12 +62,15 @@ class QgaTransport:
 
     def _check_aborted(self, what: str) -> None:
         if self.aborted:
-            raise GuestError(f"guest {self.guest_name} crashed while {what}: {self.aborted}",
-                             "see the crash report (crash.txt) and the console log")
+            raise GuestError(
+                f"guest {self.guest_name} crashed while {what}: {self.aborted}",
+                "see the crash report (crash.txt) and the console log",
+            )
 
     # --- raw agent access -------------------------------------------------------------
-    def command(self, execute: str, arguments: dict | None = None, timeout: float | None = None,
-                what: str | None = None) -> dict:
+    def command(
+        self, execute: str, arguments: dict | None = None, timeout: float | None = None, what: str | None = None
+    ) -> dict:
         import libvirt
         import libvirt_qemu
 
@@ -84,8 +87,10 @@ class QgaTransport:
             self._check_aborted(f"waiting for agent command {execute}" + (f" for {what!r}" if what else ""))
             raise GuestError(
                 f"guest {self.guest_name}: agent command {execute}"
-                + (f" for {what!r}" if what else "") + f" failed: {exc.get_error_message()}",
-                "the guest may have crashed or hung: look at its console log") from None
+                + (f" for {what!r}" if what else "")
+                + f" failed: {exc.get_error_message()}",
+                "the guest may have crashed or hung: look at its console log",
+            ) from None
         self.transcript.write("<", reply)
         self.last_reply = time.monotonic()
         return json.loads(reply)["return"]
@@ -103,8 +108,10 @@ class QgaTransport:
             if self.ping(timeout=min(2.0, max(0.5, deadline - time.monotonic()))):
                 return
             time.sleep(0.1)
-        raise GuestError(f"guest {self.guest_name}: qemu-guest-agent did not answer within {timeout:.0f}s",
-                         "look at the console log: did the guest boot, and is qemu-guest-agent installed?")
+        raise GuestError(
+            f"guest {self.guest_name}: qemu-guest-agent did not answer within {timeout:.0f}s",
+            "look at the console log: did the guest boot, and is qemu-guest-agent installed?",
+        )
 
     # --- commands ---------------------------------------------------------------------
     def _exec(self, cmd: str, capture: bool, input: bytes | None = None, timeout: float | None = None) -> int:
@@ -131,20 +138,27 @@ class QgaTransport:
                 break
             self._check_aborted(f"running {cmd!r}")
             if time.monotonic() > deadline:
-                raise GuestError(f"guest {self.guest_name}: command {cmd!r} did not finish within {timeout:.0f}s",
-                                 "raise its timeout, or look at the console log for a hang")
+                raise GuestError(
+                    f"guest {self.guest_name}: command {cmd!r} did not finish within {timeout:.0f}s",
+                    "raise its timeout, or look at the console log for a hang",
+                )
             time.sleep(delay)
             delay = min(delay * 2, POLL_MAX)
         code = st.get("exitcode")
         if code is None:  # killed by a signal: report it like a shell would
             code = 128 + int(st.get("signal", 0))
         if code == 137 and time.monotonic() - t0 >= timeout:
-            raise GuestError(f"guest {self.guest_name}: command {cmd!r} was killed after its {timeout:.0f}s timeout",
-                             "raise its timeout, or look at the console log for a hang")
-        return RunResult(command=cmd, exit_code=code,
-                         stdout=base64.b64decode(st.get("out-data", "")),
-                         stderr=base64.b64decode(st.get("err-data", "")),
-                         duration=time.monotonic() - t0)
+            raise GuestError(
+                f"guest {self.guest_name}: command {cmd!r} was killed after its {timeout:.0f}s timeout",
+                "raise its timeout, or look at the console log for a hang",
+            )
+        return RunResult(
+            command=cmd,
+            exit_code=code,
+            stdout=base64.b64decode(st.get("out-data", "")),
+            stderr=base64.b64decode(st.get("err-data", "")),
+            duration=time.monotonic() - t0,
+        )
 
     def spawn(self, cmd: str) -> int:
         """Start ``cmd`` in the background (output discarded); returns its guest PID."""
@@ -167,18 +181,23 @@ class QgaTransport:
         return self.command("guest-file-open", {"path": remote, "mode": mode}, what=remote)
 
     def write_file(self, remote: str, data: bytes) -> None:
-        self._write_chunks(remote, (data[i:i + WRITE_CHUNK] for i in range(0, len(data), WRITE_CHUNK)))
+        self._write_chunks(remote, (data[i : i + WRITE_CHUNK] for i in range(0, len(data), WRITE_CHUNK)))
 
     def _write_chunks(self, remote: str, chunks) -> None:
         handle = self._open(remote, "w")
         try:
             for chunk in chunks:
-                done = self.command("guest-file-write",
-                                    {"handle": handle, "buf-b64": base64.b64encode(chunk).decode()},
-                                    timeout=30, what=remote)
+                done = self.command(
+                    "guest-file-write",
+                    {"handle": handle, "buf-b64": base64.b64encode(chunk).decode()},
+                    timeout=30,
+                    what=remote,
+                )
                 if done["count"] != len(chunk):
-                    raise GuestError(f"guest {self.guest_name}: short write to {remote} "
-                                     f"({done['count']} of {len(chunk)} bytes)", "is the guest's disk full?")
+                    raise GuestError(
+                        f"guest {self.guest_name}: short write to {remote} ({done['count']} of {len(chunk)} bytes)",
+                        "is the guest's disk full?",
+                    )
         finally:
             self.command("guest-file-close", {"handle": handle}, what=remote)
 
@@ -205,6 +224,7 @@ class QgaTransport:
             with open(local, "rb") as f:
                 while chunk := f.read(WRITE_CHUNK):
                     yield chunk
+
         self._write_chunks(remote, chunks())
 
     def get(self, remote: str, local: Path) -> None:

@@ -46,9 +46,10 @@ def testsigning_enabled(t) -> bool:
 
 def require_testsigning(t) -> None:
     if not testsigning_enabled(t):
-        raise GuestError("test signing is off in the Windows guest: unsigned drivers will not load",
-                         "run 'bcdedit /set testsigning on' in the image and reboot "
-                         "(guests/windows/firstboot.ps1 does it)")
+        raise GuestError(
+            "test signing is off in the Windows guest: unsigned drivers will not load",
+            "run 'bcdedit /set testsigning on' in the image and reboot (guests/windows/firstboot.ps1 does it)",
+        )
 
 
 def install_driver(t, sys_file: Path, service: str, *, file_system: bool = False) -> str:
@@ -57,8 +58,10 @@ def install_driver(t, sys_file: Path, service: str, *, file_system: bool = False
     remote = ntpath.join(DRIVER_DIR, f"{service}.sys")
     t.put(Path(sys_file), remote)
     kind = "filesys" if file_system else "kernel"
-    _check(t.run(f'sc create {service} type= {kind} start= demand error= normal binPath= "{remote}"'),
-           f"sc create {service}")
+    _check(
+        t.run(f'sc create {service} type= {kind} start= demand error= normal binPath= "{remote}"'),
+        f"sc create {service}",
+    )
     return remote
 
 

@@ -55,8 +55,16 @@ def hyperv_panic() -> ET.Element:
     return ET.Element("panic", model="hyperv")
 
 
-def windows_domain_xml(name: str, disk: str, *, memory_mib: int = 4096, vcpus: int = 2,
-                       winrm_port: int, accel: str = "tcg", serial_log: str | None = None) -> str:
+def windows_domain_xml(
+    name: str,
+    disk: str,
+    *,
+    memory_mib: int = 4096,
+    vcpus: int = 2,
+    winrm_port: int,
+    accel: str = "tcg",
+    serial_log: str | None = None,
+) -> str:
     """A complete domain for a Windows guest booting from ``disk`` (a qcow2 overlay)."""
     if accel not in ("kvm", "tcg"):
         raise ValueError("accel must be 'kvm' or 'tcg' (resolve 'auto' before calling)")
@@ -88,9 +96,11 @@ def windows_domain_xml(name: str, disk: str, *, memory_mib: int = 4096, vcpus: i
     dev.append(hyperv_panic())
     cl = ET.SubElement(dom, f"{{{QEMU_NS}}}commandline")
     for arg in (
-        "-netdev", f"user,id=hilnet,hostfwd=tcp:127.0.0.1:{int(winrm_port)}-:5985",
+        "-netdev",
+        f"user,id=hilnet,hostfwd=tcp:127.0.0.1:{int(winrm_port)}-:5985",
         # e1000e has an in-box Windows driver; explicit free slot (libvirt's root port takes 0x1).
-        "-device", "e1000e,netdev=hilnet,bus=pcie.0,addr=0x10",
+        "-device",
+        "e1000e,netdev=hilnet,bus=pcie.0,addr=0x10",
     ):
         ET.SubElement(cl, f"{{{QEMU_NS}}}arg", value=arg)
     return ET.tostring(dom, encoding="unicode")

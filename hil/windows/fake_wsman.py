@@ -54,7 +54,7 @@ def _envelope(action: str, relates_to: str, body: str) -> bytes:
 class _Command:
     stdout: bytes
     stderr: bytes
-    code: int | None   # None: never finishes (a hung command)
+    code: int | None  # None: never finishes (a hung command)
     receives: int = 0
 
 
@@ -84,13 +84,13 @@ class FakeWsman:
         self._server: ThreadingHTTPServer | None = None
         self._thread: threading.Thread | None = None
 
-    def __enter__(self) -> "FakeWsman":
+    def __enter__(self) -> FakeWsman:
         return self.start()
 
     def __exit__(self, *exc) -> None:
         self.stop()
 
-    def start(self) -> "FakeWsman":
+    def start(self) -> FakeWsman:
         fake = self
 
         class H(BaseHTTPRequestHandler):
@@ -140,17 +140,20 @@ class FakeWsman:
             with self._lock:
                 self.shells.add(sid)
             body_xml = (
-                f"<x:ResourceCreated xmlns:x=\"http://schemas.xmlsoap.org/ws/2004/09/transfer\">"
+                f'<x:ResourceCreated xmlns:x="http://schemas.xmlsoap.org/ws/2004/09/transfer">'
                 f"<a:Address>http://{self.host}:{self.port}/wsman</a:Address><a:ReferenceParameters>"
                 f"<w:ResourceURI>http://schemas.microsoft.com/wbem/wsman/1/windows/shell/cmd</w:ResourceURI>"
-                f"<w:SelectorSet><w:Selector Name=\"ShellId\">{sid}</w:Selector></w:SelectorSet>"
+                f'<w:SelectorSet><w:Selector Name="ShellId">{sid}</w:Selector></w:SelectorSet>'
                 f"</a:ReferenceParameters></x:ResourceCreated><rsp:Shell><rsp:ShellId>{sid}</rsp:ShellId></rsp:Shell>"
             )
             return 200, _envelope("http://schemas.xmlsoap.org/ws/2004/09/transfer/CreateResponse", msg_id, body_xml)
         if shell_id not in self.shells:
-            return 500, _envelope("http://schemas.dmtf.org/wbem/wsman/1/wsman/fault", msg_id,
-                                  "<s:Fault><s:Code><s:Value>s:Sender</s:Value></s:Code>"
-                                  "<s:Reason><s:Text xml:lang=\"en-US\">unknown shell</s:Text></s:Reason></s:Fault>")
+            return 500, _envelope(
+                "http://schemas.dmtf.org/wbem/wsman/1/wsman/fault",
+                msg_id,
+                "<s:Fault><s:Code><s:Value>s:Sender</s:Value></s:Code>"
+                '<s:Reason><s:Text xml:lang="en-US">unknown shell</s:Text></s:Reason></s:Fault>',
+            )
         if action == ACTION_COMMAND:
             line = root.find("s:Body/rsp:CommandLine", NS)
             command = line.findtext("rsp:Command", namespaces=NS) or ""
@@ -165,36 +168,49 @@ class FakeWsman:
             cid = str(uuid.uuid4()).upper()
             with self._lock:
                 self._cmds[cid] = _Command(out, err, code)
-            return 200, _envelope(ACTION_COMMAND + "Response", msg_id,
-                                  f"<rsp:CommandResponse><rsp:CommandId>{cid}</rsp:CommandId></rsp:CommandResponse>")
+            return 200, _envelope(
+                ACTION_COMMAND + "Response",
+                msg_id,
+                f"<rsp:CommandResponse><rsp:CommandId>{cid}</rsp:CommandId></rsp:CommandResponse>",
+            )
         if action == ACTION_RECEIVE:
             stream = root.find("s:Body/rsp:Receive/rsp:DesiredStream", NS)
             cid = stream.get("CommandId") if stream is not None else None
             with self._lock:
                 cmd = self._cmds.get(cid)
             if cmd is None:
-                return 500, _envelope("http://schemas.dmtf.org/wbem/wsman/1/wsman/fault", msg_id,
-                                      "<s:Fault><s:Code><s:Value>s:Sender</s:Value></s:Code>"
-                                      "<s:Reason><s:Text xml:lang=\"en-US\">unknown command</s:Text></s:Reason></s:Fault>")
+                return 500, _envelope(
+                    "http://schemas.dmtf.org/wbem/wsman/1/wsman/fault",
+                    msg_id,
+                    "<s:Fault><s:Code><s:Value>s:Sender</s:Value></s:Code>"
+                    '<s:Reason><s:Text xml:lang="en-US">unknown command</s:Text></s:Reason></s:Fault>',
+                )
             with self._lock:
                 cmd.receives += 1
                 n = max(1, self.receives_per_command)
                 last = cmd.code is not None and cmd.receives >= n
                 size = -(-len(cmd.stdout) // n) if cmd.stdout else 0
-                piece = cmd.stdout[(cmd.receives - 1) * size:cmd.receives * size] if cmd.code is not None else b""
+                piece = cmd.stdout[(cmd.receives - 1) * size : cmd.receives * size] if cmd.code is not None else b""
             parts = []
             if piece:
-                parts.append(f'<rsp:Stream Name="stdout" CommandId="{cid}">{base64.b64encode(piece).decode()}</rsp:Stream>')
+                parts.append(
+                    f'<rsp:Stream Name="stdout" CommandId="{cid}">{base64.b64encode(piece).decode()}</rsp:Stream>'
+                )
             if last:
                 if cmd.stderr:
-                    parts.append(f'<rsp:Stream Name="stderr" CommandId="{cid}">{base64.b64encode(cmd.stderr).decode()}</rsp:Stream>')
+                    parts.append(
+                        f'<rsp:Stream Name="stderr" CommandId="{cid}">{base64.b64encode(cmd.stderr).decode()}</rsp:Stream>'
+                    )
                 for name in ("stdout", "stderr"):
                     parts.append(f'<rsp:Stream Name="{name}" CommandId="{cid}" End="true"></rsp:Stream>')
-                parts.append(f'<rsp:CommandState CommandId="{cid}" State="{DONE}"><rsp:ExitCode>{cmd.code}</rsp:ExitCode></rsp:CommandState>')
+                parts.append(
+                    f'<rsp:CommandState CommandId="{cid}" State="{DONE}"><rsp:ExitCode>{cmd.code}</rsp:ExitCode></rsp:CommandState>'
+                )
             else:
                 parts.append(f'<rsp:CommandState CommandId="{cid}" State="{RUNNING}"/>')
-            return 200, _envelope(ACTION_RECEIVE + "Response", msg_id,
-                                  "<rsp:ReceiveResponse>" + "".join(parts) + "</rsp:ReceiveResponse>")
+            return 200, _envelope(
+                ACTION_RECEIVE + "Response", msg_id, "<rsp:ReceiveResponse>" + "".join(parts) + "</rsp:ReceiveResponse>"
+            )
         if action == ACTION_SIGNAL:
             sig = root.find("s:Body/rsp:Signal", NS)
             with self._lock:
@@ -204,18 +220,25 @@ class FakeWsman:
             with self._lock:
                 self.shells.discard(shell_id)
             return 200, _envelope("http://schemas.xmlsoap.org/ws/2004/09/transfer/DeleteResponse", msg_id, "")
-        return 500, _envelope("http://schemas.dmtf.org/wbem/wsman/1/wsman/fault", msg_id,
-                              "<s:Fault><s:Code><s:Value>s:Sender</s:Value></s:Code>"
-                              f"<s:Reason><s:Text xml:lang=\"en-US\">unsupported action {action}</s:Text></s:Reason></s:Fault>")
+        return 500, _envelope(
+            "http://schemas.dmtf.org/wbem/wsman/1/wsman/fault",
+            msg_id,
+            "<s:Fault><s:Code><s:Value>s:Sender</s:Value></s:Code>"
+            f'<s:Reason><s:Text xml:lang="en-US">unsupported action {action}</s:Text></s:Reason></s:Fault>',
+        )
 
 
 # ---- a tiny Windows for kernel-hil's own commands ---------------------------------------------
 
-_APPEND = re.compile(r"^\$p='(?P<path>(?:[^']|'')*)\.hilpart';\$b=\[Convert\]::FromBase64String\('(?P<data>[A-Za-z0-9+/=]*)'\);"
-                     r"\$f=\[IO\.File\]::Open\(\$p,'(?P<mode>Create|Append)','Write'\)")
+_APPEND = re.compile(
+    r"^\$p='(?P<path>(?:[^']|'')*)\.hilpart';\$b=\[Convert\]::FromBase64String\('(?P<data>[A-Za-z0-9+/=]*)'\);"
+    r"\$f=\[IO\.File\]::Open\(\$p,'(?P<mode>Create|Append)','Write'\)"
+)
 _COMMIT = re.compile(r"^\$p='(?P<path>(?:[^']|'')*)';\$h=.*if\(\$h -ne '(?P<sha>[0-9a-f]{64})'\)")
 _SIZE = re.compile(r"^\(Get-Item -LiteralPath '(?P<path>(?:[^']|'')*)'\)\.Length$")
-_READ = re.compile(r"^\$f=\[IO\.File\]::OpenRead\('(?P<path>(?:[^']|'')*)'\);\$f\.Seek\((?P<off>\d+),'Begin'\).*New-Object byte\[\] (?P<count>\d+);")
+_READ = re.compile(
+    r"^\$f=\[IO\.File\]::OpenRead\('(?P<path>(?:[^']|'')*)'\);\$f\.Seek\((?P<off>\d+),'Begin'\).*New-Object byte\[\] (?P<count>\d+);"
+)
 
 
 @dataclass
@@ -270,7 +293,7 @@ class FakeWindowsHost:
             if data is None:
                 return b"", b"file not found", 1
             off, count = int(m["off"]), int(m["count"])
-            return base64.b64encode(data[off:off + count]) + b"\r\n", b"", 0
+            return base64.b64encode(data[off : off + count]) + b"\r\n", b"", 0
         if script.startswith("New-Item -ItemType Directory"):
             return b"", b"", 0
         return b"", b"fake: unsupported PowerShell script", 1
@@ -284,7 +307,11 @@ class FakeWindowsHost:
             return (" ".join(words[1:]) + "\r\n").encode(), b"", 0
         if low[:2] == ["bcdedit", "/enum"]:
             ts = "Yes" if self.testsigning else "No"
-            return f"Windows Boot Loader\r\n-------------------\r\nidentifier              {{current}}\r\ntestsigning             {ts}\r\n".encode(), b"", 0
+            return (
+                f"Windows Boot Loader\r\n-------------------\r\nidentifier              {{current}}\r\ntestsigning             {ts}\r\n".encode(),
+                b"",
+                0,
+            )
         if low[:1] == ["sc"] and len(words) >= 3:
             verb, name = low[1], words[2]
             if verb == "create":
@@ -320,7 +347,7 @@ class FakeWindowsHost:
                 self.verifier_drivers.clear()
                 return b"", b"", 0
             if "/driver" in low:
-                self.verifier_drivers.update(w.lower() for w in words[low.index("/driver") + 1:])
+                self.verifier_drivers.update(w.lower() for w in words[low.index("/driver") + 1 :])
                 return b"The system reboot is required for the changes to take effect.\r\n", b"", 2
             if "/querysettings" in low:
                 names = " ".join(sorted(self.verifier_drivers)) or "None"

@@ -24,7 +24,6 @@ from hil.steps import step
 from hil.windows.domain import windows_domain_xml
 from hil.windows.winrm import WinRMTransport
 
-
 LIBVIRT_QEMU_LOGS = Path("/var/log/libvirt/qemu")
 
 
@@ -41,13 +40,24 @@ class WindowsLabGuest:
 
     kind = "windows"
 
-    def __init__(self, image: Path, workdir: Path, *, user: str, password: str, accel: str = "kvm",
-                 uri: str = "qemu:///system", memory_mib: int = 4096, vcpus: int = 2,
-                 boot_timeout: float = 900.0):
+    def __init__(
+        self,
+        image: Path,
+        workdir: Path,
+        *,
+        user: str,
+        password: str,
+        accel: str = "kvm",
+        uri: str = "qemu:///system",
+        memory_mib: int = 4096,
+        vcpus: int = 2,
+        boot_timeout: float = 900.0,
+    ):
         self.image = Path(image)
         if not self.image.is_file():
-            raise EnvironmentProblem(f"Windows image {self.image} does not exist",
-                                     "build one as described in guests/windows/README.md")
+            raise EnvironmentProblem(
+                f"Windows image {self.image} does not exist", "build one as described in guests/windows/README.md"
+            )
         self.workdir = Path(workdir)
         self.name = f"hil-win-{uuid.uuid4().hex[:8]}"
         self.overlay = self.workdir / f"{self.name}.qcow2"
@@ -61,7 +71,7 @@ class WindowsLabGuest:
         self._dom = None
         self.state = "defined"
 
-    def __enter__(self) -> "WindowsLabGuest":
+    def __enter__(self) -> WindowsLabGuest:
         self.boot()
         return self
 
@@ -73,11 +83,30 @@ class WindowsLabGuest:
 
         self.workdir.mkdir(parents=True, exist_ok=True)
         with step("windows-overlay", guest=self.name):
-            subprocess.run(["qemu-img", "create", "-q", "-f", "qcow2", "-F", "qcow2", "-b",
-                            str(self.image.resolve()), str(self.overlay)], check=True)
-        xml = windows_domain_xml(self.name, str(self.overlay), memory_mib=self.memory_mib,
-                                 vcpus=self.vcpus, winrm_port=self.port, accel=self.accel,
-                                 serial_log=str(self.serial_log))
+            subprocess.run(
+                [
+                    "qemu-img",
+                    "create",
+                    "-q",
+                    "-f",
+                    "qcow2",
+                    "-F",
+                    "qcow2",
+                    "-b",
+                    str(self.image.resolve()),
+                    str(self.overlay),
+                ],
+                check=True,
+            )
+        xml = windows_domain_xml(
+            self.name,
+            str(self.overlay),
+            memory_mib=self.memory_mib,
+            vcpus=self.vcpus,
+            winrm_port=self.port,
+            accel=self.accel,
+            serial_log=str(self.serial_log),
+        )
         with step("windows-boot", guest=self.name):
             self._conn = libvirt.open(self.uri)
             self._dom = self._conn.createXML(xml, 0)

@@ -20,8 +20,10 @@ from pathlib import Path
 
 import pytest
 
-NO_IMAGE = ("no Windows image configured (set HIL_WINDOWS_IMAGE or [windows] image in hil.toml; "
-            "see guests/windows/README.md to build one)")
+NO_IMAGE = (
+    "no Windows image configured (set HIL_WINDOWS_IMAGE or [windows] image in hil.toml; "
+    "see guests/windows/README.md to build one)"
+)
 
 
 def configured_image(windows_config) -> str:
@@ -45,9 +47,17 @@ def windows_guest(hil_config, tmp_path):
     from hil.windows import deploy
     from hil.windows.guest import WindowsLabGuest
 
-    with WindowsLabGuest(Path(image), tmp_path, user=user, password=password, accel=choose_accel(hil_config.accel),
-                         uri=hil_config.libvirt_uri, memory_mib=cfg.memory_mib, vcpus=cfg.vcpus,
-                         boot_timeout=cfg.boot_timeout_s) as g:
+    with WindowsLabGuest(
+        Path(image),
+        tmp_path,
+        user=user,
+        password=password,
+        accel=choose_accel(hil_config.accel),
+        uri=hil_config.libvirt_uri,
+        memory_mib=cfg.memory_mib,
+        vcpus=cfg.vcpus,
+        boot_timeout=cfg.boot_timeout_s,
+    ) as g:
         deploy.require_testsigning(g.transport)
         g.transport.mkdir(r"C:\hil")
         yield g

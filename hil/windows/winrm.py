@@ -58,8 +58,18 @@ class WinRMTransport:
 
     kind = "winrm"
 
-    def __init__(self, host: str, port: int, user: str, password: str, *, transport: str = "ntlm",
-                 scheme: str = "http", chunk_size: int = 6000, operation_timeout: int = 20):
+    def __init__(
+        self,
+        host: str,
+        port: int,
+        user: str,
+        password: str,
+        *,
+        transport: str = "ntlm",
+        scheme: str = "http",
+        chunk_size: int = 6000,
+        operation_timeout: int = 20,
+    ):
         if not user:
             raise GuestError("WinRM needs a user name", "set [windows] winrm_user in hil.toml")
         if chunk_size <= 0 or chunk_size > 24000:
@@ -85,8 +95,12 @@ class WinRMTransport:
             except ImportError as exc:  # pragma: no cover - declared dependency
                 raise EnvironmentProblem("pywinrm is not installed", "pip install pywinrm") from exc
             self._protocol = Protocol(
-                self.endpoint, transport=self.transport, username=self.user, password=self.password,
-                server_cert_validation="ignore", operation_timeout_sec=self.operation_timeout,
+                self.endpoint,
+                transport=self.transport,
+                username=self.user,
+                password=self.password,
+                server_cert_validation="ignore",
+                operation_timeout_sec=self.operation_timeout,
                 read_timeout_sec=self.operation_timeout + 10,
             )
         return self._protocol
@@ -103,7 +117,7 @@ class WinRMTransport:
             finally:
                 self._shell = None
 
-    def __enter__(self) -> "WinRMTransport":
+    def __enter__(self) -> WinRMTransport:
         return self
 
     def __exit__(self, *exc) -> None:
@@ -122,13 +136,16 @@ class WinRMTransport:
                 self._shell = None
                 self._protocol = None
                 time.sleep(interval)  # retrying a network service that is still booting
-        raise GuestError(f"WinRM at {self.endpoint} did not answer within {timeout:g} s: {last}",
-                         "check the guest ran guests/windows/firstboot.ps1 (WinRM enabled)")
+        raise GuestError(
+            f"WinRM at {self.endpoint} did not answer within {timeout:g} s: {last}",
+            "check the guest ran guests/windows/firstboot.ps1 (WinRM enabled)",
+        )
 
     # ---- commands --------------------------------------------------------------------------
 
-    def _execute(self, command: str, args: list[str], skip_cmd_shell: bool, shown: str,
-                 timeout: float = 600.0) -> RunResult:
+    def _execute(
+        self, command: str, args: list[str], skip_cmd_shell: bool, shown: str, timeout: float = 600.0
+    ) -> RunResult:
         from winrm.exceptions import WinRMOperationTimeoutError
 
         proto = self._proto()
@@ -161,8 +178,13 @@ class WinRMTransport:
     def run_ps(self, script: str, timeout: float = 600.0) -> RunResult:
         """A PowerShell script, sent as ``-EncodedCommand`` (UTF-16LE base64)."""
         encoded = base64.b64encode(script.encode("utf-16-le")).decode("ascii")
-        return self._execute("powershell.exe", ["-NoProfile", "-NonInteractive", "-EncodedCommand", encoded],
-                             True, f"powershell: {script[:120]}", timeout)
+        return self._execute(
+            "powershell.exe",
+            ["-NoProfile", "-NonInteractive", "-EncodedCommand", encoded],
+            True,
+            f"powershell: {script[:120]}",
+            timeout,
+        )
 
     def run(self, cmd: str, timeout: float = 60.0, input: bytes | None = None) -> RunResult:
         if input is not None:
@@ -177,10 +199,11 @@ class WinRMTransport:
     def write_file(self, remote: str, data: bytes) -> None:
         path = ps_quote(remote)
         with step("winrm-put", path=remote, bytes=len(data)):
-            chunks = [data[i:i + self.chunk_size] for i in range(0, len(data), self.chunk_size)] or [b""]
+            chunks = [data[i : i + self.chunk_size] for i in range(0, len(data), self.chunk_size)] or [b""]
             for i, chunk in enumerate(chunks):
-                script = PS_APPEND.format(path=path, data=base64.b64encode(chunk).decode("ascii"),
-                                          mode="Create" if i == 0 else "Append")
+                script = PS_APPEND.format(
+                    path=path, data=base64.b64encode(chunk).decode("ascii"), mode="Create" if i == 0 else "Append"
+                )
                 self.run_ps(script).check()
             self.run_ps(PS_COMMIT.format(path=path, sha256=hashlib.sha256(data).hexdigest())).check()
 

@@ -67,8 +67,9 @@ class WineGuest:
 
     kind = "wine"
 
-    def __init__(self, workdir: Path, tools: dict[str, Path] | None = None, name: str = "wine",
-                 debug_channels: str = ""):
+    def __init__(
+        self, workdir: Path, tools: dict[str, Path] | None = None, name: str = "wine", debug_channels: str = ""
+    ):
         self.workdir = Path(workdir)
         self.workdir.mkdir(parents=True, exist_ok=True)
         self.name = name
@@ -83,7 +84,7 @@ class WineGuest:
 
     # ---- lifecycle -------------------------------------------------------------------------
 
-    def __enter__(self) -> "WineGuest":
+    def __enter__(self) -> WineGuest:
         self.boot()
         return self
 
@@ -111,13 +112,21 @@ class WineGuest:
             env = self.env
             # A persistent wineserver: by default it shuts the prefix down (services, drivers
             # included) about 3 s after the last user process exits, unloading our drivers.
-            subprocess.run([wprefix.wineserver_binary(), "-p"], env=env, stdout=subprocess.DEVNULL,
-                           stderr=subprocess.DEVNULL, timeout=30)
+            subprocess.run(
+                [wprefix.wineserver_binary(), "-p"],
+                env=env,
+                stdout=subprocess.DEVNULL,
+                stderr=subprocess.DEVNULL,
+                timeout=30,
+            )
             env["WINEDEBUG"] = "-all,+debugstr,err+module" + (f",{self.debug_channels}" if self.debug_channels else "")
             # services.exe and winedevice.exe inherit this stderr: it is the DbgPrint log.
             proc = subprocess.run(
-                [wprefix.wine_binary(), "wineboot"], env=env, stdout=subprocess.DEVNULL,
-                stderr=self._log_fh, timeout=120,
+                [wprefix.wine_binary(), "wineboot"],
+                env=env,
+                stdout=subprocess.DEVNULL,
+                stderr=self._log_fh,
+                timeout=120,
             )
             if proc.returncode != 0:
                 raise GuestError(f"wineboot failed in {self.prefix} (exit {proc.returncode}); see {self.debug_log}")
@@ -213,7 +222,9 @@ class WineGuest:
         args = ["install", service, remote] + [f"{k}={int(v)}" for k, v in params.items()]
         res = self._svc(*args)
         if res.exit_code != 0:
-            raise GuestError(f"installing {service} failed: {res.text.strip()} {res.stderr.decode(errors='replace')[-500:]}")
+            raise GuestError(
+                f"installing {service} failed: {res.text.strip()} {res.stderr.decode(errors='replace')[-500:]}"
+            )
         return remote
 
     def start_driver(self, service: str, retries: int = 1) -> None:
@@ -267,7 +278,7 @@ class WineGuest:
                 if m:
                     return m
             if time.monotonic() >= deadline:
-                tail = "\n".join(l.text for l in lines[-15:]) or "(no DbgPrint output)"
+                tail = "\n".join(dl.text for dl in lines[-15:]) or "(no DbgPrint output)"
                 crash = "Unhandled" in self.log_text()
                 raise GuestError(
                     f"no DbgPrint line matching {pattern!r} within {timeout:g} s in {self.name}; last lines:\n{tail}",
@@ -279,9 +290,10 @@ class WineGuest:
         """The log lines around the first unhandled exception (what Wine prints for a driver
         crash: the fault, registers, backtrace), or "" when nothing crashed."""
         lines = self.log_text().splitlines()
-        at = next((i for i, line in enumerate(lines)
-                   if "Unhandled page fault" in line or "Unhandled exception" in line), None)
-        return "" if at is None else "\n".join(lines[max(0, at - before):at + after])
+        at = next(
+            (i for i, line in enumerate(lines) if "Unhandled page fault" in line or "Unhandled exception" in line), None
+        )
+        return "" if at is None else "\n".join(lines[max(0, at - before) : at + after])
 
     def crashed(self) -> bool:
         return "Unhandled page fault" in self.log_text() or "Unhandled exception" in self.log_text()

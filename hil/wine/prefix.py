@@ -84,9 +84,7 @@ def ensure_template() -> Path:
         shutil.rmtree(tdir, ignore_errors=True)
         with step("wine-template", prefix=str(tdir)):
             env = base_env(tdir)
-            proc = subprocess.run(
-                [wine_binary(), "wineboot", "-i"], env=env, capture_output=True, timeout=300
-            )
+            proc = subprocess.run([wine_binary(), "wineboot", "-i"], env=env, capture_output=True, timeout=300)
             kill_prefix(tdir)
             if proc.returncode != 0 or not (tdir / "system.reg").is_file():
                 raise EnvironmentProblem(

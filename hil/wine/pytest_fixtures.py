@@ -59,17 +59,31 @@ class Mingw:
         self.root = Path(root)
         self.built: set[Path] = set()
 
-    def build_driver(self, sources, name: str | None = None, include_dirs=(), defines=(),
-                     libs=windows_build.NT_LIBS, ldflags=()) -> Path:
+    def build_driver(
+        self, sources, name: str | None = None, include_dirs=(), defines=(), libs=windows_build.NT_LIBS, ldflags=()
+    ) -> Path:
         """A kernel driver (``name`` defaults to the first source's stem + ``.sys``)."""
-        return self._build(windows_build.build_driver, sources, name, include_dirs=include_dirs,
-                           defines=defines, libs=libs, ldflags=ldflags)
+        return self._build(
+            windows_build.build_driver,
+            sources,
+            name,
+            include_dirs=include_dirs,
+            defines=defines,
+            libs=libs,
+            ldflags=ldflags,
+        )
 
-    def build_exe(self, sources, name: str | None = None, include_dirs=(), defines=(), libs=(),
-                  ldflags=()) -> Path:
+    def build_exe(self, sources, name: str | None = None, include_dirs=(), defines=(), libs=(), ldflags=()) -> Path:
         """A console program (``wmain``; ``name`` defaults to the first source's stem + ``.exe``)."""
-        return self._build(windows_build.build_exe, sources, name, include_dirs=include_dirs,
-                           defines=defines, libs=libs, ldflags=ldflags)
+        return self._build(
+            windows_build.build_exe,
+            sources,
+            name,
+            include_dirs=include_dirs,
+            defines=defines,
+            libs=libs,
+            ldflags=ldflags,
+        )
 
     def _build(self, how, sources, name, **row) -> Path:
         try:
@@ -122,8 +136,9 @@ def wine_guest(request, hil_artifacts):
         request.node.user_properties.append(("wine_debug_log", str(guest.debug_log)))
     if guest.crashed():
         # the excerpt goes into the failure itself: the log file is replaced by the next run
-        pytest.fail(f"a driver crashed in the Wine prefix (log: {guest.debug_log}):\n{guest.crash_excerpt()}",
-                    pytrace=False)
+        pytest.fail(
+            f"a driver crashed in the Wine prefix (log: {guest.debug_log}):\n{guest.crash_excerpt()}", pytrace=False
+        )
 
 
 class WineDriver:
@@ -144,8 +159,10 @@ class WineDriver:
         self.running = False  # tried once: teardown does not try again
         res = self.guest.stop_driver(self.service)
         if res.exit_code != 0:
-            raise GuestError(f"stopping driver {self.service} failed: {res.text.strip()}",
-                             f"its DbgPrint output is in {self.guest.debug_log}")
+            raise GuestError(
+                f"stopping driver {self.service} failed: {res.text.strip()}",
+                f"its DbgPrint output is in {self.guest.debug_log}",
+            )
         res = self.guest.delete_driver(self.service)
         if res.exit_code != 0:
             raise GuestError(f"deleting service {self.service} failed: {res.text.strip()}")
@@ -155,8 +172,7 @@ class WineDriver:
 def wine_driver(request, wine_guest, mingw):
     started: list[WineDriver] = []
 
-    def start(driver: Path | Deployed, service: str, *, collector_port: str | None = None,
-              **params: int) -> WineDriver:
+    def start(driver: Path | Deployed, service: str, *, collector_port: str | None = None, **params: int) -> WineDriver:
         if isinstance(driver, Deployed):
             deployed = driver
         else:

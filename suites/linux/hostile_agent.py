@@ -95,8 +95,7 @@ def retain(host: str, port: int, groups: int) -> dict:
     ok = rid is not None and p.send(end(rid, sent * 24))
     accepted = ok and p.request() is not None  # the next poll's REQUEST: the batch was taken
     p.close()
-    return {"attack": "retain", "groups": sent, "bytes": sent * len(group),
-            "records": sent * 9, "accepted": accepted}
+    return {"attack": "retain", "groups": sent, "bytes": sent * len(group), "records": sent * 9, "accepted": accepted}
 
 
 def flood(host: str, port: int, records: int) -> dict:
@@ -152,7 +151,7 @@ def connections(host: str, port: int, n: int, hold_s: float) -> dict:
         peers.append((i, p))
     time.sleep(hold_s)
     open_, closed = 0, 0
-    for i, p in peers:
+    for _i, p in peers:
         p.sock.settimeout(0.2)
         try:
             data = p.sock.recv(64)
@@ -164,8 +163,7 @@ def connections(host: str, port: int, n: int, hold_s: float) -> dict:
         open_ += alive
         closed += not alive
         p.close()
-    return {"attack": "connections", "opened": len(peers), "still_open": open_,
-            "closed_by_collector": closed}
+    return {"attack": "connections", "opened": len(peers), "still_open": open_, "closed_by_collector": closed}
 
 
 def claim(host: str, port: int, kind: str, os_: str, who: str, token_hex: str = "") -> dict:
@@ -177,8 +175,13 @@ def claim(host: str, port: int, kind: str, os_: str, who: str, token_hex: str = 
         sent_records = p.send(frame(RECORDS, record(666)) + end(rid, 1))
         rid = p.request(timeout=15) if sent_records else None
     p.close()
-    return {"attack": "claim", "identity": [kind, os_, who], "with_token": bool(token_hex),
-            "accepted": rid is not None, "sent_records": sent_records}
+    return {
+        "attack": "claim",
+        "identity": [kind, os_, who],
+        "with_token": bool(token_hex),
+        "accepted": rid is not None,
+        "sent_records": sent_records,
+    }
 
 
 def steal() -> dict:
@@ -195,8 +198,7 @@ def steal() -> dict:
         why = type(exc).__name__
     else:
         why = "read"
-    return {"attack": "steal", "uid": os.getuid(), "params": params, "token": token,
-            "outcome": why}
+    return {"attack": "steal", "uid": os.getuid(), "params": params, "token": token, "outcome": why}
 
 
 def main(argv: list[str]) -> int:

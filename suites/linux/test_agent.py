@@ -9,8 +9,8 @@ import hashlib
 import pytest
 
 from hil.collector.collector import Collector
-
-from hil.deploy.kmod import parse_pid_lines as guest_pids, wait_until
+from hil.deploy.kmod import parse_pid_lines as guest_pids
+from hil.deploy.kmod import wait_until
 
 pytestmark = pytest.mark.hil_linux
 
@@ -33,7 +33,8 @@ def test_spawned_processes_appear_once_with_pid_path_size_and_sha256(linux_guest
     agent = collector.wait_for_agent(kind="linux-kmod", timeout=60)
     linux_guest.run(
         "cp /bin/true /tmp/hil-a && cp /bin/ls /tmp/hil-b && "
-        "printf '#!/bin/sh\\nexit 0\\n' > /tmp/hil-script && chmod +x /tmp/hil-script").check()
+        "printf '#!/bin/sh\\nexit 0\\n' > /tmp/hil-script && chmod +x /tmp/hil-script"
+    ).check()
     spawned = _spawn(linux_guest, ["/tmp/hil-a", "/tmp/hil-b", "/tmp/hil-a", "/tmp/hil-script"])
     assert len(spawned) == 4
     facts = {p: _image_facts(linux_guest, p) for p in ("/tmp/hil-a", "/tmp/hil-b")}
@@ -41,7 +42,7 @@ def test_spawned_processes_appear_once_with_pid_path_size_and_sha256(linux_guest
     interp = linux_guest.run("readlink -f /bin/sh").check().stdout.decode().strip()
     facts["/tmp/hil-script"] = _image_facts(linux_guest, interp)
 
-    for path, pid in spawned:
+    for _path, pid in spawned:
         collector.wait_for(kind="exited", pid=pid, timeout=60)
     collector.flush()
     for path, pid in spawned:
@@ -71,11 +72,14 @@ def test_agent_reconnects_after_collector_restart_and_loses_nothing(linux_guest,
     try:
         start_agent(port, backoff_max_ms=500)
         agent = first.wait_for_agent(kind="linux-kmod", timeout=60)
-        (_, before_pid), = _spawn(linux_guest, ["/tmp/hil-before"])
+        ((_, before_pid),) = _spawn(linux_guest, ["/tmp/hil-before"])
         first.wait_for(kind="created", pid=before_pid, image_path="/tmp/hil-before", timeout=60)
         first.stop()
-        wait_until(lambda: kmod.stats("hil_agent")["connected"] == 0, timeout=60,
-                   what="the agent to notice the collector is gone")
+        wait_until(
+            lambda: kmod.stats("hil_agent")["connected"] == 0,
+            timeout=60,
+            what="the agent to notice the collector is gone",
+        )
 
         during = _spawn(linux_guest, ["/tmp/hil-during"] * 5)
         st = kmod.stats("hil_agent")
@@ -101,8 +105,9 @@ def test_full_buffer_drops_are_counted_and_reported(linux_guest, start_agent, km
     port = probe.port
     probe.stop()
     start_agent(port, buffer_kb=16, backoff_max_ms=500)
-    linux_guest.run("cp /bin/true /tmp/hil-x && i=0; while [ $i -lt 600 ]; do /tmp/hil-x; i=$((i+1)); done",
-                    timeout=300).check()
+    linux_guest.run(
+        "cp /bin/true /tmp/hil-x && i=0; while [ $i -lt 600 ]; do /tmp/hil-x; i=$((i+1)); done", timeout=300
+    ).check()
     dropped_before = kmod.stats("hil_agent")["dropped"]
     assert dropped_before > 0
 
@@ -123,8 +128,9 @@ def test_unload_during_an_exec_storm_with_a_connected_collector(linux_guest, sta
     kmods.install_storm_tools(linux_guest, "/tmp/hil-t")
     start_agent(collector.port)
     agent = collector.wait_for_agent(kind="linux-kmod", timeout=60)
-    storm_pid = int(linux_guest.run(
-        "/tmp/hil_storm 1000000 /tmp/hil-t >/dev/null 2>&1 & echo $!").check().stdout.decode())
+    storm_pid = int(
+        linux_guest.run("/tmp/hil_storm 1000000 /tmp/hil-t >/dev/null 2>&1 & echo $!").check().stdout.decode()
+    )
     try:
         collector.wait_for(kind="created", image_path="/tmp/hil-t", timeout=60)
         kmod.unload("hil_agent", timeout=120)  # raises on failure or a kernel complaint

@@ -63,7 +63,8 @@ def _pid_of(output: bytes, word: str = "pid") -> int:
 
 
 def test_sha256_is_of_the_image_that_ran_when_it_is_rewritten_right_after_exec(
-        linux_guest, start_agent, collector, kmod):
+    linux_guest, start_agent, collector, kmod
+):
     ran = _put_noop(linux_guest, "/root/hil-ran")
     other = _other_bytes(ran)
     linux_guest.write_file("/root/hil-other", other)
@@ -78,7 +79,8 @@ def test_sha256_is_of_the_image_that_ran_when_it_is_rewritten_right_after_exec(
         # the agent may keep writers off (ETXTBSY) until it has hashed the image: retry
         "until dd if=/root/hil-other of=/root/hil-ran conv=notrunc status=none 2>/dev/null; do "
         "  n=$((n+1)); [ $n -lt 1200 ] || exit 3; sleep 0.05; done; echo busy $n",
-        timeout=120).check()
+        timeout=120,
+    ).check()
     pid = _pid_of(res.stdout)
     assert linux_guest.read_file("/root/hil-ran") == other, "the rewrite happened"
 
@@ -87,7 +89,8 @@ def test_sha256_is_of_the_image_that_ran_when_it_is_rewritten_right_after_exec(
     assert rec.image_size == len(ran)
     assert rec.sha256.hex() == _sha(ran), (
         f"reported {rec.sha256.hex()}: the rewritten file ({_sha(other)}), not what ran ({_sha(ran)}); "
-        f"writer retries: {_pid_of(res.stdout, 'busy')}")
+        f"writer retries: {_pid_of(res.stdout, 'busy')}"
+    )
 
 
 # Rewrites PATH with the bytes of NEW (same size) so that size, mtime and ctime end up exactly
@@ -120,7 +123,8 @@ print("same-stamps" if same else "stamps-changed")
 
 
 def test_hash_cache_sees_a_same_size_rewrite_that_keeps_mtime_and_ctime(
-        linux_guest, start_agent, collector, kmod, request):
+    linux_guest, start_agent, collector, kmod, request
+):
     """The agent may answer from its cache while a file is unchanged (on filesystems with an
     i_version counter: ext4 in this guest's 6.1 kernel keeps one unconditionally), never once it
     changed, even when size, mtime and ctime say it did not."""
@@ -143,8 +147,11 @@ def test_hash_cache_sees_a_same_size_rewrite_that_keeps_mtime_and_ctime(
     cached = kmod.stats("hil_agent")["hash_cache_hits"] > hits
     request.node.user_properties.append(("hash_cache_hit_on_unchanged_file", str(cached)))  # JUnit XML
 
-    out = linux_guest.run("python3 /root/same_stamps.py /root/hil-cached /root/hil-second",
-                          timeout=120).check().stdout.decode()
+    out = (
+        linux_guest.run("python3 /root/same_stamps.py /root/hil-cached /root/hil-second", timeout=120)
+        .check()
+        .stdout.decode()
+    )
     assert "same-stamps" in out, f"could not rewrite within one clock tick: {out}"
     assert linux_guest.read_file("/root/hil-cached") == second
 
@@ -152,7 +159,8 @@ def test_hash_cache_sees_a_same_size_rewrite_that_keeps_mtime_and_ctime(
     rec = collector.wait_for(kind="created", pid=pid2, timeout=60)
     assert rec.sha256.hex() == _sha(second), (
         "a cache keyed on size/mtime/ctime answered with the old content's hash "
-        f"({rec.sha256.hex()} == {_sha(first)}: {rec.sha256.hex() == _sha(first)})")
+        f"({rec.sha256.hex()} == {_sha(first)}: {rec.sha256.hex() == _sha(first)})"
+    )
 
 
 # ---- "exited" means the process is gone ---------------------------------------------------
@@ -177,31 +185,44 @@ def _threads(guest, pid: int) -> int:
     return int(res.stdout.split()[1]) if res.exit_code == 0 and res.stdout.strip() else 0
 
 
-def test_exit_is_reported_when_the_last_thread_ends_not_when_the_leader_does(
-        linux_guest, start_agent, collector, kmod):
+def test_exit_is_reported_when_the_last_thread_ends_not_when_the_leader_does(linux_guest, start_agent, collector, kmod):
     linux_guest.write_file("/root/leader_first.py", LEADER_EXITS_FIRST.encode())
     start_agent(collector.port)
     collector.wait_for_agent(kind="linux-kmod", timeout=60)
 
-    linux_guest.run("rm -f /root/hil-last-thread-done; "
-                    "python3 /root/leader_first.py 12 >/root/leader.out 2>&1 &").check()
-    pid = wait_until(lambda: b"pid " in _cat(linux_guest, "/root/leader.out")
-                     and _pid_of(_cat(linux_guest, "/root/leader.out")), timeout=60,
-                     what="the leader-first process to start", interval=0.3)
+    linux_guest.run(
+        "rm -f /root/hil-last-thread-done; python3 /root/leader_first.py 12 >/root/leader.out 2>&1 &"
+    ).check()
+    pid = wait_until(
+        lambda: b"pid " in _cat(linux_guest, "/root/leader.out") and _pid_of(_cat(linux_guest, "/root/leader.out")),
+        timeout=60,
+        what="the leader-first process to start",
+        interval=0.3,
+    )
     collector.wait_for(kind="created", pid=pid, timeout=60)
     # the leader is gone (a zombie), one thread still runs
-    wait_until(lambda: linux_guest.run(f"grep -q '^State:.*Z' /proc/{pid}/status").exit_code == 0,
-               timeout=30, what="the leader to exit", interval=0.3)
+    wait_until(
+        lambda: linux_guest.run(f"grep -q '^State:.*Z' /proc/{pid}/status").exit_code == 0,
+        timeout=30,
+        what="the leader to exit",
+        interval=0.3,
+    )
     time.sleep(2)  # ample time for an exit record to be recorded, were one made
     collector.flush()
-    still_running = _threads(linux_guest, pid) >= 1 and linux_guest.run(
-        "test -e /root/hil-last-thread-done").exit_code != 0
+    still_running = (
+        _threads(linux_guest, pid) >= 1 and linux_guest.run("test -e /root/hil-last-thread-done").exit_code != 0
+    )
     assert still_running, "the second thread ended too early for this check (slow guest?)"
-    assert collector.records(kind="exited", pid=pid) == [], \
+    assert collector.records(kind="exited", pid=pid) == [], (
         "'exited' was reported while a thread of the process still runs"
+    )
 
-    wait_until(lambda: linux_guest.run("test -e /root/hil-last-thread-done").exit_code == 0,
-               timeout=60, what="the last thread to finish", interval=0.3)
+    wait_until(
+        lambda: linux_guest.run("test -e /root/hil-last-thread-done").exit_code == 0,
+        timeout=60,
+        what="the last thread to finish",
+        interval=0.3,
+    )
     collector.wait_for(kind="exited", pid=pid, timeout=60)
     collector.flush()
     assert len(collector.records(kind="exited", pid=pid)) == 1
@@ -323,10 +344,15 @@ def _fill_agent_with_long_records(guest, kmod, execs: int) -> None:
     deep = _long_dir()
     guest.run(f"mkdir -p {deep}").check()
     _put_noop(guest, "/root/hil-x")
-    guest.run(f"cp /root/hil-x {deep}/x && cd {deep} && i=0; "
-              f"while [ $i -lt {execs} ]; do ./x; i=$((i+1)); done", timeout=300).check()
-    wait_until(lambda: kmod.stats("hil_agent")["recorded"] >= 2 * execs, timeout=120,
-               what=f"the agent to record {execs} execs and exits", interval=0.5)
+    guest.run(
+        f"cp /root/hil-x {deep}/x && cd {deep} && i=0; while [ $i -lt {execs} ]; do ./x; i=$((i+1)); done", timeout=300
+    ).check()
+    wait_until(
+        lambda: kmod.stats("hil_agent")["recorded"] >= 2 * execs,
+        timeout=120,
+        what=f"the agent to record {execs} execs and exits",
+        interval=0.5,
+    )
 
 
 def _unload_within(kmod, seconds: float, why: str) -> float:
@@ -340,8 +366,7 @@ def _unload_within(kmod, seconds: float, why: str) -> float:
     return took
 
 
-def test_rmmod_finishes_promptly_while_a_host_collector_reads_one_byte_per_second(
-        linux_guest, start_agent, kmod):
+def test_rmmod_finishes_promptly_while_a_host_collector_reads_one_byte_per_second(linux_guest, start_agent, kmod):
     # The agent's records far exceed every buffer between it and the collector (the guest's
     # socket, QEMU's user networking, the host's socket).  Seen from the guest this collector is
     # stalled rather than slow: the buffers between drain in bursts minutes apart.
@@ -437,21 +462,30 @@ out.write(f"{end} frames={frames} bytes={got} torn={torn}\n")
 
 def _start_guest_collector(guest, port: int, rate: int, step: int) -> None:
     guest.write_file("/root/trickle.py", GUEST_COLLECTOR.encode())
-    guest.run("sysctl -qw net.ipv4.tcp_wmem='4096 4096 4096'; rm -f /root/trickle.go /root/trickle.out; "
-              f"python3 /root/trickle.py {port} {rate} {step} >/root/trickle.err 2>&1 & "
-              "echo $! > /root/trickle.pid").check()
-    wait_until(lambda: b"listening" in _cat(guest, "/root/trickle.out"), timeout=60,
-               what="the in-guest collector to listen", interval=0.3)
+    guest.run(
+        "sysctl -qw net.ipv4.tcp_wmem='4096 4096 4096'; rm -f /root/trickle.go /root/trickle.out; "
+        f"python3 /root/trickle.py {port} {rate} {step} >/root/trickle.err 2>&1 & "
+        "echo $! > /root/trickle.pid"
+    ).check()
+    wait_until(
+        lambda: b"listening" in _cat(guest, "/root/trickle.out"),
+        timeout=60,
+        what="the in-guest collector to listen",
+        interval=0.3,
+    )
 
 
 def _guest_collector_requests(guest) -> None:
     guest.run("touch /root/trickle.go").check()
-    wait_until(lambda: b"requested" in _cat(guest, "/root/trickle.out"), timeout=60,
-               what="the in-guest collector to send its REQUEST", interval=0.3)
+    wait_until(
+        lambda: b"requested" in _cat(guest, "/root/trickle.out"),
+        timeout=60,
+        what="the in-guest collector to send its REQUEST",
+        interval=0.3,
+    )
 
 
-def test_rmmod_finishes_promptly_while_the_collector_reads_slowly_but_steadily(
-        linux_guest, start_agent, kmod):
+def test_rmmod_finishes_promptly_while_the_collector_reads_slowly_but_steadily(linux_guest, start_agent, kmod):
     port = 7399
     _start_guest_collector(linux_guest, port, rate=1024, step=16)
     try:
@@ -468,8 +502,7 @@ def test_rmmod_finishes_promptly_while_the_collector_reads_slowly_but_steadily(
     assert kmod.console_problems() == []
 
 
-def test_rmmod_lets_the_frame_being_sent_finish_then_closes_between_frames(
-        linux_guest, start_agent, kmod):
+def test_rmmod_lets_the_frame_being_sent_finish_then_closes_between_frames(linux_guest, start_agent, kmod):
     """A collector that reads at a modest, steady 64 KiB/s: a frame takes about a second, and the
     agent waits for socket space in the middle of one most of the time.  Unloading lets that frame
     finish (the grace period) and ends the connection between frames: no torn frame."""
@@ -479,14 +512,26 @@ def test_rmmod_lets_the_frame_being_sent_finish_then_closes_between_frames(
         start_agent(port, collector="127.0.0.1", backoff_max_ms=500)
         _fill_agent_with_long_records(linux_guest, kmod, 150)
         _guest_collector_requests(linux_guest)
-        wait_until(lambda: b"frames=2 " in _cat(linux_guest, "/root/trickle.out"), timeout=60,
-                   what="two frames at the in-guest collector", interval=0.2)
+        wait_until(
+            lambda: b"frames=2 " in _cat(linux_guest, "/root/trickle.out"),
+            timeout=60,
+            what="two frames at the in-guest collector",
+            interval=0.2,
+        )
         _unload_within(kmod, 15, "while the collector reads 64 KiB/s")
-        end = wait_until(lambda: [line for line in _cat(linux_guest, "/root/trickle.out").decode().splitlines()
-                                  if line.startswith(("closed", "reset"))], timeout=30,
-                         what="the in-guest collector to see the connection end", interval=0.3)[0]
-        assert end.startswith("closed") and end.endswith("torn=0"), \
+        end = wait_until(
+            lambda: [
+                line
+                for line in _cat(linux_guest, "/root/trickle.out").decode().splitlines()
+                if line.startswith(("closed", "reset"))
+            ],
+            timeout=30,
+            what="the in-guest collector to see the connection end",
+            interval=0.3,
+        )[0]
+        assert end.startswith("closed") and end.endswith("torn=0"), (
             f"the connection ended inside a frame on unload: {end}"
+        )
     finally:
         linux_guest.run("kill -9 $(cat /root/trickle.pid)", timeout=60)
     assert kmod.console_problems() == []
@@ -559,21 +604,28 @@ while True:
 """
 
 
-def test_an_image_on_a_fuse_filesystem_that_never_answers_holds_up_nothing(
-        linux_guest, start_agent, collector, kmod):
+def test_an_image_on_a_fuse_filesystem_that_never_answers_holds_up_nothing(linux_guest, start_agent, collector, kmod):
     noop = _put_noop(linux_guest, "/root/hil-after")
     linux_guest.write_file("/root/hilfuse.py", FUSE_DAEMON.encode())
-    linux_guest.run("cp /root/hil-after /root/fuse-img && truncate -s 4M /root/fuse-img && "
-                    "modprobe fuse && mkdir -p /mnt/hilfuse").check()
+    linux_guest.run(
+        "cp /root/hil-after /root/fuse-img && truncate -s 4M /root/fuse-img && modprobe fuse && mkdir -p /mnt/hilfuse"
+    ).check()
     start_agent(collector.port)
     agent = collector.wait_for_agent(kind="linux-kmod", timeout=60)
-    linux_guest.run("python3 /root/hilfuse.py /mnt/hilfuse /root/fuse-img >/root/hilfuse.out 2>&1 & "
-                    "echo $! > /root/hilfuse.pid").check()
+    linux_guest.run(
+        "python3 /root/hilfuse.py /mnt/hilfuse /root/fuse-img >/root/hilfuse.out 2>&1 & echo $! > /root/hilfuse.pid"
+    ).check()
     try:
-        wait_until(lambda: b"ready" in _cat(linux_guest, "/root/hilfuse.out"), timeout=60,
-                   what="the FUSE daemon to mount", interval=0.3)
-        res = linux_guest.run("/mnt/hilfuse/img & a=$!; wait $a; echo fuse $a $?; "
-                              "/root/hil-after & b=$!; wait $b; echo pid $b", timeout=60).check()
+        wait_until(
+            lambda: b"ready" in _cat(linux_guest, "/root/hilfuse.out"),
+            timeout=60,
+            what="the FUSE daemon to mount",
+            interval=0.3,
+        )
+        res = linux_guest.run(
+            "/mnt/hilfuse/img & a=$!; wait $a; echo fuse $a $?; /root/hil-after & b=$!; wait $b; echo pid $b",
+            timeout=60,
+        ).check()
         fuse_pid = int(res.stdout.decode().split("fuse ")[1].split()[0])
         after_pid = _pid_of(res.stdout)
         assert f"fuse {fuse_pid} 0" in res.stdout.decode(), res.stdout

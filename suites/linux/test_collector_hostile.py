@@ -53,49 +53,61 @@ def _install_hostile(guest) -> None:
 def _hostile(guest, port: int, *args: str, timeout: float = 300) -> dict:
     """Run one attack as user nobody; its JSON report."""
     argv = " ".join(shlex.quote(a) for a in args)
-    res = guest.run(f"runuser -u nobody -- python3 /tmp/hostile_agent.py 10.0.2.2 {port} {argv}",
-                    timeout=timeout).check()
+    res = guest.run(
+        f"runuser -u nobody -- python3 /tmp/hostile_agent.py 10.0.2.2 {port} {argv}", timeout=timeout
+    ).check()
     return json.loads(res.stdout.decode().strip().splitlines()[-1])
 
 
-@pytest.mark.parametrize("collector", [{"max_bytes": STORE_CAP, "max_agents": MAX_AGENTS,
-                                        "capture_budget": 64 << 20}], indirect=True)
+@pytest.mark.parametrize(
+    "collector", [{"max_bytes": STORE_CAP, "max_agents": MAX_AGENTS, "capture_budget": 64 << 20}], indirect=True
+)
 def test_a_hostile_guest_process_is_bounded_and_the_agent_loses_nothing(
-        linux_guest, start_agent, collector, kmod, request):
+    linux_guest, start_agent, collector, kmod, request
+):
     start_agent(collector.port)
     agent = collector.wait_for_agent(kind="linux-kmod", timeout=60)
     _install_hostile(linux_guest)
-    linux_guest.run("cp /bin/true /tmp/hil-honest && rm -f /tmp/honest.pids /tmp/honest.done"
-                    ).check()
+    linux_guest.run("cp /bin/true /tmp/hil-honest && rm -f /tmp/honest.pids /tmp/honest.done").check()
     base_kib = _status_kib("VmRSS")
     _reset_peak_rss()
 
     # the honest workload runs all along: one exec every few ms, each PID written down
-    linux_guest.spawn(f"for i in $(seq {HONEST_RUNS}); do /tmp/hil-honest & "
-                      "echo /tmp/hil-honest $! >> /tmp/honest.pids; wait; sleep 0.02; done; "
-                      "touch /tmp/honest.done")
+    linux_guest.spawn(
+        f"for i in $(seq {HONEST_RUNS}); do /tmp/hil-honest & "
+        "echo /tmp/hil-honest $! >> /tmp/honest.pids; wait; sleep 0.02; done; "
+        "touch /tmp/honest.done"
+    )
     retain = _hostile(linux_guest, collector.port, "retain", "128")
     flood = _hostile(linux_guest, collector.port, "flood", "1000000")
     idents = _hostile(linux_guest, collector.port, "identities", "1000")
     held = _hostile(linux_guest, collector.port, "connections", "100", "3")
-    linux_guest.wait_until(lambda: linux_guest.run("test -e /tmp/honest.done").exit_code == 0,
-                           timeout=300, what="the honest workload to finish", interval=1.0)
+    linux_guest.wait_until(
+        lambda: linux_guest.run("test -e /tmp/honest.done").exit_code == 0,
+        timeout=300,
+        what="the honest workload to finish",
+        interval=1.0,
+    )
     collector.flush(timeout=60)
     peak = (_status_kib("VmHWM") - base_kib) << 10
 
-    for name, value in (("rss_bound_mib", RSS_BOUND >> 20), ("rss_peak_growth_mib", peak >> 20),
-                        ("hostile_bytes_sent", retain["bytes"] + flood["bytes"]),
-                        ("hostile_flood_evicted", collector.stats("hostile-flood").evicted)):
+    for name, value in (
+        ("rss_bound_mib", RSS_BOUND >> 20),
+        ("rss_peak_growth_mib", peak >> 20),
+        ("hostile_bytes_sent", retain["bytes"] + flood["bytes"]),
+        ("hostile_flood_evicted", collector.stats("hostile-flood").evicted),
+    ):
         request.node.user_properties.append((name, str(value)))  # in the JUnit XML
-    said = (f"rss: base {base_kib >> 10} MiB, peak growth {peak >> 20} MiB (bound "
-            f"{RSS_BOUND >> 20} MiB); hostile: {json.dumps([retain, flood, idents, held])}; "
-            f"collector errors: {collector.error_counts()}")
+    said = (
+        f"rss: base {base_kib >> 10} MiB, peak growth {peak >> 20} MiB (bound "
+        f"{RSS_BOUND >> 20} MiB); hostile: {json.dumps([retain, flood, idents, held])}; "
+        f"collector errors: {collector.error_counts()}"
+    )
 
     # the honest agent lost nothing: every exec, once, in order, nothing evicted or dropped
     spawned = parse_pid_lines(linux_guest.read_file("/tmp/honest.pids").decode())
     assert len(spawned) == HONEST_RUNS
-    got = [r.pid for r in collector.records(agent=agent, kind="created",
-                                            image_path="/tmp/hil-honest")]
+    got = [r.pid for r in collector.records(agent=agent, kind="created", image_path="/tmp/hil-honest")]
     assert got == [pid for _, pid in spawned], said
     st = collector.stats(agent)
     assert st.evicted == 0 and st.dropped_by_agent == 0 and st.protocol_errors == 0, said
@@ -117,8 +129,7 @@ def test_a_hostile_guest_process_is_bounded_and_the_agent_loses_nothing(
 
 
 @pytest.mark.parametrize("collector", [{"token": TOKEN}], indirect=True)
-def test_with_a_token_no_guest_process_can_pose_as_the_agent(linux_guest, start_agent, collector,
-                                                             kmod):
+def test_with_a_token_no_guest_process_can_pose_as_the_agent(linux_guest, start_agent, collector, kmod):
     start_agent(collector.port, token=TOKEN)
     agent = collector.wait_for_agent(kind="linux-kmod", timeout=60)
     _install_hostile(linux_guest)
@@ -126,8 +137,10 @@ def test_with_a_token_no_guest_process_can_pose_as_the_agent(linux_guest, start_
     stolen = _hostile(linux_guest, collector.port, "steal")
     assert stolen["uid"] != 0 and stolen["token"] is None, stolen
     assert "token" not in stolen["params"] and "port" in stolen["params"], stolen
-    claims = [_hostile(linux_guest, collector.port, "claim", agent.kind, agent.os, agent.host, tok)
-              for tok in ("", secrets.token_hex(16))]
+    claims = [
+        _hostile(linux_guest, collector.port, "claim", agent.kind, agent.os, agent.host, tok)
+        for tok in ("", secrets.token_hex(16))
+    ]
     assert not any(c["accepted"] or c["sent_records"] for c in claims), claims
 
     assert collector.agents() == [agent]
@@ -138,8 +151,7 @@ def test_with_a_token_no_guest_process_can_pose_as_the_agent(linux_guest, start_
 
     # the agent itself, with the token, reports as ever
     linux_guest.run("cp /bin/true /tmp/hil-tok").check()
-    (_, pid), = parse_pid_lines(linux_guest.run(
-        "/tmp/hil-tok & echo /tmp/hil-tok $!; wait").check().stdout.decode())
+    ((_, pid),) = parse_pid_lines(linux_guest.run("/tmp/hil-tok & echo /tmp/hil-tok $!; wait").check().stdout.decode())
     collector.wait_for(agent=agent, kind="created", pid=pid, image_path="/tmp/hil-tok", timeout=60)
     collector.assert_none(pid=666)  # the hostile's record never got in
     assert kmod.stats("hil_agent")["dropped"] == 0

@@ -11,8 +11,8 @@ import threading
 import pytest
 
 from hil.deploy import kmod as kmods
-
-from hil.deploy.kmod import KSERVER_SERVE_DIR as SERVE_DIR, wait_until
+from hil.deploy.kmod import KSERVER_SERVE_DIR as SERVE_DIR
+from hil.deploy.kmod import wait_until
 
 pytestmark = pytest.mark.hil_linux
 
@@ -30,7 +30,7 @@ def _put_files(guest, tmp_path, files: dict[str, bytes | int]) -> dict[str, str]
             guest.write_file(remote, data)
     names = " ".join(f"{SERVE_DIR}/{n}" for n in files)
     sums = guest.run(f"sha256sum {names}", timeout=120).check().stdout.decode()
-    return {line.split(None, 1)[1].strip()[len(SERVE_DIR) + 1:]: line.split()[0] for line in sums.splitlines()}
+    return {line.split(None, 1)[1].strip()[len(SERVE_DIR) + 1 :]: line.split()[0] for line in sums.splitlines()}
 
 
 @pytest.mark.smoke
@@ -71,8 +71,11 @@ def test_client_not_on_allow_list_is_refused_and_logged(linux_guest, start_kserv
     with ks.client() as c:
         assert c.read_response() == ("ERR", b"forbidden")
         assert c.read_response() == ("EOF", b"")
-    log = wait_until(lambda: "refused client 10.0.2.2" in (t := kmods.dmesg(linux_guest)) and t,
-                     timeout=10, what="kserver's refusal in dmesg")
+    log = wait_until(
+        lambda: "refused client 10.0.2.2" in (t := kmods.dmesg(linux_guest)) and t,
+        timeout=10,
+        what="kserver's refusal in dmesg",
+    )
     assert "not on the allow-list" in log
     # an allow-listed client (the guest itself over loopback) is served meanwhile
     # read the whole answer: the header and the reply may arrive in separate segments
@@ -96,18 +99,18 @@ TRAVERSALS = [
     ("../etc/passwd", "denied"),
     ("/etc/passwd", "denied"),
     ("sub/../../etc/passwd", "denied"),
-    ("sub/../secret.txt", "denied"),   # '..' is refused even when it stays inside
+    ("sub/../secret.txt", "denied"),  # '..' is refused even when it stays inside
     ("./secret.txt", "denied"),
     ("sub//secret.txt", "denied"),
     ("sub/", "denied"),
     ("..", "denied"),
     (".", "denied"),
-    ("link-out", "denied"),            # symlink to /etc/passwd
-    ("link-in", "denied"),             # symlink to a file inside: no symlink is ever followed
-    ("linkdir/passwd", "denied"),      # symlinked directory pointing out
+    ("link-out", "denied"),  # symlink to /etc/passwd
+    ("link-in", "denied"),  # symlink to a file inside: no symlink is ever followed
+    ("linkdir/passwd", "denied"),  # symlinked directory pointing out
     ("a\x01b", "denied"),
     ("sub", "notfile"),
-    ("fifo", "notfile"),               # would block a naive server forever
+    ("fifo", "notfile"),  # would block a naive server forever
     ("missing", "notfound"),
     ("sub/missing", "notfound"),
 ]
@@ -116,8 +119,8 @@ TRAVERSALS = [
 def test_traversal_and_odd_names_are_refused_and_serving_continues(linux_guest, start_kserver, tmp_path):
     _put_files(linux_guest, tmp_path, {"secret.txt": b"inside\n", "sub/ok.txt": b"ok\n"})
     linux_guest.run(
-        f"cd {SERVE_DIR} && ln -s /etc/passwd link-out && ln -s secret.txt link-in && "
-        "ln -s /etc linkdir && mkfifo fifo").check()
+        f"cd {SERVE_DIR} && ln -s /etc/passwd link-out && ln -s secret.txt link-in && ln -s /etc linkdir && mkfifo fifo"
+    ).check()
     ks = start_kserver()
     with ks.client() as c:
         for name, reason in TRAVERSALS:
@@ -132,9 +135,9 @@ def test_traversal_and_odd_names_are_refused_and_serving_continues(linux_guest, 
 def test_oversize_lines_and_binary_garbage_do_no_harm(linux_guest, start_kserver):
     ks = start_kserver()
     with ks.client() as c:
-        assert c.request(b"A" * 256) == ("OK", b"hello from kserver")      # exactly the limit
+        assert c.request(b"A" * 256) == ("OK", b"hello from kserver")  # exactly the limit
         assert c.request(b"A" * 257) == ("ERR", b"toolong")
-        assert c.request(b"B" * (4 << 20)) == ("ERR", b"toolong")          # 4 MiB line
+        assert c.request(b"B" * (4 << 20)) == ("ERR", b"toolong")  # 4 MiB line
         assert c.request(b"FILE:" + b"x" * 1000) == ("ERR", b"toolong")
         assert c.request(b"crlf\r") == ("OK", b"hello from kserver")
         assert c.request(b"\x00\xff\x00FILE:secret") == ("OK", b"hello from kserver")
@@ -261,7 +264,6 @@ def test_unload_under_load_neither_hangs_nor_oopses(linux_guest, start_kserver, 
     assert not kmods.is_loaded(linux_guest, "kserver")
     assert kmod.console_problems() == []
     # the port is free again and a fresh load serves at once
-    kmod.load(kserver_ko, port=ks.guest_port, allow="10.0.2.2",
-                 root=SERVE_DIR)
+    kmod.load(kserver_ko, port=ks.guest_port, allow="10.0.2.2", root=SERVE_DIR)
     with ks.client() as c:
         assert c.request(b"back") == ("OK", b"hello from kserver")

@@ -28,7 +28,9 @@ def _sh(guest, script: str) -> str:
 def _make_permission_tree(guest) -> None:
     """Files whose mode bits say who may read them (uid 1000 is nobody in the guest's passwd:
     numeric ids are enough for the kernel)."""
-    _sh(guest, """
+    _sh(
+        guest,
+        """
         printf 'open\\n' > open.txt && chmod 0644 open.txt
         printf 'no mode bits\\n' > mode0000 && chmod 0000 mode0000
         mkdir private && printf 'private\\n' > private/file.txt
@@ -36,7 +38,8 @@ def _make_permission_tree(guest) -> None:
         printf 'nobody only\\n' > nobody.txt && chown 65534:65534 nobody.txt && chmod 0400 nobody.txt
         printf 'group\\n' > group.txt && chown 0:65534 group.txt && chmod 0040 group.txt
         mkdir noexec && printf 'x\\n' > noexec/file.txt && chmod 0644 noexec/file.txt && chmod 0644 noexec
-    """)
+    """,
+    )
 
 
 # ---- files are opened with an unprivileged credential ---------------------------------------
@@ -47,11 +50,11 @@ def test_files_are_opened_as_nobody_and_unreadable_files_are_denied(linux_guest,
     ks = start_kserver()
     with ks.client() as c:
         assert c.get_file("open.txt") == b"open\n"
-        assert c.request(b"FILE:mode0000") == ("ERR", b"denied")           # no read bit for anyone
-        assert c.request(b"FILE:private/file.txt") == ("ERR", b"denied")   # 0700 dir of uid 1000
-        assert c.request(b"FILE:noexec/file.txt") == ("ERR", b"denied")    # dir not searchable
-        assert c.get_file("nobody.txt") == b"nobody only\n"                 # owner: serve_uid
-        assert c.get_file("group.txt") == b"group\n"                        # group: serve_gid
+        assert c.request(b"FILE:mode0000") == ("ERR", b"denied")  # no read bit for anyone
+        assert c.request(b"FILE:private/file.txt") == ("ERR", b"denied")  # 0700 dir of uid 1000
+        assert c.request(b"FILE:noexec/file.txt") == ("ERR", b"denied")  # dir not searchable
+        assert c.get_file("nobody.txt") == b"nobody only\n"  # owner: serve_uid
+        assert c.get_file("group.txt") == b"group\n"  # group: serve_gid
         assert c.request(b"still there?") == ("OK", REPLY)
     st = ks.stats()
     assert st["denied"] == 3 and st["files"] == 3
@@ -65,19 +68,23 @@ def test_serve_uid_and_serve_gid_choose_whose_permissions_apply(linux_guest, sta
     with ks.client() as c:
         assert c.get_file("private/file.txt") == b"private\n"
         assert c.get_file("open.txt") == b"open\n"
-        assert c.request(b"FILE:nobody.txt") == ("ERR", b"denied")   # 0400 of uid 65534
-        assert c.request(b"FILE:group.txt") == ("ERR", b"denied")    # 0040 of gid 65534
-        assert c.request(b"FILE:mode0000") == ("ERR", b"denied")     # no capability either
+        assert c.request(b"FILE:nobody.txt") == ("ERR", b"denied")  # 0400 of uid 65534
+        assert c.request(b"FILE:group.txt") == ("ERR", b"denied")  # 0040 of gid 65534
+        assert c.request(b"FILE:mode0000") == ("ERR", b"denied")  # no capability either
 
 
-@pytest.mark.parametrize("params", [
-    {"serve_uid": 4294967295},
-    {"serve_gid": 4294967295},
-    {"framing": "chunks"},
-    {"request_timeout": 0},
-    {"max_per_addr": 0},
-    {"max_per_addr": 513},
-], ids=lambda p: "-".join(f"{k}={v}" for k, v in p.items()))
+@pytest.mark.parametrize(
+    "params",
+    [
+        {"serve_uid": 4294967295},
+        {"serve_gid": 4294967295},
+        {"framing": "chunks"},
+        {"request_timeout": 0},
+        {"max_per_addr": 0},
+        {"max_per_addr": 513},
+    ],
+    ids=lambda p: "-".join(f"{k}={v}" for k, v in p.items()),
+)
 def test_bad_new_parameters_refuse_to_load(linux_guest, kmod, kserver_ko, params):
     linux_guest.run(f"mkdir -p {SERVE_DIR}").check()
     with pytest.raises(HilError, match="insmod kserver failed"):
@@ -127,7 +134,7 @@ def test_the_deadline_is_per_line_not_per_connection(linux_guest, start_kserver)
             time.sleep(1.5)
             assert c.request(f"in time {i}".encode()) == ("OK", REPLY)
         assert time.monotonic() - t0 > 5
-        time.sleep(4)       # silence between lines is idle time, not request time
+        time.sleep(4)  # silence between lines is idle time, not request time
         assert c.request(b"after a pause") == ("OK", REPLY)
     assert ks.stats()["timeout"] == 0
 
@@ -239,7 +246,7 @@ class Seed003Client:
         try:
             for line in stdin:
                 self.printf(self.PROMPT)
-                buffer = line.encode()[:self.BUFFER_SIZE - 1].split(b"\n", 1)[0]
+                buffer = line.encode()[: self.BUFFER_SIZE - 1].split(b"\n", 1)[0]
                 if buffer == b"exit":
                     break
                 if buffer.startswith(b"FILE:"):
@@ -268,8 +275,14 @@ def test_seed_003_client_chats_and_fetches_files_with_framing_message(linux_gues
     p = Seed003Client.PROMPT
 
     out = Seed003Client(ks.host_port, tmp_path).main(["hello\n", "how are you?\n", "FILE:report.txt\n"])
-    assert out == [p, "Received message: Hello, client!", p, "Received message: Hello, client!",
-                   p, "File received: report.txt"]
+    assert out == [
+        p,
+        "Received message: Hello, client!",
+        p,
+        "Received message: Hello, client!",
+        p,
+        "File received: report.txt",
+    ]
     assert (tmp_path / "report.txt").read_bytes() == report
 
     out = Seed003Client(ks.host_port, tmp_path).main(["FILE:big.bin\n"])
@@ -303,11 +316,11 @@ def test_message_framing_refusals_and_limits(linux_guest, start_kserver):
     ks = start_kserver(framing="message")
     assert ks.modules.param("kserver", "framing") == "message"
     assert _raw_exchange(ks.host_port, b"FILE:open.txt") == b"open\n"
-    assert _raw_exchange(ks.host_port, b"FILE:open.txt\r\n") == b"open\n"     # as nc sends it
+    assert _raw_exchange(ks.host_port, b"FILE:open.txt\r\n") == b"open\n"  # as nc sends it
     assert _raw_exchange(ks.host_port, b"FILE:mode0000") == b"ERR denied\n"
     assert _raw_exchange(ks.host_port, b"FILE:../etc/passwd") == b"ERR denied\n"
     assert _raw_exchange(ks.host_port, b"FILE:private/file.txt") == b"ERR denied\n"
-    assert _raw_exchange(ks.host_port, b"A" * 300) == b"ERR toolong\n"         # then closed
+    assert _raw_exchange(ks.host_port, b"A" * 300) == b"ERR toolong\n"  # then closed
     with socket.create_connection(("127.0.0.1", ks.host_port), timeout=15) as s:
         for msg in (b"one", b"two\n", b"\x00\xff binary", b"A" * 256):
             s.sendall(msg)

@@ -49,7 +49,9 @@ def test_smoke_console_captured(linux_guest):
     linux_guest.run("echo hil-console-probe > /dev/kmsg").check()
     text = linux_guest.wait_until(
         lambda: "hil-console-probe" in linux_guest.console_text() and linux_guest.console_text(),
-        timeout=10, what="the probe line reaching the serial console")
+        timeout=10,
+        what="the probe line reaching the serial console",
+    )
     assert "hil-console-probe" in text
 
 
@@ -64,9 +66,11 @@ def test_smoke_command_timeout_is_clear(linux_guest):
 def test_smoke_port_forward_reaches_guest(linux_guest):
     import socket
 
-    linux_guest.spawn("python3 -c 'import socket;s=socket.socket();s.setsockopt(socket.SOL_SOCKET,"
-                      "socket.SO_REUSEADDR,1);s.bind((\"0.0.0.0\",7000));s.listen();c,a=s.accept();"
-                      "c.sendall(a[0].encode());c.close()'")
+    linux_guest.spawn(
+        "python3 -c 'import socket;s=socket.socket();s.setsockopt(socket.SOL_SOCKET,"
+        'socket.SO_REUSEADDR,1);s.bind(("0.0.0.0",7000));s.listen();c,a=s.accept();'
+        "c.sendall(a[0].encode());c.close()'"
+    )
     port = linux_guest.forward_port(7000)
 
     def connect():
@@ -75,5 +79,6 @@ def test_smoke_port_forward_reaches_guest(linux_guest):
                 return s.recv(100)
         except OSError:
             return b""
+
     peer = linux_guest.wait_until(connect, timeout=30, what="the guest's listener answering")
     assert peer == b"10.0.2.2"

@@ -51,8 +51,9 @@ def figures(request, record_property, hil_artifacts):
         for name, samples in (latencies_ms or {}).items():
             path = histogram.write(hil_artifacts, name, samples, f"{title}: {name.replace('_', ' ')}")
             values[f"{name}_histogram"] = str(path)
-        lines = [f"{title}:"] + [f"  {k}: {v:.3f}" if isinstance(v, float) else f"  {k}: {v}"
-                                 for k, v in values.items()]
+        lines = [f"{title}:"] + [
+            f"  {k}: {v:.3f}" if isinstance(v, float) else f"  {k}: {v}" for k, v in values.items()
+        ]
         capman = request.config.pluginmanager.get_plugin("capturemanager")
         tr = request.config.pluginmanager.get_plugin("terminalreporter")
         if capman is not None and tr is not None:

@@ -22,15 +22,16 @@ def _host_listen_overflows() -> int:
         lines = open("/proc/net/netstat").read().splitlines()
     except OSError:
         return -1
-    for head, values in zip(lines[::2], lines[1::2]):
+    for head, values in zip(lines[::2], lines[1::2], strict=False):
         if head.startswith("TcpExt:"):
-            fields = dict(zip(head.split()[1:], values.split()[1:]))
+            fields = dict(zip(head.split()[1:], values.split()[1:], strict=False))
             return int(fields.get("ListenOverflows", -1))
     return -1
 
 
-def test_connection_storm_is_fully_served(linux_guest, start_kserver, kmod, storm_connections,
-                                          storm_concurrency, figures):
+def test_connection_storm_is_fully_served(
+    linux_guest, start_kserver, kmod, storm_connections, storm_concurrency, figures
+):
     m, conc = storm_connections, storm_concurrency
     ks = start_kserver(max_clients=max(64, conc * 2), max_per_addr=max(64, conc * 2))  # all from 10.0.2.2
     latencies: list[float] = []

@@ -16,8 +16,7 @@ pytestmark = pytest.mark.hil_linux
 TARGET = "/tmp/hil-storm-target"
 
 
-def test_process_storm_reports_every_exec_exactly_once(linux_guest, start_agent, collector, kmod,
-                                                       storm_execs, figures):
+def test_process_storm_reports_every_exec_exactly_once(linux_guest, start_agent, collector, kmod, storm_execs, figures):
     n = storm_execs
     # the target is a static, libc-free no-op: each exec costs the kernel's exec path, not ld.so
     kmods.install_storm_tools(linux_guest, TARGET)
@@ -51,8 +50,7 @@ def test_process_storm_reports_every_exec_exactly_once(linux_guest, start_agent,
     st = kmod.stats("hil_agent")
     assert st["dropped"] == 0 and collector.stats(agent).dropped_by_agent == 0
 
-    lat_us = [int(x) for x in linux_guest.read_file("/proc/hil_agent_latency_us").decode().split()
-              if x.isdigit()]
+    lat_us = [int(x) for x in linux_guest.read_file("/proc/hil_agent_latency_us").decode().split() if x.isdigit()]
     monos = [r.mono for r in created if r.mono is not None]
     span = (max(monos) - min(monos)) if len(monos) > 1 else float("nan")
     figures(

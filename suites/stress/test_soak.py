@@ -14,19 +14,21 @@ from hil.deploy import kmod as kmods
 pytestmark = [pytest.mark.hil_linux, pytest.mark.soak]
 
 TARGET = "/tmp/hil-soak-target"
-BURST = 200          # execs per round
-REQUESTS = 20        # kserver requests per round
+BURST = 200  # execs per round
+REQUESTS = 20  # kserver requests per round
 
 
-def test_agent_and_kserver_lose_nothing_over_the_soak(linux_guest, start_agent, start_kserver, collector,
-                                                      kmod, soak_seconds, figures):
+def test_agent_and_kserver_lose_nothing_over_the_soak(
+    linux_guest, start_agent, start_kserver, collector, kmod, soak_seconds, figures
+):
     if soak_seconds == 0:
         pytest.skip("soak_s is 0 for this run (HIL_SOAK_S or the profile): no soak asked for")
     kmods.install_storm_tools(linux_guest, TARGET)
     start_agent(collector.port)
     agent = collector.wait_for_agent(kind="linux-kmod", timeout=60)
-    linux_guest.run(f"mkdir -p {kmods.KSERVER_SERVE_DIR} && head -c 65536 /dev/urandom > "
-                    f"{kmods.KSERVER_SERVE_DIR}/soak.bin").check()
+    linux_guest.run(
+        f"mkdir -p {kmods.KSERVER_SERVE_DIR} && head -c 65536 /dev/urandom > {kmods.KSERVER_SERVE_DIR}/soak.bin"
+    ).check()
     blob = linux_guest.read_file(f"{kmods.KSERVER_SERVE_DIR}/soak.bin")
     ks = start_kserver()
 
@@ -52,9 +54,17 @@ def test_agent_and_kserver_lose_nothing_over_the_soak(linux_guest, start_agent, 
     collector.flush()
     reported = [r.pid for r in collector.records(kind="created", image_path=TARGET)]
     missing = set(pids) - set(reported)
-    figures("soak", soak_s=soak_seconds, rounds=rounds, execs=len(pids), requests=answered,
-            records_lost=len(missing), duplicated_records=len(reported) - len(set(reported)),
-            wrong_answers=len(wrong), agent_drops=kmod.stats("hil_agent")["dropped"])
+    figures(
+        "soak",
+        soak_s=soak_seconds,
+        rounds=rounds,
+        execs=len(pids),
+        requests=answered,
+        records_lost=len(missing),
+        duplicated_records=len(reported) - len(set(reported)),
+        wrong_answers=len(wrong),
+        agent_drops=kmod.stats("hil_agent")["dropped"],
+    )
     assert not wrong, wrong[:5]
     assert not missing, f"{len(missing)} execs never reported, e.g. {sorted(missing)[:10]}"
     assert sorted(reported) == sorted(pids), "duplicated creation records"

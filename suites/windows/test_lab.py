@@ -46,11 +46,13 @@ def test_real_process_creations_are_reported(windows_guest, lab_agent, collector
     t = windows_guest.transport
     # The guest reaches the host's collector through QEMU user networking: 10.0.2.2.
     deploy.install_driver(t, lab_agent.path, "hilagent")
-    t.run_ps("New-Item -Force -Path HKLM:\\SYSTEM\\CurrentControlSet\\Services\\hilagent\\Parameters|Out-Null;"
-             "Set-ItemProperty HKLM:\\SYSTEM\\CurrentControlSet\\Services\\hilagent\\Parameters "
-             f"-Name CollectorPort -Type DWord -Value {collector.port};"
-             "Set-ItemProperty HKLM:\\SYSTEM\\CurrentControlSet\\Services\\hilagent\\Parameters "
-             "-Name CollectorIp -Type DWord -Value 0x0a000202").check()
+    t.run_ps(
+        "New-Item -Force -Path HKLM:\\SYSTEM\\CurrentControlSet\\Services\\hilagent\\Parameters|Out-Null;"
+        "Set-ItemProperty HKLM:\\SYSTEM\\CurrentControlSet\\Services\\hilagent\\Parameters "
+        f"-Name CollectorPort -Type DWord -Value {collector.port};"
+        "Set-ItemProperty HKLM:\\SYSTEM\\CurrentControlSet\\Services\\hilagent\\Parameters "
+        "-Name CollectorIp -Type DWord -Value 0x0a000202"
+    ).check()
     deploy.enable_verifier(t, "hilagent.sys")
     windows_guest.reboot()
     assert "hilagent.sys" in deploy.verified_drivers(t)

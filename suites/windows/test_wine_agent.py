@@ -22,7 +22,6 @@ from hil.deploy import artifacts
 from hil.deploy.artifacts import Deployed
 from hil.protocol.records import encode_process_record
 
-
 pytestmark = [pytest.mark.windows, pytest.mark.wine]
 
 SERVICE = "hilagent"
@@ -44,8 +43,10 @@ def agent(hil_config, win_build) -> Deployed:
 def injectable_agent(agent) -> Deployed:
     """The agent, if it has the test build's injection device (else the test is skipped)."""
     if not has_injection_device(agent):
-        pytest.skip(f"{_named(agent)} is a release build without the injection IOCTL, and Wine never "
-                    "calls process-notify routines: this test needs a HIL_TEST_BUILD agent")
+        pytest.skip(
+            f"{_named(agent)} is a release build without the injection IOCTL, and Wine never "
+            "calls process-notify routines: this test needs a HIL_TEST_BUILD agent"
+        )
     return agent
 
 
@@ -83,7 +84,7 @@ def stop_agent(drv):
 
 def assert_no_ksock_leaks(guest):
     """ksock logs its live IRP/MDL/buffer/socket counters at cleanup: all must be zero."""
-    last = [l.text for l in guest.dbgprint_lines() if l.text.startswith("[ksock] cleanup:")][-1]
+    last = [dl.text for dl in guest.dbgprint_lines() if dl.text.startswith("[ksock] cleanup:")][-1]
     assert last == "[ksock] cleanup: irps=0 mdls=0 buffers=0 sockets=0", last
 
 
@@ -106,7 +107,7 @@ def test_agent_loads_identifies_answers_and_unloads(wine_guest, agent, load_agen
     assert stats.records == 0
 
     stop_agent(drv)
-    texts = [l.text for l in wine_guest.dbgprint_lines()]
+    texts = [dl.text for dl in wine_guest.dbgprint_lines()]
     assert "[hilagent] network stopped" in texts and "[hilagent] worker stopped" in texts
     assert not wine_guest.crashed()
 
@@ -144,8 +145,9 @@ def test_injected_records_arrive_byte_exact(wine_guest, injectable_agent, load_a
     # closed it) holds each record exactly as the reference encoder produces it.
     wire = wait_for_capture(collector, expected=len(cases))
     for pid, path, content in cases:
-        want = encode_process_record("created", pid, ("\\??\\" + path).encode("utf-8"), len(content),
-                                     hashlib.sha256(content).digest())
+        want = encode_process_record(
+            "created", pid, ("\\??\\" + path).encode("utf-8"), len(content), hashlib.sha256(content).digest()
+        )
         assert want in wire, f"record for pid {pid} not found byte-exact in the capture"
 
 
@@ -198,8 +200,9 @@ def test_agent_keeps_records_across_collector_restart(wine_guest, injectable_age
         second.stop()
 
 
-def test_unload_spills_undelivered_records_and_next_load_sends_them(wine_guest, injectable_agent, load_agent,
-                                                                    tmp_path, free_port):
+def test_unload_spills_undelivered_records_and_next_load_sends_them(
+    wine_guest, injectable_agent, load_agent, tmp_path, free_port
+):
     port = free_port  # no collector yet: the agent keeps retrying with backoff
     drv = load_agent(injectable_agent, port, SpillAfterMs=600000, BackoffMaxMs=200, SpillId=9)
     inject(wine_guest, "created", 6001, r"C:\windows\system32\notepad.exe")
@@ -219,7 +222,7 @@ def test_release_build_has_no_injection_device(wine_guest, release_agent, load_a
     collector.wait_for_agent(kind="win-wdm", timeout=20)
     res = wine_guest.run([CTL, "inject", "created", "1", r"C:\windows\system32\notepad.exe"])
     assert res.exit_code != 0 and b"open: error" in res.stdout
-    assert not any("TEST BUILD" in l.text for l in wine_guest.dbgprint_lines())
+    assert not any("TEST BUILD" in dl.text for dl in wine_guest.dbgprint_lines())
     stop_agent(drv)
 
 
@@ -279,8 +282,9 @@ def test_agent_drops_a_bad_collector_and_keeps_records(wine_guest, injectable_ag
         srv.close()
 
 
-def test_spill_file_written_by_reference_encoder_is_sent_and_torn_tail_ignored(wine_guest, agent, load_agent,
-                                                                               collector):
+def test_spill_file_written_by_reference_encoder_is_sent_and_torn_tail_ignored(
+    wine_guest, agent, load_agent, collector
+):
     """The spill file is records in wire encoding: one written by the Python reference encoder
     (plus a torn record, as a crash in the middle of an append leaves) is delivered at the next
     load; the torn tail is skipped with a log line, not sent."""

@@ -58,15 +58,15 @@ def _sparse(guest, remote: str, size: int) -> None:
 
 
 def _saved(guest, pid: int, start: int = 0) -> bool:
-    return any(f"saved created pid={pid} " in line.text + " "
-               for line in guest.dbgprint_lines()[start:])
+    return any(f"saved created pid={pid} " in line.text + " " for line in guest.dbgprint_lines()[start:])
 
 
 # ---- hashed through the file object ---------------------------------------------------------
 
 
 def test_image_is_hashed_through_the_notifications_file_object_not_its_path_later(
-        wine_guest, injectable_agent, load_agent, collector):
+    wine_guest, injectable_agent, load_agent, collector
+):
     ran = b"MZ" + bytes(range(256)) * 64
     other = b"MZ" + bytes(reversed(range(256))) * 64
     wine_guest.write_file(r"C:\hil\ran.exe", ran)
@@ -85,7 +85,9 @@ def test_image_is_hashed_through_the_notifications_file_object_not_its_path_late
     assert rec.image_path == "\\??\\C:\\hil\\ran.exe"
     assert (rec.image_size, rec.sha256) == (len(ran), _sha(ran)), (
         "hashed the file now at the path, not the one the notification named"
-        if rec.sha256 == _sha(other) else f"unexpected record {rec}")
+        if rec.sha256 == _sha(other)
+        else f"unexpected record {rec}"
+    )
     assert collector.wait_for(kind="created", pid=9001, timeout=60).sha256 == _sha(bytes(256 << 20))
     stop_agent(drv)
 
@@ -112,8 +114,12 @@ def tiny_fs(tmp_path):
         pytest.skip("a short write needs a tiny filesystem: mounting one needs root")
     d = tmp_path / "tiny"
     d.mkdir()
-    res = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=4k,mode=0777", "hil-tiny", str(d)],
-                         capture_output=True, text=True, check=False)
+    res = subprocess.run(
+        ["mount", "-t", "tmpfs", "-o", "size=4k,mode=0777", "hil-tiny", str(d)],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
     if res.returncode != 0:
         pytest.skip(f"cannot mount a tmpfs here: {res.stderr.strip()}")
 
@@ -127,7 +133,8 @@ def tiny_fs(tmp_path):
 
 
 def test_a_short_spill_write_leaves_no_torn_record_to_swallow_later_ones(
-        wine_guest, injectable_agent, load_agent, tiny_fs, tmp_path, free_port):
+    wine_guest, injectable_agent, load_agent, tiny_fs, tmp_path, free_port
+):
     tiny, grow = tiny_fs
     # the spill file lives on the 4 KiB filesystem: three ~1.5 KB records do not fit
     (tiny / "spill").write_bytes(b"")
@@ -153,8 +160,9 @@ def test_a_short_spill_write_leaves_no_torn_record_to_swallow_later_ones(
         c.flush()
         got = {pid: [r.image_path for r in c.records(kind="created", pid=pid)] for pid in range(2101, 2106)}
         want = "\\??\\" + long_name
-        assert got == {pid: [want] for pid in range(2101, 2106)}, \
-            "every record exactly once, whole: " + repr({p: [x[:20] + "..." for x in v] for p, v in got.items()})
+        assert got == {pid: [want] for pid in range(2101, 2106)}, "every record exactly once, whole: " + repr(
+            {p: [x[:20] + "..." for x in v] for p, v in got.items()}
+        )
         assert c.stats(aid).protocol_errors == 0
         assert not any("ignoring" in line.text for line in wine_guest.dbgprint_lines()[mark:])
         stop_agent(drv)
@@ -163,8 +171,7 @@ def test_a_short_spill_write_leaves_no_torn_record_to_swallow_later_ones(
 # ---- the spill lock is not held across network sends ----------------------------------------
 
 
-def test_a_collector_that_stops_reading_does_not_stall_the_worker(
-        wine_guest, injectable_agent, load_agent, free_port):
+def test_a_collector_that_stops_reading_does_not_stall_the_worker(wine_guest, injectable_agent, load_agent, free_port):
     # a large spill file makes the first batch larger than every socket buffer on the way
     rec = encode_process_record("created", 1, ("\\??\\C:\\" + "p" * 1000).encode(), 1, bytes(32))
     wine_guest.write_file(r"C:\windows\hilagent-23.spill", rec * 6000)  # ~6 MB
@@ -193,8 +200,10 @@ def test_a_collector_that_stops_reading_does_not_stall_the_worker(
             try:
                 wine_guest.wait_for_log(r"saved created pid=2302 ", timeout=5, start=mark)
             except Exception:  # noqa: BLE001
-                pytest.fail("the worker is stuck while the network thread sends to a collector "
-                            "that stopped reading (the spill lock is held across the sends)")
+                pytest.fail(
+                    "the worker is stuck while the network thread sends to a collector "
+                    "that stopped reading (the spill lock is held across the sends)"
+                )
             assert time.monotonic() - t0 < 5
         stop_agent(drv)
     finally:
@@ -228,9 +237,13 @@ def _status_kb(pid: int, field: str) -> int:
 
 
 def test_a_full_event_queue_holds_bounded_memory_and_counts_what_it_drops(
-        wine_guest, injectable_agent, load_agent, collector, mingw):
-    flood = mingw.build_exe([Path(__file__).with_name("hilagent_flood.c")], name="hilagent_flood.exe",
-                            include_dirs=[windows_build.windows_dir() / "agent"])
+    wine_guest, injectable_agent, load_agent, collector, mingw
+):
+    flood = mingw.build_exe(
+        [Path(__file__).with_name("hilagent_flood.c")],
+        name="hilagent_flood.exe",
+        include_dirs=[windows_build.windows_dir() / "agent"],
+    )
     wine_guest.put(flood, FLOOD)
     _sparse(wine_guest, r"C:\hil\big.bin", 256 << 20)
     long_name = "C:\\hil\\" + "q" * 2000 + ".exe"  # ~4 KB per queued notification
@@ -260,5 +273,6 @@ def test_a_full_event_queue_holds_bounded_memory_and_counts_what_it_drops(
     assert dropped > 0
     assert peak_kb < 8 * 1024, (
         f"the driver host's memory grew by {peak_kb} KiB while 4000 notifications (~4 KB each) "
-        "waited: the queue holds them all instead of a bounded amount")
+        "waited: the queue holds them all instead of a bounded amount"
+    )
     stop_agent(drv)

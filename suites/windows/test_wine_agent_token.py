@@ -23,8 +23,7 @@ TOKEN = "kh-wine-token-\u00e9"  # not ASCII: REG_SZ is UTF-16 in the registry, U
 @pytest.fixture
 def agent(hil_config, win_build) -> Deployed:
     """The agent to qualify: ``[drivers] windows_agent``, else the reference test build."""
-    return artifacts.resolve(hil_config.drivers, "windows_agent",
-                             lambda: win_build["hilagent_test.sys"])
+    return artifacts.resolve(hil_config.drivers, "windows_agent", lambda: win_build["hilagent_test.sys"])
 
 
 @pytest.fixture
@@ -34,15 +33,13 @@ def load_with_token(wine_guest, request):
     loaded: list[WineDriver] = []
 
     def load(agent: Deployed, port: int, reg_type: str | None, data: str = "") -> WineDriver:
-        request.node.user_properties.extend(p for p in agent.properties()
-                                            if p not in request.node.user_properties)
+        request.node.user_properties.extend(p for p in agent.properties() if p not in request.node.user_properties)
         wine_guest.install_driver(agent.path, SERVICE, CollectorPort=port, BackoffMaxMs=300)
         drv = WineDriver(wine_guest, SERVICE, agent, len(wine_guest.dbgprint_lines()))
         drv.running = False
         loaded.append(drv)
         if reg_type is not None:
-            wine_guest.run(["reg", "add", PARAMETERS, "/v", "Token", "/t", reg_type, "/d", data,
-                            "/f"]).check()
+            wine_guest.run(["reg", "add", PARAMETERS, "/v", "Token", "/t", reg_type, "/d", data, "/f"]).check()
         wine_guest.start_driver(SERVICE)
         drv.running = True
         return drv
@@ -55,12 +52,11 @@ def load_with_token(wine_guest, request):
             wine_guest.delete_driver(SERVICE)
 
 
-@pytest.mark.parametrize("reg_type,data", [("REG_SZ", TOKEN),
-                                           ("REG_BINARY", TOKEN.encode().hex())],
-                         ids=["REG_SZ", "REG_BINARY"])
+@pytest.mark.parametrize(
+    "reg_type,data", [("REG_SZ", TOKEN), ("REG_BINARY", TOKEN.encode().hex())], ids=["REG_SZ", "REG_BINARY"]
+)
 @pytest.mark.parametrize("collector", [{"token": TOKEN}], indirect=True)
-def test_agent_sends_its_token_setting(wine_guest, agent, load_with_token, collector, reg_type,
-                                       data):
+def test_agent_sends_its_token_setting(wine_guest, agent, load_with_token, collector, reg_type, data):
     load_with_token(agent, collector.port, reg_type, data)
     aid = collector.wait_for_agent(kind="win-wdm", timeout=20)
     collector.flush(timeout=10)

@@ -7,13 +7,12 @@ import threading
 
 import pytest
 
-
 pytestmark = [pytest.mark.windows, pytest.mark.wine]
 
 
 def assert_no_ksock_leaks(guest):
     """ksock logs its live IRP/MDL/buffer/socket counters at cleanup: all must be zero."""
-    lines = [l.text for l in guest.dbgprint_lines() if l.text.startswith("[ksock] cleanup:")]
+    lines = [dl.text for dl in guest.dbgprint_lines() if dl.text.startswith("[ksock] cleanup:")]
     assert lines and lines[-1] == "[ksock] cleanup: irps=0 mdls=0 buffers=0 sockets=0", lines
 
 
@@ -33,7 +32,7 @@ def test_demo_server_accepts_host_clients(wine_guest, win_build, free_port):
     wine_guest.start_driver("hilsocks")
     wine_guest.wait_for_log(rf"\[hilsocks\] listening on 127\.0\.0\.1:{port}", timeout=20)
 
-    for i, msg in enumerate([b"hello kernel", bytes(range(256)) * 300]):  # small, then 76 KB
+    for msg in [b"hello kernel", bytes(range(256)) * 300]:  # small, then 76 KB
         with socket.create_connection(("127.0.0.1", port), timeout=10) as s:
             s.sendall(msg)
             assert _recv_exact(s, len(msg)) == msg
@@ -42,8 +41,9 @@ def test_demo_server_accepts_host_clients(wine_guest, win_build, free_port):
     # Unload with a client connected and idle: shutdown must complete the pending receive.
     idle = socket.create_connection(("127.0.0.1", port), timeout=10)
     try:
-        wine_guest.wait_for_log(r"\[hilsocks\] accepted connection", timeout=10,
-                                start=len(wine_guest.dbgprint_lines()) - 1)
+        wine_guest.wait_for_log(
+            r"\[hilsocks\] accepted connection", timeout=10, start=len(wine_guest.dbgprint_lines()) - 1
+        )
         res = wine_guest.stop_driver("hilsocks")
         assert res.exit_code == 0, res.text
         wine_guest.wait_for_log(r"\[hilsocks\] unloaded", timeout=15)

@@ -35,21 +35,38 @@ pytestmark = [
 
 def _env() -> dict[str, str]:
     """This process's environment without anything that points at the checkout or this run."""
-    drop = ("PYTHONPATH", "PYTEST_ADDOPTS", "PYTEST_XDIST_WORKER", "PYTEST_XDIST_WORKER_COUNT",
-            "PYTEST_CURRENT_TEST", "VIRTUAL_ENV", "PYTHONHOME")
+    drop = (
+        "PYTHONPATH",
+        "PYTEST_ADDOPTS",
+        "PYTEST_XDIST_WORKER",
+        "PYTEST_XDIST_WORKER_COUNT",
+        "PYTEST_CURRENT_TEST",
+        "VIRTUAL_ENV",
+        "PYTHONHOME",
+    )
     return {k: v for k, v in os.environ.items() if k not in drop}
 
 
 def _run(cmd: list, cwd: Path, timeout: float = 1500) -> subprocess.CompletedProcess:
-    return subprocess.run([str(c) for c in cmd], cwd=cwd, env=_env(), capture_output=True, text=True,
-                          timeout=timeout, stdin=subprocess.DEVNULL)
+    return subprocess.run(
+        [str(c) for c in cmd],
+        cwd=cwd,
+        env=_env(),
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        stdin=subprocess.DEVNULL,
+    )
 
 
 def _pytest(python: Path, project: Path, *args: str, timeout: float = 1500) -> subprocess.CompletedProcess:
     """A team's pytest run in ``project``.  Its own --basetemp: pytest keeps only the three
     newest numbered temporary folders of a user, so nested runs would delete this run's."""
-    return _run([python, "-m", "pytest", "-q", "-p", "no:cacheprovider", f"--basetemp={project / '.tmp'}",
-                 *args], cwd=project, timeout=timeout)
+    return _run(
+        [python, "-m", "pytest", "-q", "-p", "no:cacheprovider", f"--basetemp={project / '.tmp'}", *args],
+        cwd=project,
+        timeout=timeout,
+    )
 
 
 @pytest.fixture(scope="module")
@@ -59,7 +76,7 @@ def installed(tmp_path_factory) -> Path:
     dist = root / "dist"
     built = _run([sys.executable, "-m", "pip", "wheel", "--no-deps", "-q", "-w", dist, REPO], cwd=root)
     assert built.returncode == 0, built.stderr[-3000:]
-    wheel, = dist.glob("kernel_hil-*.whl")
+    (wheel,) = dist.glob("kernel_hil-*.whl")
     venv = root / "venv"
     made = _run([sys.executable, "-m", "venv", venv], cwd=root)
     assert made.returncode == 0, made.stderr
@@ -90,16 +107,26 @@ def _outcome(tc: ET.Element) -> str:
 
 
 def test_the_installed_framework_finds_everything_inside_the_venv(installed, tmp_path):
-    probe = _run([installed, "-c", "import hil, hil.paths as p; print(hil.__file__); "
-                  "print(*(p.bundled(n) for n in p.BUNDLED), sep='\\n')"], cwd=tmp_path)
+    probe = _run(
+        [
+            installed,
+            "-c",
+            "import hil, hil.paths as p; print(hil.__file__); print(*(p.bundled(n) for n in p.BUNDLED), sep='\\n')",
+        ],
+        cwd=tmp_path,
+    )
     assert probe.returncode == 0, probe.stderr
     lines = probe.stdout.split()
     venv = installed.parent.parent
     assert all(Path(line).is_relative_to(venv) for line in lines), lines
     names = zipfile.ZipFile(next((venv.parent / "dist").glob("*.whl"))).namelist()
-    for needed in ("hil/guests/linux/recipe.toml", "hil/drivers/protocol/hil_proto.c",
-                   "hil/drivers/linux/kserver/kserver.c", "hil/suites/conftest.py",
-                   "hil/suites/linux/test_kserver.py"):
+    for needed in (
+        "hil/guests/linux/recipe.toml",
+        "hil/drivers/protocol/hil_proto.c",
+        "hil/drivers/linux/kserver/kserver.c",
+        "hil/suites/conftest.py",
+        "hil/suites/linux/test_kserver.py",
+    ):
         assert needed in names
     doctor = _run([installed.parent / "hil", "doctor"], cwd=tmp_path)
     assert "native codec" in doctor.stdout or doctor.returncode == 0, doctor.stdout + doctor.stderr
@@ -129,8 +156,12 @@ def _team_kserver(folder: Path) -> Path:
     """kserver.ko as a team's own build produces it: its sources in a folder of its own, built
     with make against the guest kernel's headers."""
     src = _copy(REPO / "drivers" / "linux" / "kserver", folder)
-    made = subprocess.run(["make", *kmod.make_arguments(IMAGE.kbuild_dir), f"M={src}", "modules"],
-                          capture_output=True, text=True, timeout=600)
+    made = subprocess.run(
+        ["make", *kmod.make_arguments(IMAGE.kbuild_dir), f"M={src}", "modules"],
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
     assert made.returncode == 0, made.stdout[-2000:] + made.stderr[-2000:]
     return src / "kserver.ko"
 
@@ -140,8 +171,9 @@ def test_the_kserver_suite_qualifies_a_prebuilt_module(installed, tmp_path):
     project = tmp_path / "qualify"
     project.mkdir()
     (project / "hil.toml").write_text(f'[drivers]\nkserver = "{ko}"\n')
-    res = _pytest(installed, project, "--pyargs", "hil.suites", "-k", "kserver", "-m", "not soak",
-                  "--junitxml=junit.xml")
+    res = _pytest(
+        installed, project, "--pyargs", "hil.suites", "-k", "kserver", "-m", "not soak", "--junitxml=junit.xml"
+    )
     assert res.returncode == 0, res.stdout[-4000:] + res.stderr[-2000:]
     cases = _junit(project / "junit.xml")
     assert len(cases) >= 7 and all(_outcome(tc) == "passed" for tc in cases)
@@ -164,6 +196,6 @@ def test_a_module_built_for_another_kernel_stops_the_run_in_one_line(installed, 
     (project / "hil.toml").write_text(f'[drivers]\nkserver = "{ko}"\n')
     res = _pytest(installed, project, "--pyargs", "hil.suites", "-k", "kserver and allow_list", timeout=600)
     assert res.returncode != 0
-    line = (f"drivers.kserver = '{ko}' was built for kernel {other}, but the guest runs {release}")
+    line = f"drivers.kserver = '{ko}' was built for kernel {other}, but the guest runs {release}"
     assert line in res.stdout, res.stdout[-3000:]
     assert "fix: rebuild it against the guest's headers" in res.stdout

@@ -204,8 +204,7 @@ def test_capture_file_holds_every_raw_byte(collector, agent):
 
 
 def test_stalled_peers_are_dropped(tmp_path):
-    with Collector(interval=5, frame_timeout=0.3, hello_timeout=0.3, reply_timeout=0.3,
-                   capture_dir=tmp_path) as c:
+    with Collector(interval=5, frame_timeout=0.3, hello_timeout=0.3, reply_timeout=0.3, capture_dir=tmp_path) as c:
         silent = socket.create_connection(c.address)  # never says HELLO
         half = ReferenceAgent("half").connect(c.address)
         c.wait_for_agent(host="half")
@@ -227,8 +226,7 @@ def test_stalled_peers_are_dropped(tmp_path):
 
 
 def test_capture_cap_and_record_cap(tmp_path):
-    with Collector(interval=5, capture_dir=tmp_path, max_capture_bytes=1000,
-                   max_records=100) as c:
+    with Collector(interval=5, capture_dir=tmp_path, max_capture_bytes=1000, max_records=100) as c:
         with ReferenceAgent("capped").connect(c.address) as a:
             c.wait_for_agent(host="capped")
             for batch in range(3):

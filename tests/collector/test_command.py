@@ -9,15 +9,18 @@ import threading
 
 from hil.collector.agent_client import ReferenceAgent
 
-SCRIPT = ("import argparse, sys\n"
-          "from hil.commands import collector as cmd\n"
-          "p = argparse.ArgumentParser(); cmd.add_arguments(p)\n"
-          "sys.exit(cmd.run(p.parse_args(['--port', '0', '--interval', '0.2'] + sys.argv[1:])))\n")
+SCRIPT = (
+    "import argparse, sys\n"
+    "from hil.commands import collector as cmd\n"
+    "p = argparse.ArgumentParser(); cmd.add_arguments(p)\n"
+    "sys.exit(cmd.run(p.parse_args(['--port', '0', '--interval', '0.2'] + sys.argv[1:])))\n"
+)
 
 
 def test_collector_command_prints_records():
-    proc = subprocess.Popen([sys.executable, "-c", SCRIPT], stdout=subprocess.PIPE,
-                            stderr=subprocess.DEVNULL, text=True)
+    proc = subprocess.Popen(
+        [sys.executable, "-c", SCRIPT], stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True
+    )
     watchdog = threading.Timer(60, proc.kill)  # readline() below must not hang the suite
     watchdog.start()
     try:
@@ -36,8 +39,9 @@ def test_collector_command_prints_records():
 
 
 def test_collector_command_can_require_a_token():
-    proc = subprocess.Popen([sys.executable, "-c", SCRIPT, "--token", "t0ken"],
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    proc = subprocess.Popen(
+        [sys.executable, "-c", SCRIPT, "--token", "t0ken"], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+    )
     watchdog = threading.Timer(60, proc.kill)
     watchdog.start()
     try:

@@ -9,20 +9,39 @@ import xml.etree.ElementTree as ET
 
 
 def test_fixture_records_capture_files_in_junit(tmp_path):
-    (tmp_path / "conftest.py").write_text(
-        "from hil.collector.pytest_fixtures import collector  # noqa: F401\n")
-    (tmp_path / "test_inner.py").write_text(textwrap.dedent("""
+    (tmp_path / "conftest.py").write_text("from hil.collector.pytest_fixtures import collector  # noqa: F401\n")
+    (tmp_path / "test_inner.py").write_text(
+        textwrap.dedent("""
         from hil.collector.agent_client import ReferenceAgent
 
         def test_one(collector):
             with ReferenceAgent("fx-host").connect(collector.address) as a:
                 a.created(pid=9, image_path="/bin/fx")
                 collector.wait_for(pid=9, timeout=10)
-    """))
+    """)
+    )
     proc = subprocess.run(
-        [sys.executable, "-m", "pytest", "-q", "-p", "no:hil", "-p", "no:cacheprovider",
-         "-p", "no:xdist", "--junitxml=out.xml", "--rootdir", str(tmp_path), "test_inner.py"],
-        cwd=tmp_path, capture_output=True, text=True, timeout=120)
+        [
+            sys.executable,
+            "-m",
+            "pytest",
+            "-q",
+            "-p",
+            "no:hil",
+            "-p",
+            "no:cacheprovider",
+            "-p",
+            "no:xdist",
+            "--junitxml=out.xml",
+            "--rootdir",
+            str(tmp_path),
+            "test_inner.py",
+        ],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert proc.returncode == 0, proc.stdout + proc.stderr
     root = ET.parse(tmp_path / "out.xml").getroot()
     props = [(p.get("name"), p.get("value")) for p in root.iter("property")]
@@ -32,9 +51,9 @@ def test_fixture_records_capture_files_in_junit(tmp_path):
 
 
 def test_fixture_takes_collector_options_from_an_indirect_parameter(tmp_path):
-    (tmp_path / "conftest.py").write_text(
-        "from hil.collector.pytest_fixtures import collector  # noqa: F401\n")
-    (tmp_path / "test_inner.py").write_text(textwrap.dedent("""
+    (tmp_path / "conftest.py").write_text("from hil.collector.pytest_fixtures import collector  # noqa: F401\n")
+    (tmp_path / "test_inner.py").write_text(
+        textwrap.dedent("""
         import pytest
         from hil.collector.agent_client import ReferenceAgent
 
@@ -48,9 +67,27 @@ def test_fixture_takes_collector_options_from_an_indirect_parameter(tmp_path):
                 a.created(pid=9, image_path="/bin/fx")
                 collector.wait_for(pid=9, timeout=10)
             assert collector.error_counts() == {"Unauthorized": 1}
-    """))
+    """)
+    )
     proc = subprocess.run(
-        [sys.executable, "-m", "pytest", "-q", "-p", "no:hil", "-p", "no:cacheprovider",
-         "-p", "no:xdist", "--rootdir", str(tmp_path), "test_inner.py"],
-        cwd=tmp_path, capture_output=True, text=True, timeout=120)
+        [
+            sys.executable,
+            "-m",
+            "pytest",
+            "-q",
+            "-p",
+            "no:hil",
+            "-p",
+            "no:cacheprovider",
+            "-p",
+            "no:xdist",
+            "--rootdir",
+            str(tmp_path),
+            "test_inner.py",
+        ],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert proc.returncode == 0, proc.stdout + proc.stderr

@@ -21,6 +21,14 @@ def test_fuzz_20000_frames_no_crash_no_valid_record_lost(tmp_path, caplog):
     assert res.clean_records_missing == 0 and res.clean_records_duplicated == 0
     assert res.clean_records_expected > 0
     assert res.protocol_errors > 0  # the mutations were noticed
-    assert set(res.error_kinds) <= {"BadMagic", "UnsupportedVersion", "UnknownFrameType",
-                                    "FrameTooLarge", "MalformedFrame", "MalformedRecord",
-                                    "TruncatedFrame", "UnexpectedFrame", "StalledPeer"}
+    assert set(res.error_kinds) <= {
+        "BadMagic",
+        "UnsupportedVersion",
+        "UnknownFrameType",
+        "FrameTooLarge",
+        "MalformedFrame",
+        "MalformedRecord",
+        "TruncatedFrame",
+        "UnexpectedFrame",
+        "StalledPeer",
+    }

@@ -49,10 +49,8 @@ def retained_bytes(records) -> int:
 class RawAgent:
     """A hand-driven agent socket: HELLO, then answer REQUESTs with whatever bytes a test says."""
 
-    def __init__(self, address, host: str, kind: str = "raw", token: bytes = b"",
-                 source: str | None = None):
-        self.sock = socket.create_connection(
-            address, timeout=10, source_address=(source, 0) if source else None)
+    def __init__(self, address, host: str, kind: str = "raw", token: bytes = b"", source: str | None = None):
+        self.sock = socket.create_connection(address, timeout=10, source_address=(source, 0) if source else None)
         self.sock.sendall(encode_hello(kind, "linux", host, **({"token": token} if token else {})))
         self.next_id = 1
 
@@ -94,19 +92,22 @@ class RawAgent:
 def next_request(c: Collector, agent: RawAgent, host: str) -> int:
     """Once the agent's previous batch is in, have the collector ask again; the REQUEST's id."""
     done = c.stats(host).batches
-    wait_until(lambda: not any(conn.outstanding for conn in list(c._conns)
-                               if conn.agent is not None and conn.agent.host == host),
-               what=f"{host}'s batch {done} to end")
+    wait_until(
+        lambda: (
+            not any(conn.outstanding for conn in list(c._conns) if conn.agent is not None and conn.agent.host == host)
+        ),
+        what=f"{host}'s batch {done} to end",
+    )
     c._poke()
     return agent.expect_request()
 
 
 def minimal_records_frame(first_pid: int, n: int) -> bytes:
-    return encode_frame(RECORDS, b"".join(encode_process_record("created", first_pid + i, "")
-                                          for i in range(n)))
+    return encode_frame(RECORDS, b"".join(encode_process_record("created", first_pid + i, "") for i in range(n)))
 
 
 # ------------------------------------------------------------------------ memory held per frame
+
 
 def _nine_records_in_a_big_read() -> tuple[bytes, bytes]:
     """9 records (504 bytes) in the middle of a ~1 MiB read padded with records of an unknown
@@ -159,6 +160,7 @@ def test_collector_memory_does_not_grow_with_reads_holding_a_few_records(tmp_pat
 
 # ------------------------------------------------------------------------ the store, by bytes
 
+
 def test_store_is_capped_by_bytes_and_the_cap_is_what_memory_shows():
     cap = 4 * MiB
     with Collector(interval=3600, reply_timeout=3600, max_bytes=cap) as c:
@@ -188,6 +190,7 @@ def test_store_is_capped_by_bytes_and_the_cap_is_what_memory_shows():
 
 
 # ------------------------------------------------------------------------ one agent's flood
+
 
 def test_a_flooding_agent_evicts_only_its_own_records():
     with Collector(interval=3600, reply_timeout=3600) as c:  # default caps: 1,000,000 records
@@ -225,8 +228,7 @@ def test_a_flooding_agent_evicts_only_its_own_records():
 
 def test_per_agent_quota():
     with Collector(interval=3600, reply_timeout=3600, agent_max_records=500) as c:
-        with ReferenceAgent("a").connect(c.address) as a, \
-                ReferenceAgent("b").connect(c.address) as b:
+        with ReferenceAgent("a").connect(c.address) as a, ReferenceAgent("b").connect(c.address) as b:
             c.wait_for_agent(host="a")
             c.wait_for_agent(host="b")
             for pid in range(2000):
@@ -243,6 +245,7 @@ def test_per_agent_quota():
 
 # ------------------------------------------------------------------------ connections
 
+
 def test_connections_are_capped_per_peer_and_in_total(caplog):
     caplog.set_level(logging.WARNING, logger="hil.collector")
     with Collector(interval=3600, max_connections=3, max_connections_per_peer=2) as c:
@@ -252,8 +255,7 @@ def test_connections_are_capped_per_peer_and_in_total(caplog):
         over_peer = socket.create_connection(c.address, timeout=10)
         b1 = RawAgent(c.address, "p2-a", source="127.0.0.2")
         c.wait_for_agent(host="p2-a")
-        over_total = socket.create_connection(c.address, timeout=10,
-                                              source_address=("127.0.0.3", 0))
+        over_total = socket.create_connection(c.address, timeout=10, source_address=("127.0.0.3", 0))
         for s in (over_peer, over_total):
             s.settimeout(10)
             assert s.recv(100) == b"", "a connection over the cap is closed at once"
@@ -283,8 +285,7 @@ def test_idle_connections_do_not_each_hold_a_read_buffer():
             wait_until(lambda: len(c.agents()) == 31, what="30 agents")
             for a in agents:
                 a.answer(b"", 0)
-            wait_until(lambda: all(c.stats(f"idle-{i}").batches for i in range(30)),
-                       what="30 empty batches")
+            wait_until(lambda: all(c.stats(f"idle-{i}").batches for i in range(30)), what="30 empty batches")
             gc.collect()
             grown = tracemalloc.get_traced_memory()[0] - base
         finally:
@@ -302,8 +303,10 @@ def test_identities_are_forgotten_when_disconnected_and_empty():
             for i in range(50):
                 with ReferenceAgent(f"churn-{i}").connect(c.address):
                     c.wait_for_agent(host=f"churn-{i}")
-            wait_until(lambda: not any(conn.agent and conn.agent.host.startswith("churn")
-                                       for conn in list(c._conns)), what="churn to end")
+            wait_until(
+                lambda: not any(conn.agent and conn.agent.host.startswith("churn") for conn in list(c._conns)),
+                what="churn to end",
+            )
             assert len(c.agents()) <= 10
             assert c.stats("keeper").records == 1  # an identity with records is kept
             assert c.protocol_errors == 0
@@ -324,11 +327,12 @@ def test_a_full_identity_table_refuses_new_identities():
 
 # ------------------------------------------------------------------------ capture files
 
-@pytest.mark.parametrize("budget,files", [(10_000, 100), (1 << 30, 5)],
-                         ids=["bytes", "files"])
+
+@pytest.mark.parametrize("budget,files", [(10_000, 100), (1 << 30, 5)], ids=["bytes", "files"])
 def test_capture_files_have_a_global_budget(tmp_path, budget, files):
-    with Collector(interval=3600, capture_dir=tmp_path, max_capture_bytes=4000,
-                   capture_budget=budget, max_capture_files=files) as c:
+    with Collector(
+        interval=3600, capture_dir=tmp_path, max_capture_bytes=4000, capture_budget=budget, max_capture_files=files
+    ) as c:
         for i in range(8):
             a = RawAgent(c.address, f"cap-{i}")
             c.wait_for_agent(host=f"cap-{i}")
@@ -346,6 +350,7 @@ def test_capture_files_have_a_global_budget(tmp_path, budget, files):
 
 
 # ------------------------------------------------------------------------ shared token
+
 
 def test_a_collector_with_a_token_refuses_hellos_without_it(caplog):
     caplog.set_level(logging.WARNING, logger="hil.collector")

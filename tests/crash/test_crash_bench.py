@@ -15,8 +15,10 @@ def _corpus(tmp_path: Path) -> Path:
     clean = (DATA / "debian12-bookworm-6.1-qemu-q35-clean-boot.log").read_text()
     (tmp_path / "0").write_text(
         "TITLE: BUG: unable to handle kernel NULL pointer dereference in hil_demo_rx_complete\n"
-        "ALT: bad-access in hil_demo_rx_complete\nTYPE: NULL-POINTER-DEREFERENCE\n\n" + oops
-        + "\nREPORT:\nBUG: kernel NULL pointer dereference, address: 0000000000000010\n")
+        "ALT: bad-access in hil_demo_rx_complete\nTYPE: NULL-POINTER-DEREFERENCE\n\n"
+        + oops
+        + "\nREPORT:\nBUG: kernel NULL pointer dereference, address: 0000000000000010\n"
+    )
     (tmp_path / "1").write_text("\n" + clean)
     (tmp_path / "2").write_text("TITLE: WARNING in somewhere_else\nTYPE: WARNING\n\n" + oops)
     return tmp_path

@@ -19,7 +19,7 @@ def test_clean_boot_streamed_has_no_crash():
     w = ConsoleWatcher()
     text = CLEAN.read_text()
     for i in range(0, len(text), 97):
-        w.feed(text[i:i + 97])
+        w.feed(text[i : i + 97])
     assert w.flush() is None and not w.busy
 
 
@@ -34,5 +34,5 @@ def test_real_cold_boot_of_our_guest_has_no_crash():
     assert parse_all(text) == []
     w = ConsoleWatcher()
     for i in range(0, len(text), 61):
-        w.feed(text[i:i + 61])
+        w.feed(text[i : i + 61])
     assert w.flush() is None

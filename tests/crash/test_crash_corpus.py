@@ -14,8 +14,7 @@ from hil.bench import crash_corpus
 from hil.paths import CORPUS_HINT, linux_crash_corpus
 
 CORPUS = linux_crash_corpus()
-pytestmark = pytest.mark.skipif(not CORPUS.is_dir(),
-                                reason=f"shared crash corpus not found at {CORPUS}: {CORPUS_HINT}")
+pytestmark = pytest.mark.skipif(not CORPUS.is_dir(), reason=f"shared crash corpus not found at {CORPUS}: {CORPUS_HINT}")
 
 # file -> why the detector disagrees with the expected title (crash/kind/function).
 KNOWN_MISSES: dict[str, str] = {
@@ -44,8 +43,11 @@ def _evaluation():
 def _names() -> list[str]:
     if not CORPUS.is_dir():
         return []
-    return [p.name for p in sorted(CORPUS.iterdir(), key=lambda p: (len(p.name), p.name))
-            if p.is_file() and not p.name.startswith(("README", "."))]
+    return [
+        p.name
+        for p in sorted(CORPUS.iterdir(), key=lambda p: (len(p.name), p.name))
+        if p.is_file() and not p.name.startswith(("README", "."))
+    ]
 
 
 @pytest.mark.parametrize("key", sorted(crash_corpus.TARGETS))
@@ -62,4 +64,5 @@ def test_corpus_file(name, request):
         request.applymarker(pytest.mark.xfail(reason=KNOWN_MISSES[name], strict=True))
     expected = result.case.titles[0] if result.case.crash else "no crash"
     assert result.detect_ok and result.kind_ok is not False and result.func_ok is not False, (
-        f"got {result.title!r}, expected {expected!r}")
+        f"got {result.title!r}, expected {expected!r}"
+    )

@@ -8,33 +8,41 @@ from hil.crash import parse
 from hil.crash.normalize import function_name, normalize_text, split_prefix
 
 
-@pytest.mark.parametrize("symbol, name", [
-    ("func+0x12/0x40", "func"),
-    ("tabledist.part.0+0x22a/0x2a0", "tabledist"),
-    ("check_cpu_stall.isra.56.cold.75+0x289/0x4b7", "check_cpu_stall"),
-    ("kvm_arch_vcpu_ioctl_run.constprop.0", "kvm_arch_vcpu_ioctl_run"),
-    ("__warn.cold+0x14/0x35", "__warn"),
-    ("do_one_initcall", "do_one_initcall"),
-    ("udp4_lib_lookup2+0x10/0x20", "udp4_lib_lookup2"),
-])
+@pytest.mark.parametrize(
+    "symbol, name",
+    [
+        ("func+0x12/0x40", "func"),
+        ("tabledist.part.0+0x22a/0x2a0", "tabledist"),
+        ("check_cpu_stall.isra.56.cold.75+0x289/0x4b7", "check_cpu_stall"),
+        ("kvm_arch_vcpu_ioctl_run.constprop.0", "kvm_arch_vcpu_ioctl_run"),
+        ("__warn.cold+0x14/0x35", "__warn"),
+        ("do_one_initcall", "do_one_initcall"),
+        ("udp4_lib_lookup2+0x10/0x20", "udp4_lib_lookup2"),
+    ],
+)
 def test_function_name(symbol, name):
     assert function_name(symbol) == name
 
 
-@pytest.mark.parametrize("line, ctx, msg", [
-    ("[   12.345678] BUG: foo", "console", "BUG: foo"),
-    ("[  584.319520][   T31] INFO: task", "T31", "INFO: task"),
-    ("[   44.381969][    C4]  BUG: KCSAN", "C4", " BUG: KCSAN"),
-    ("<6>[   85.501187] WARNING: foo\r", "console", "WARNING: foo"),
-    ("Begin: Loading essential drivers ... done.", "", "Begin: Loading essential drivers ... done."),
-])
+@pytest.mark.parametrize(
+    "line, ctx, msg",
+    [
+        ("[   12.345678] BUG: foo", "console", "BUG: foo"),
+        ("[  584.319520][   T31] INFO: task", "T31", "INFO: task"),
+        ("[   44.381969][    C4]  BUG: KCSAN", "C4", " BUG: KCSAN"),
+        ("<6>[   85.501187] WARNING: foo\r", "console", "WARNING: foo"),
+        ("Begin: Loading essential drivers ... done.", "", "Begin: Loading essential drivers ... done."),
+    ],
+)
 def test_split_prefix(line, ctx, msg):
     assert split_prefix(line) == (ctx, msg)
 
 
 def test_normalize_text_keeps_names_and_replaces_numbers():
-    assert normalize_text("executor 4 failed 11 times: mkdir ./testdir264563108") == \
-        "executor NUM failed NUM times: mkdir ./testdirNUM"
+    assert (
+        normalize_text("executor 4 failed 11 times: mkdir ./testdir264563108")
+        == "executor NUM failed NUM times: mkdir ./testdirNUM"
+    )
     assert normalize_text("at addr ffff8801c1a87d48 in ext4 ipv6 x86") == "at addr ADDR in ext4 ipv6 x86"
     assert normalize_text("0x3b") == "ADDR"
 

@@ -22,7 +22,7 @@ def _chunks(text: str, sizes) -> list[str]:
     for size in sizes:
         if pos >= len(text):
             break
-        out.append(text[pos:pos + size])
+        out.append(text[pos : pos + size])
         pos += size
     if pos < len(text):
         out.append(text[pos:])
@@ -47,7 +47,7 @@ def test_oops_title():
     rep = parse(OOPS)
     assert rep.title == "BUG: unable to handle kernel NULL pointer dereference in hil_demo_rx_complete"
     assert rep.kind == "BUG" and rep.function == "hil_demo_rx_complete" and not rep.corrupted
-    assert OOPS[rep.start:].startswith("[   15.210113] BUG: kernel NULL pointer dereference")
+    assert OOPS[rep.start :].startswith("[   15.210113] BUG: kernel NULL pointer dereference")
     assert "Call Trace:" in rep.text and "hil_demo_poll" in rep.text
 
 
@@ -123,5 +123,5 @@ def test_parse_all_finds_each_report():
 def test_utf8_split_between_byte_chunks():
     text = "[   15.000000] hil-agent[702]: caf\u00e9 \u2713\n" + OOPS
     data = text.encode()
-    w = _stream([data[i:i + 1] for i in range(len(data))])
+    w = _stream([data[i : i + 1] for i in range(len(data))])
     assert w.first == parse(text)

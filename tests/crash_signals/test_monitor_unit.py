@@ -107,7 +107,7 @@ class FakeGuest:
                 f.write(text)
                 return
             for i in range(0, len(text), chunk):
-                f.write(text[i:i + chunk])
+                f.write(text[i : i + chunk])
                 f.flush()
 
 
@@ -172,8 +172,11 @@ def test_console_report_first(monitor_of):
     g.console((DATA / "bug.log").read_text(), chunk=97)
     crash = m.wait(WAIT)
     assert crash is not None and crash.final and crash.source == "console"
-    assert (crash.report.title, crash.report.kind, crash.report.function) == \
-        ("kernel BUG in hil_crash_bug", "BUG", "hil_crash_bug")
+    assert (crash.report.title, crash.report.kind, crash.report.function) == (
+        "kernel BUG in hil_crash_bug",
+        "BUG",
+        "hil_crash_bug",
+    )
     assert g.dead.wait(WAIT)
     assert g.transport.aborted == "kernel BUG in hil_crash_bug"
 

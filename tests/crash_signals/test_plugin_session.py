@@ -21,7 +21,7 @@ import pytest
 
 pytestmark = pytest.mark.hil_linux
 
-INNER = '''
+INNER = """
 import time
 import pytest
 from hil.deploy import kmod as kmods
@@ -69,7 +69,7 @@ def test_e_expected_crash_never_comes(linux_guest):
 def test_f_warning_only_in_dmesg(crashmod):
     crashmod.run("dmesg -n 1").check()  # from here on the console shows emergencies only
     crashmod.run("echo warn > /proc/hil_crash").check()
-'''
+"""
 
 
 @pytest.fixture(scope="module")
@@ -78,10 +78,26 @@ def inner(tmp_path_factory):
     (d / "test_inner.py").write_text(INNER)
     junit = d / "junit.xml"
     proc = subprocess.run(
-        [sys.executable, "-m", "pytest", "-q", "-s", "-p", "no:cacheprovider", "-p", "no:randomly",
-         f"--basetemp={d / '.tmp'}",  # not the user's numbered folders: pytest keeps only 3
-         f"--junitxml={junit}", f"--hil-artifacts={d / 'artifacts'}", str(d / "test_inner.py")],
-        cwd=d, capture_output=True, text=True, timeout=1200)
+        [
+            sys.executable,
+            "-m",
+            "pytest",
+            "-q",
+            "-s",
+            "-p",
+            "no:cacheprovider",
+            "-p",
+            "no:randomly",
+            f"--basetemp={d / '.tmp'}",  # not the user's numbered folders: pytest keeps only 3
+            f"--junitxml={junit}",
+            f"--hil-artifacts={d / 'artifacts'}",
+            str(d / "test_inner.py"),
+        ],
+        cwd=d,
+        capture_output=True,
+        text=True,
+        timeout=1200,
+    )
     cases = {tc.get("name"): tc for tc in ET.parse(junit).getroot().iter("testcase")}
     return proc, cases, d
 

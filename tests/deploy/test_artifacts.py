@@ -12,13 +12,11 @@ from hil.config import load_config
 from hil.deploy import artifacts, kmod
 from hil.deploy.modinfo import NotAModule, read_modinfo
 from hil.errors import ConfigError
-
 from hil.images.linux_image import cached_image
 
 IMAGE = cached_image()
 KBUILD = IMAGE.kbuild_dir if IMAGE is not None else None
-pytestmark = pytest.mark.skipif(KBUILD is None, reason="the embedded guest image is not built: "
-                                "hil image build linux")
+pytestmark = pytest.mark.skipif(KBUILD is None, reason="the embedded guest image is not built: hil image build linux")
 
 MODULE_C = r"""
 #include <linux/module.h>
@@ -78,16 +76,20 @@ def test_a_module_built_for_another_kernel_gives_one_clear_line(tmp_path):
     cfg = _config(tmp_path, f'kserver = "{ko}"\n')  # loads: nothing yet says which kernel runs
     with pytest.raises(ConfigError) as e:
         artifacts.check_kernel(cfg.drivers, release, cfg.source, KBUILD)
-    assert e.value.problem == (f"{cfg.source}: drivers.kserver = '{ko}' was built for kernel {other}, "
-                               f"but the guest runs {release}")
+    assert e.value.problem == (
+        f"{cfg.source}: drivers.kserver = '{ko}' was built for kernel {other}, but the guest runs {release}"
+    )
     assert "\n" not in e.value.problem and "make -C" in e.value.fix
 
 
-@pytest.mark.parametrize("content, problem", [
-    (None, "does not exist"),
-    (b"not an elf\n", "is not an ELF file"),
-    (b"\x7fELF\x02\x01\x01" + b"\0" * 9 + b"\x02\x00" + b"\0" * 100, "not a relocatable kernel module"),
-])
+@pytest.mark.parametrize(
+    "content, problem",
+    [
+        (None, "does not exist"),
+        (b"not an elf\n", "is not an ELF file"),
+        (b"\x7fELF\x02\x01\x01" + b"\0" * 9 + b"\x02\x00" + b"\0" * 100, "not a relocatable kernel module"),
+    ],
+)
 def test_a_file_that_is_no_module_is_refused_at_load(tmp_path, content, problem):
     ko = tmp_path / "kserver.ko"
     if content is not None:

@@ -29,8 +29,10 @@ def _kbuild() -> Path | None:
 
 
 KBUILD = _kbuild()
-needs_headers = pytest.mark.skipif(KBUILD is None, reason="no kernel headers: build the guest image "
-                                   "(hil image build linux) or apt-get install linux-headers-amd64")
+needs_headers = pytest.mark.skipif(
+    KBUILD is None,
+    reason="no kernel headers: build the guest image (hil image build linux) or apt-get install linux-headers-amd64",
+)
 
 
 @pytest.fixture
@@ -62,7 +64,7 @@ def test_build_is_cached_and_keyed_by_sources(tmp_path, cache):
     mtime = ko.stat().st_mtime_ns
     assert kmod.build_module(src, KBUILD) == ko and ko.stat().st_mtime_ns == mtime
 
-    (src / "hello.c").write_text(HELLO_C + "\nMODULE_DESCRIPTION(\"changed\");\n")
+    (src / "hello.c").write_text(HELLO_C + '\nMODULE_DESCRIPTION("changed");\n')
     ko2 = kmod.build_module(src, KBUILD)
     assert ko2 != ko and ko2.is_file()
 
@@ -107,7 +109,8 @@ def test_kernel_problems_names_each_crash_precisely():
     oops = (Path(__file__).parents[1] / "crash" / "data" / "debian12-6.1-null-deref-oops.log").read_text()
     log = "[    1.000000] kserver: listening\n" + oops
     assert kmod.kernel_problems(log) == [
-        "BUG: unable to handle kernel NULL pointer dereference in hil_demo_rx_complete"]
+        "BUG: unable to handle kernel NULL pointer dereference in hil_demo_rx_complete"
+    ]
     assert kmod.kernel_problems("[    1.000000] all fine\n") == []
 
 
@@ -140,7 +143,7 @@ class FakeGuest:
     def run(self, cmd, timeout=60.0):
         self.cmds.append(cmd)
         if cmd.startswith("echo ") and cmd.endswith("> /dev/kmsg"):
-            self.log.append(shlex.split(cmd[5:-len("> /dev/kmsg")])[0])
+            self.log.append(shlex.split(cmd[5 : -len("> /dev/kmsg")])[0])
             return _Res(0)
         if cmd == "dmesg":
             return _Res(0, ("\n".join(self.log) + "\n").encode())
@@ -175,7 +178,9 @@ def test_load_failure_and_oops_are_reported(tmp_path):
     with pytest.raises(GuestError, match="insmod kserver failed"):
         kmod.load_module(FakeGuest(insmod_rc=1, insmod_log="[1.0] kserver: cannot bind port 7070 (-98)"), ko)
     with pytest.raises(GuestError, match="complain"):
-        kmod.load_module(FakeGuest(insmod_log="[    1.000000] BUG: unable to handle page fault for address: ffffffffc0a3b000"), ko)
+        kmod.load_module(
+            FakeGuest(insmod_log="[    1.000000] BUG: unable to handle page fault for address: ffffffffc0a3b000"), ko
+        )
 
 
 def test_percentile_nearest_rank():

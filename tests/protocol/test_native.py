@@ -21,18 +21,21 @@ from hil.protocol import (
     encode_process_record,
     encode_raw_record,
     encode_request,
+    native,
 )
-from hil.protocol import native
 from hil.protocol.codec import SMALL_FRAME, RawRecords
-
 
 VECTOR_DIR = Path(__file__).resolve().parents[2] / "drivers" / "protocol" / "vectors"
 VECTORS = sorted(p.stem for p in VECTOR_DIR.glob("*.bin"))
 u32 = st.integers(0, 2**32 - 1)
-process = st.tuples(st.sampled_from(["created", "exited"]), u32,
-                    st.binary(max_size=200) | st.binary(min_size=MAX_PATH, max_size=MAX_PATH),
-                    st.integers(0, 2**64 - 1), st.binary(min_size=32, max_size=32),
-                    st.binary(max_size=8) | st.just(b""))  # last: future fields after the path
+process = st.tuples(
+    st.sampled_from(["created", "exited"]),
+    u32,
+    st.binary(max_size=200) | st.binary(min_size=MAX_PATH, max_size=MAX_PATH),
+    st.integers(0, 2**64 - 1),
+    st.binary(min_size=32, max_size=32),
+    st.binary(max_size=8) | st.just(b""),
+)  # last: future fields after the path
 unknown = st.tuples(st.integers(3, 0xFFFF), st.binary(max_size=60))
 
 
@@ -42,7 +45,7 @@ def outcome(data: bytes, cuts: list[int], native_codec: bool):
     frames, pos = [], 0
     try:
         for cut in [*cuts, len(data)]:
-            for f in dec.feed(data[pos:pos + cut]):
+            for f in dec.feed(data[pos : pos + cut]):
                 frames.append(Records(list(f.records), f.skipped) if isinstance(f, Records) else f)
             pos += cut
         dec.close()
@@ -73,13 +76,14 @@ def test_golden_vectors_decode_the_same(name, chunk):
 
 
 @settings(max_examples=200, deadline=None)
-@given(st.lists(st.lists(st.one_of(process, unknown), max_size=40), min_size=1, max_size=4),
-       st.lists(st.integers(1, 70000), max_size=8))
+@given(
+    st.lists(st.lists(st.one_of(process, unknown), max_size=40), min_size=1, max_size=4),
+    st.lists(st.integers(1, 70000), max_size=8),
+)
 def test_any_batches_any_cuts_decode_the_same(batches, cuts):
     data = encode_hello("k", "linux", "h") + encode_request(1)
     for items in batches:
-        data += encode_batch(1, [encode_process_record(*i) if len(i) == 6 else encode_raw_record(*i)
-                                 for i in items])
+        data += encode_batch(1, [encode_process_record(*i) if len(i) == 6 else encode_raw_record(*i) for i in items])
     assert outcome(data, cuts, True) == outcome(data, cuts, False)
 
 
@@ -105,9 +109,16 @@ def test_raw_records_behave_like_the_list_they_stand_for():
 
 
 def test_it_can_be_switched_off():
-    code = ("from hil.protocol import native, StreamDecoder, encode_batch;"
-            "print(native.status());"
-            "print(len(list(StreamDecoder(native=True).feed(encode_batch(1, [])))))")
-    out = subprocess.run([sys.executable, "-c", code], env={"HIL_NATIVE_CODEC": "0", "PATH": ""},
-                         capture_output=True, text=True, check=True).stdout
+    code = (
+        "from hil.protocol import native, StreamDecoder, encode_batch;"
+        "print(native.status());"
+        "print(len(list(StreamDecoder(native=True).feed(encode_batch(1, [])))))"
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", code],
+        env={"HIL_NATIVE_CODEC": "0", "PATH": ""},
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout
     assert out.startswith("off (HIL_NATIVE_CODEC=0)") and out.split()[-1] == "1"

@@ -38,8 +38,7 @@ unknown = st.tuples(st.integers(3, 0xFFFF), st.binary(max_size=100))
 
 
 @settings(max_examples=150, deadline=None)
-@given(st.lists(st.one_of(process, unknown), max_size=60), u32, u32,
-       st.lists(st.integers(1, 5000), max_size=30))
+@given(st.lists(st.one_of(process, unknown), max_size=60), u32, u32, st.lists(st.integers(1, 5000), max_size=30))
 def test_batch_roundtrip_any_chunking(items, rid, dropped, cuts):
     raws = [encode_process_record(*i) if len(i) == 5 else encode_raw_record(*i) for i in items]
     data = encode_batch(rid, raws, dropped)
@@ -47,7 +46,7 @@ def test_batch_roundtrip_any_chunking(items, rid, dropped, cuts):
     frames = []
     pos = 0
     for cut in cuts:  # arbitrary TCP segmentation
-        frames.extend(dec.feed(data[pos:pos + cut]))
+        frames.extend(dec.feed(data[pos : pos + cut]))
         pos += cut
     frames.extend(dec.feed(data[pos:]))
     dec.close()
@@ -55,8 +54,7 @@ def test_batch_roundtrip_any_chunking(items, rid, dropped, cuts):
     got_procs = [decode_record(r) for f in frames[:-1] for r in f.records]
     got_skipped = [s for f in frames[:-1] for s in f.skipped]
     want_procs = [i for i in items if len(i) == 5]
-    assert [(r.kind, r.pid, r.image_path_bytes, r.image_size, r.sha256) for r in got_procs] \
-        == want_procs
+    assert [(r.kind, r.pid, r.image_path_bytes, r.image_size, r.sha256) for r in got_procs] == want_procs
     assert got_skipped == [(i[0], len(i[1])) for i in items if len(i) == 2]
     assert all(isinstance(f, Records) for f in frames[:-1])
 

@@ -53,8 +53,9 @@ def conn():
 
 
 def start_owner():
-    proc = subprocess.Popen([sys.executable, "-c", OWNER_SCRIPT], stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, text=True)
+    proc = subprocess.Popen(
+        [sys.executable, "-c", OWNER_SCRIPT], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+    )
     line = proc.stdout.readline()
     if not line:
         pytest.fail(f"the owner process could not start its guest:\n{proc.stderr.read()}")
@@ -98,9 +99,14 @@ def test_sigint_during_a_guest_test_leaves_no_guest_and_no_files(conn, tmp_path)
     (tmp_path / "test_interrupted.py").write_text(INTERRUPTED_TEST)
     ready = tmp_path / "ready"
     env = {**os.environ, "HIL_TEST_READY": str(ready)}
-    proc = subprocess.Popen([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider",
-                             str(tmp_path / "test_interrupted.py")], cwd=tmp_path, env=env,
-                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", str(tmp_path / "test_interrupted.py")],
+        cwd=tmp_path,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
     deadline = time.monotonic() + 600
     while not ready.exists():
         assert proc.poll() is None, proc.stdout.read()
@@ -132,9 +138,26 @@ def test_a_killed_xdist_worker_leaves_no_guest_when_the_session_ends(conn, tmp_p
     (tmp_path / "test_killed.py").write_text(KILLED_WORKER_TEST)
     ready = tmp_path / "ready"
     env = {**os.environ, "HIL_TEST_READY": str(ready)}
-    proc = subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "-n", "1",
-                           "--max-worker-restart=0", f"--basetemp={tmp_path / 'bt'}", str(tmp_path / "test_killed.py")],
-                          cwd=tmp_path, env=env, capture_output=True, text=True, timeout=900)
+    proc = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "pytest",
+            "-q",
+            "-p",
+            "no:cacheprovider",
+            "-n",
+            "1",
+            "--max-worker-restart=0",
+            f"--basetemp={tmp_path / 'bt'}",
+            str(tmp_path / "test_killed.py"),
+        ],
+        cwd=tmp_path,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=900,
+    )
     out = proc.stdout + proc.stderr
     assert ready.exists(), out
     name = ready.read_text()

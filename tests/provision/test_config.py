@@ -48,8 +48,7 @@ def test_invalid_toml(tmp_path):
 
 
 def test_pyproject_tool_table_found_upward(tmp_path):
-    write(tmp_path, '[project]\nname = "x"\n[tool.hil]\naccel = "tcg"\n[tool.hil.linux]\nvcpus = 1\n',
-          "pyproject.toml")
+    write(tmp_path, '[project]\nname = "x"\n[tool.hil]\naccel = "tcg"\n[tool.hil.linux]\nvcpus = 1\n', "pyproject.toml")
     sub = tmp_path / "a" / "b"
     sub.mkdir(parents=True)
     cfg = load_config(start=sub)

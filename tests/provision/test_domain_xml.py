@@ -10,9 +10,16 @@ from hil.provision.spec import GuestSpec
 
 
 def spec(**kw) -> GuestSpec:
-    base = dict(name="hil-s-gw0-1", disk=Path("/c/d.qcow2"), console_log=Path("/c/d.log"),
-                kernel=Path("/c/vmlinuz"), initrd=Path("/c/initrd"), cmdline="root=/dev/vda",
-                forwards=[(40000, 22)], owner={"session": "s", "worker": "gw0", "pid": "1", "start": "2"})
+    base = dict(
+        name="hil-s-gw0-1",
+        disk=Path("/c/d.qcow2"),
+        console_log=Path("/c/d.log"),
+        kernel=Path("/c/vmlinuz"),
+        initrd=Path("/c/initrd"),
+        cmdline="root=/dev/vda",
+        forwards=[(40000, 22)],
+        owner={"session": "s", "worker": "gw0", "pid": "1", "start": "2"},
+    )
     base.update(kw)
     return GuestSpec(**base)
 

@@ -16,7 +16,8 @@ def test_user_supplied_image_with_direct_kernel_boot(tmp_path):
     img = ensure_linux_image()
     (tmp_path / "hil.toml").write_text(
         f'[linux]\nimage = "{img.disk}"\nkernel = "{img.kernel}"\ninitrd = "{img.initrd}"\n'
-        f'cmdline = "{img.cmdline}"\nkbuild_dir = "{img.kbuild_dir}"\nsnapshot = false\nvcpus = 1\n')
+        f'cmdline = "{img.cmdline}"\nkbuild_dir = "{img.kbuild_dir}"\nsnapshot = false\nvcpus = 1\n'
+    )
     config = load_config(tmp_path / "hil.toml")
     with Lab(config) as lab:
         guest = lab.linux_guest()

@@ -22,8 +22,11 @@ PG_SOCKET = "/var/run/postgresql"
 
 
 def _pg_version() -> str:
-    versions = sorted(Path("/etc/postgresql").iterdir(), key=lambda p: [int(x) for x in p.name.split(".")]) \
-        if Path("/etc/postgresql").is_dir() else []
+    versions = (
+        sorted(Path("/etc/postgresql").iterdir(), key=lambda p: [int(x) for x in p.name.split(".")])
+        if Path("/etc/postgresql").is_dir()
+        else []
+    )
     return versions[-1].name if versions else "15"
 
 
@@ -51,12 +54,16 @@ class PostgresServer:
 
     def __init__(self, socket: str = PG_SOCKET):
         if not shutil.which("pg_isready") or not shutil.which("psql"):
-            pytest.fail("PostgreSQL is not installed: run `bash scripts/setup.sh` (it installs postgresql)",
-                        pytrace=False)
+            pytest.fail(
+                "PostgreSQL is not installed: run `bash scripts/setup.sh` (it installs postgresql)", pytrace=False
+            )
         ready = subprocess.run(["pg_isready", "-h", socket], capture_output=True, text=True)
         if ready.returncode != 0:
-            pytest.fail(f"PostgreSQL does not answer on {socket} ({ready.stdout.strip()}): start it with "
-                        f"`pg_ctlcluster {_pg_version()} main start` (scripts/setup.sh does it)", pytrace=False)
+            pytest.fail(
+                f"PostgreSQL does not answer on {socket} ({ready.stdout.strip()}): start it with "
+                f"`pg_ctlcluster {_pg_version()} main start` (scripts/setup.sh does it)",
+                pytrace=False,
+            )
         self.port = int(_psql("SHOW port").strip())
         self.names: list[str] = []
 
@@ -70,5 +77,3 @@ class PostgresServer:
     def drop_all(self) -> None:
         for name in self.names:
             _psql(f"DROP DATABASE IF EXISTS {name} WITH (FORCE)", f"DROP ROLE IF EXISTS {name}")
-
-

@@ -14,20 +14,20 @@ import multiprocessing
 import os
 import sqlite3
 import threading
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
 import sqlalchemy as sa
+from postgres import PostgresServer
 
 from hil import cli
 from hil.errors import ConfigError, HilError
 from hil.qualify import history as hist
 from hil.qualify.history import History
 from hil.qualify.model import Artifact, CrashSeen, Figure, Run, TestResult
-from postgres import PostgresServer
 
-T0 = datetime(2026, 11, 27, 13, 30, tzinfo=timezone.utc)
+T0 = datetime(2026, 11, 27, 13, 30, tzinfo=UTC)
 
 
 def test_a_silent_server_fails_with_the_command_that_starts_it(tmp_path):
@@ -65,20 +65,40 @@ def url(request, tmp_path) -> str:
 
 # --- runs to record ------------------------------------------------------------------------
 
-def make_run(run_id: str, at: int = 0, profile: str = "nightly", outcomes: dict[str, str] | None = None,
-             crashes: tuple = (), figures: tuple = (), host: str = "lab1") -> Run:
+
+def make_run(
+    run_id: str,
+    at: int = 0,
+    profile: str = "nightly",
+    outcomes: dict[str, str] | None = None,
+    crashes: tuple = (),
+    figures: tuple = (),
+    host: str = "lab1",
+) -> Run:
     """A run ``at`` hours after T0; ``crashes`` as titles (or (title, expected)), ``figures`` as
     (name, value[, nodeid])."""
     outcomes = outcomes if outcomes is not None else {"suites/a.py::t1": "passed", "suites/a.py::t2": "passed"}
-    crash_seen = [CrashSeen(c, "BUG", "suites/a.py::t1", False) if isinstance(c, str)
-                  else CrashSeen(c[0], "BUG", "suites/a.py::t1", c[1]) for c in crashes]
+    crash_seen = [
+        CrashSeen(c, "BUG", "suites/a.py::t1", False)
+        if isinstance(c, str)
+        else CrashSeen(c[0], "BUG", "suites/a.py::t1", c[1])
+        for c in crashes
+    ]
     return Run(
-        run_id=run_id, profile=profile, host=host, version="0.1.0", guest_kernel="6.1.0-28-amd64",
-        started=T0 + timedelta(hours=at), ended=T0 + timedelta(hours=at, minutes=62, seconds=5),
+        run_id=run_id,
+        profile=profile,
+        host=host,
+        version="0.1.0",
+        guest_kernel="6.1.0-28-amd64",
+        started=T0 + timedelta(hours=at),
+        ended=T0 + timedelta(hours=at, minutes=62, seconds=5),
         folder=f"/runs/{run_id}",
-        results=[TestResult(nodeid, outcome, duration_s=1.5,
-                            attempts=["failed", "passed"] if outcome == "flaky" else [outcome])
-                 for nodeid, outcome in outcomes.items()],
+        results=[
+            TestResult(
+                nodeid, outcome, duration_s=1.5, attempts=["failed", "passed"] if outcome == "flaky" else [outcome]
+            )
+            for nodeid, outcome in outcomes.items()
+        ],
         crashes=crash_seen,
         figures=[Figure(*f) for f in figures],
         artifacts=[Artifact("kserver", "build/kserver.ko", "ab" * 32, "hil.toml")],
@@ -88,32 +108,58 @@ def make_run(run_id: str, at: int = 0, profile: str = "nightly", outcomes: dict[
 def full_run() -> Run:
     """A run with every field set, aware and naive times mixed, orders that are not sorted."""
     return Run(
-        run_id="20261127T133000-lab1-1a2b", profile="nightly", host="lab1", version="0.1.0",
-        guest_kernel="6.1.0-28-amd64", started=T0, ended=T0 + timedelta(minutes=42, microseconds=7),
+        run_id="20261127T133000-lab1-1a2b",
+        profile="nightly",
+        host="lab1",
+        version="0.1.0",
+        guest_kernel="6.1.0-28-amd64",
+        started=T0,
+        ended=T0 + timedelta(minutes=42, microseconds=7),
         folder="/srv/runs/20261127T133000-lab1-1a2b",
         results=[
             TestResult("suites/linux/test_smoke.py::test_boot", "passed", 1.25, ["passed"]),
-            TestResult("suites/linux/test_kserver.py::test_echo[big]", "flaky", 3.5, ["failed", "passed"],
-                       message="AssertionError: short read", console_excerpt="[  1.0] hil: rx\n",
-                       artifacts={"console": "t/console.log", "dmesg": "t/dmesg.txt"},
-                       deployed={"kserver": ("build/kserver.ko", "cd" * 32)}),
-            TestResult("suites/linux/test_crash.py::test_oops", "failed", 9.0, ["failed"],
-                       message="BUG: unable to handle page fault in hil_rx",
-                       crash_title="BUG: unable to handle page fault in hil_rx", crash_kind="BUG",
-                       crash_expected=False),
+            TestResult(
+                "suites/linux/test_kserver.py::test_echo[big]",
+                "flaky",
+                3.5,
+                ["failed", "passed"],
+                message="AssertionError: short read",
+                console_excerpt="[  1.0] hil: rx\n",
+                artifacts={"console": "t/console.log", "dmesg": "t/dmesg.txt"},
+                deployed={"kserver": ("build/kserver.ko", "cd" * 32)},
+            ),
+            TestResult(
+                "suites/linux/test_crash.py::test_oops",
+                "failed",
+                9.0,
+                ["failed"],
+                message="BUG: unable to handle page fault in hil_rx",
+                crash_title="BUG: unable to handle page fault in hil_rx",
+                crash_kind="BUG",
+                crash_expected=False,
+            ),
             TestResult("suites/linux/test_a.py::test_skip", "skipped", 0.0, ["skipped"], message="no KVM"),
         ],
-        crashes=[CrashSeen("BUG: unable to handle page fault in hil_rx", "BUG",
-                           "suites/linux/test_crash.py::test_oops", False),
-                 CrashSeen("WARNING in hil_tx", "WARNING", "suites/linux/test_crash.py::test_warn", True)],
-        figures=[Figure("restore_s", 1.2, "suites/linux/test_smoke.py::test_boot"), Figure("records_lost", 0.0),
-                 Figure("exec_to_sent_p99_ms", 12.75, "suites/stress/test_soak.py::test_soak")],
-        artifacts=[Artifact("kserver", "build/kserver.ko", "cd" * 32, "hil.toml"),
-                   Artifact("linux_agent", "drivers/linux/hil_agent.ko", "ef" * 32, "reference")],
+        crashes=[
+            CrashSeen(
+                "BUG: unable to handle page fault in hil_rx", "BUG", "suites/linux/test_crash.py::test_oops", False
+            ),
+            CrashSeen("WARNING in hil_tx", "WARNING", "suites/linux/test_crash.py::test_warn", True),
+        ],
+        figures=[
+            Figure("restore_s", 1.2, "suites/linux/test_smoke.py::test_boot"),
+            Figure("records_lost", 0.0),
+            Figure("exec_to_sent_p99_ms", 12.75, "suites/stress/test_soak.py::test_soak"),
+        ],
+        artifacts=[
+            Artifact("kserver", "build/kserver.ko", "cd" * 32, "hil.toml"),
+            Artifact("linux_agent", "drivers/linux/hil_agent.ko", "ef" * 32, "reference"),
+        ],
     )
 
 
 # --- where the history is ------------------------------------------------------------------
+
 
 def test_default_url_is_sqlite_in_the_data_folder(tmp_path, monkeypatch):
     monkeypatch.setenv("HIL_DATA_DIR", str(tmp_path / "data"))
@@ -133,13 +179,16 @@ def test_data_folder_as_root_and_as_a_user(tmp_path, monkeypatch):
     assert hist.data_root() == tmp_path / "home" / ".local" / "share" / "kernel-hil"
 
 
-@pytest.mark.parametrize("written, driver", [
-    ("postgresql://u:p@db.lab/hil", "postgresql+psycopg"),
-    ("postgres://u@db.lab:5433/hil", "postgresql+psycopg"),
-    ("postgresql://u@/hil?host=/var/run/postgresql", "postgresql+psycopg"),
-    ("postgresql+psycopg://u@db.lab/hil", "postgresql+psycopg"),
-    ("sqlite:////srv/history.sqlite", "sqlite"),
-])
+@pytest.mark.parametrize(
+    "written, driver",
+    [
+        ("postgresql://u:p@db.lab/hil", "postgresql+psycopg"),
+        ("postgres://u@db.lab:5433/hil", "postgresql+psycopg"),
+        ("postgresql://u@/hil?host=/var/run/postgresql", "postgresql+psycopg"),
+        ("postgresql+psycopg://u@db.lab/hil", "postgresql+psycopg"),
+        ("sqlite:////srv/history.sqlite", "sqlite"),
+    ],
+)
 def test_urls_as_users_write_them(written, driver):
     url = hist.engine_url(written)
     assert url.drivername == driver
@@ -154,6 +203,7 @@ def test_passwords_are_masked():
 
 
 # --- recording and loading -----------------------------------------------------------------
+
 
 def test_a_run_comes_back_exactly_as_recorded(url):
     run = full_run()
@@ -221,11 +271,18 @@ def test_a_history_from_a_newer_kernel_hil_is_refused(url):
 
 # --- queries -------------------------------------------------------------------------------
 
+
 def test_runs_newest_first_with_counts(url):
     with History.open(url) as h:
         assert h.runs() == [] and h.latest() is None
-        h.record(make_run("r1", at=0, outcomes={"t1": "passed", "t2": "failed", "t3": "error", "t4": "skipped",
-                                                "t5": "flaky"}, crashes=["BUG in a", "BUG in a", ("WARNING in b", True)]))
+        h.record(
+            make_run(
+                "r1",
+                at=0,
+                outcomes={"t1": "passed", "t2": "failed", "t3": "error", "t4": "skipped", "t5": "flaky"},
+                crashes=["BUG in a", "BUG in a", ("WARNING in b", True)],
+            )
+        )
         h.record(make_run("r3", at=2, profile="pre-release"))
         h.record(make_run("r2", at=1, host="lab2"))
         assert [s.run_id for s in h.runs()] == ["r3", "r2", "r1"]
@@ -250,14 +307,17 @@ def test_crash_history_first_last_and_runs_seen_in(url):
         assert known["WARNING in b"] == hist.CrashSignature("WARNING in b", "r2", "r2", 1)
         # a report rebuilt for r2 later: only what came before r2 counts
         assert h.crash_history(["BUG in a", "WARNING in b"], before="r2") == {
-            "BUG in a": hist.CrashSignature("BUG in a", "r1", "r1", 1)}
+            "BUG in a": hist.CrashSignature("BUG in a", "r1", "r1", 1)
+        }
         # before a run not recorded (yet): every recorded run counts
         assert h.crash_history(["BUG in a"], before="r9")["BUG in a"].count == 3
         assert h.crash_history(["BUG in a"])["BUG in a"].last_run == "r4"
         assert h.crash_history([]) == {}
-        assert h.crashes() == [hist.CrashSignature("KASAN in c", "r4", "r4", 1),
-                               hist.CrashSignature("BUG in a", "r1", "r4", 3),
-                               hist.CrashSignature("WARNING in b", "r2", "r2", 1)]
+        assert h.crashes() == [
+            hist.CrashSignature("KASAN in c", "r4", "r4", 1),
+            hist.CrashSignature("BUG in a", "r1", "r4", 3),
+            hist.CrashSignature("WARNING in b", "r2", "r2", 1),
+        ]
 
 
 def test_flaky_tests_over_the_last_runs(url):
@@ -275,15 +335,38 @@ def test_flaky_tests_over_the_last_runs(url):
 
 def test_diff_between_two_runs(url):
     with History.open(url) as h:
-        h.record(make_run("a", at=0, outcomes={"t1": "passed", "t2": "failed", "t3": "skipped", "t4": "error",
-                                               "t5": "flaky", "gone": "passed"},
-                          crashes=["BUG in old", "WARNING in both"],
-                          figures=[("p99_ms", 10.0), ("restore_s", 1.0), ("lost", 0.0), ("same", 5.0),
-                                   ("p99_ms", 12.0, "other")]))
-        h.record(make_run("b", at=1, outcomes={"t1": "failed", "t2": "passed", "t3": "error", "t4": "flaky",
-                                               "t5": "passed", "new": "failed"},
-                          crashes=["WARNING in both", "KASAN in new"],
-                          figures=[("p99_ms", 15.0), ("restore_s", 1.1), ("lost", 3.0), ("same", 5.0)]))
+        h.record(
+            make_run(
+                "a",
+                at=0,
+                outcomes={
+                    "t1": "passed",
+                    "t2": "failed",
+                    "t3": "skipped",
+                    "t4": "error",
+                    "t5": "flaky",
+                    "gone": "passed",
+                },
+                crashes=["BUG in old", "WARNING in both"],
+                figures=[("p99_ms", 10.0), ("restore_s", 1.0), ("lost", 0.0), ("same", 5.0), ("p99_ms", 12.0, "other")],
+            )
+        )
+        h.record(
+            make_run(
+                "b",
+                at=1,
+                outcomes={
+                    "t1": "failed",
+                    "t2": "passed",
+                    "t3": "error",
+                    "t4": "flaky",
+                    "t5": "passed",
+                    "new": "failed",
+                },
+                crashes=["WARNING in both", "KASAN in new"],
+                figures=[("p99_ms", 15.0), ("restore_s", 1.1), ("lost", 3.0), ("same", 5.0)],
+            )
+        )
         d = h.diff("a", "b")
     assert d.newly_failing == ["t1", "t3"] and d.newly_passing == ["t2", "t4"]
     assert d.new_crashes == ["KASAN in new"] and d.vanished_crashes == ["BUG in old"]
@@ -292,9 +375,15 @@ def test_diff_between_two_runs(url):
 
 def test_trends_oldest_first(url):
     with History.open(url) as h:
-        h.record(make_run("r1", at=0, outcomes={"t1": "passed", "t2": "failed"},
-                          crashes=["BUG in a", "BUG in a", "WARNING in b", ("WARNING in expected", True)],
-                          figures=[("p99_ms", 3.0, "x"), ("p99_ms", 7.0, "y")]))
+        h.record(
+            make_run(
+                "r1",
+                at=0,
+                outcomes={"t1": "passed", "t2": "failed"},
+                crashes=["BUG in a", "BUG in a", "WARNING in b", ("WARNING in expected", True)],
+                figures=[("p99_ms", 3.0, "x"), ("p99_ms", 7.0, "y")],
+            )
+        )
         h.record(make_run("r2", at=1, figures=[("restore_s", 1.5)]))
         h.record(make_run("r3", at=2, profile="other"))
         points = h.trends("nightly")
@@ -306,6 +395,7 @@ def test_trends_oldest_first(url):
 
 
 # --- errors a user can cause -----------------------------------------------------------------
+
 
 def _one_line(err: HilError) -> None:
     assert "\n" not in err.problem and err.fix and "\n" not in err.fix
@@ -320,12 +410,15 @@ def test_an_unreachable_server_is_one_clear_line():
     assert "refused" in err.value.problem and "start the server" in err.value.fix
 
 
-@pytest.mark.parametrize("bad, says", [
-    ("nonsense", "not a database URL"),
-    ("postgresql://hil:s3cret@db:port/hil", "not a database URL"),
-    ("mysql://hil@db/hil", "SQLite or PostgreSQL, not mysql"),
-    ("sqlite:////no/such/folder/history.sqlite", "folder /no/such/folder does not exist"),
-])
+@pytest.mark.parametrize(
+    "bad, says",
+    [
+        ("nonsense", "not a database URL"),
+        ("postgresql://hil:s3cret@db:port/hil", "not a database URL"),
+        ("mysql://hil@db/hil", "SQLite or PostgreSQL, not mysql"),
+        ("sqlite:////no/such/folder/history.sqlite", "folder /no/such/folder does not exist"),
+    ],
+)
 def test_a_malformed_url_is_one_clear_line(bad, says):
     with pytest.raises(ConfigError, match=says) as err:
         History.open(bad)
@@ -347,6 +440,7 @@ def test_a_missing_database_and_a_wrong_password_name_the_fix(pg_database):
 
 # --- the command ---------------------------------------------------------------------------
 
+
 def _cli(capsys, *argv: str) -> tuple[int, list[str], str]:
     code = cli.main(["history", *argv])
     captured = capsys.readouterr()
@@ -355,24 +449,58 @@ def _cli(capsys, *argv: str) -> tuple[int, list[str], str]:
 
 def _record_story(url: str) -> None:
     with History.open(url) as h:
-        h.record(make_run("20261127T133000-lab1-aaaa", at=0,
-                          outcomes={"suites/a.py::t1": "passed", "suites/a.py::t2": "flaky",
-                                    "suites/a.py::t3": "passed"},
-                          crashes=["BUG in hil_rx"], figures=[("p99_ms", 10.0)]))
-        h.record(make_run("20261127T143000-lab1-bbbb", at=1,
-                          outcomes={"suites/a.py::t1": "failed", "suites/a.py::t2": "passed",
-                                    "suites/a.py::t3": "passed"},
-                          crashes=["KASAN: use-after-free in hil_tx"], figures=[("p99_ms", 20.0)]))
+        h.record(
+            make_run(
+                "20261127T133000-lab1-aaaa",
+                at=0,
+                outcomes={"suites/a.py::t1": "passed", "suites/a.py::t2": "flaky", "suites/a.py::t3": "passed"},
+                crashes=["BUG in hil_rx"],
+                figures=[("p99_ms", 10.0)],
+            )
+        )
+        h.record(
+            make_run(
+                "20261127T143000-lab1-bbbb",
+                at=1,
+                outcomes={"suites/a.py::t1": "failed", "suites/a.py::t2": "passed", "suites/a.py::t3": "passed"},
+                crashes=["KASAN: use-after-free in hil_tx"],
+                figures=[("p99_ms", 20.0)],
+            )
+        )
 
 
 def test_cli_runs(url, capsys):
     _record_story(url)
     code, out, err = _cli(capsys, "runs", "--history", url)
     assert code == 0 and err == ""
-    assert out[0].split() == ["run", "profile", "host", "started", "duration", "passed", "failed", "flaky",
-                              "skipped", "crashes", "pass", "rate"]
-    assert out[1].split() == ["20261127T143000-lab1-bbbb", "nightly", "lab1", "2026-11-27", "14:30", "1h02m",
-                              "2", "1", "0", "0", "1", "66.7%"]
+    assert out[0].split() == [
+        "run",
+        "profile",
+        "host",
+        "started",
+        "duration",
+        "passed",
+        "failed",
+        "flaky",
+        "skipped",
+        "crashes",
+        "pass",
+        "rate",
+    ]
+    assert out[1].split() == [
+        "20261127T143000-lab1-bbbb",
+        "nightly",
+        "lab1",
+        "2026-11-27",
+        "14:30",
+        "1h02m",
+        "2",
+        "1",
+        "0",
+        "0",
+        "1",
+        "66.7%",
+    ]
     assert out[2].split()[0] == "20261127T133000-lab1-aaaa" and out[2].endswith("100.0%")
     assert len({len(line) for line in out}) == 1  # aligned: the last column is right-aligned
     code, out, _ = _cli(capsys, "runs", "--history", url, "--limit", "1", "--profile", "nightly")
@@ -394,8 +522,7 @@ def test_cli_crashes_and_flaky(url, capsys):
 
 def test_cli_diff(url, capsys):
     _record_story(url)
-    code, out, _ = _cli(capsys, "diff", "20261127T133000-lab1-aaaa", "20261127T143000-lab1-bbbb",
-                        "--history", url)
+    code, out, _ = _cli(capsys, "diff", "20261127T133000-lab1-aaaa", "20261127T143000-lab1-bbbb", "--history", url)
     assert code == 0
     assert out[0] == "20261127T133000-lab1-aaaa -> 20261127T143000-lab1-bbbb"
     text = "\n".join(out)
@@ -411,11 +538,15 @@ def test_cli_errors_are_one_line_without_traceback(url, capsys):
     _record_story(url)
     code, out, err = _cli(capsys, "diff", "20261127T133000-lab1-aaaa", "nope", "--history", url)
     assert code == 2 and out == []
-    assert err.splitlines() == [f"hil history: error: no run nope in {hist.mask(url)}",
-                                "  fix: list the recorded runs: hil history runs"]
+    assert err.splitlines() == [
+        f"hil history: error: no run nope in {hist.mask(url)}",
+        "  fix: list the recorded runs: hil history runs",
+    ]
     assert "***" in err or url.startswith("sqlite")  # the PostgreSQL password never shows
     code, _, err = _cli(capsys, "runs", "--history", "postgresql://hil:s3cret@127.0.0.1:1/hil")
-    assert code == 2 and err.startswith("hil history: error: cannot open the history postgresql://hil:***@127.0.0.1:1/hil")
+    assert code == 2 and err.startswith(
+        "hil history: error: cannot open the history postgresql://hil:***@127.0.0.1:1/hil"
+    )
     assert "Traceback" not in err and "s3cret" not in err and len(err.splitlines()) == 2
 
 
@@ -446,15 +577,25 @@ def _record_concurrently(url: str, worker: int, start) -> None:
         for i in range(RUNS_EACH):
             outcomes = {f"suites/s.py::test_{n}": "passed" for n in range(TESTS_PER_RUN)}
             for run_id in (f"w{worker}-{i:02d}", "shared"):
-                h.record(make_run(run_id, at=i, host=f"host{worker}", outcomes=outcomes,
-                                  crashes=[f"BUG in w{worker}", "WARNING in all"],
-                                  figures=[("p99_ms", float(i)), ("restore_s", 1.0)]))
+                h.record(
+                    make_run(
+                        run_id,
+                        at=i,
+                        host=f"host{worker}",
+                        outcomes=outcomes,
+                        crashes=[f"BUG in w{worker}", "WARNING in all"],
+                        figures=[("p99_ms", float(i)), ("restore_s", 1.0)],
+                    )
+                )
 
 
 @pytest.mark.parametrize("backend", ["sqlite", "postgresql"])
 def test_processes_recording_at_once_lose_no_row(backend, tmp_path, request):
-    url = (f"sqlite:///{tmp_path}/history.sqlite" if backend == "sqlite"
-           else request.getfixturevalue("pg_server").create_database())  # fresh: the tables race too
+    url = (
+        f"sqlite:///{tmp_path}/history.sqlite"
+        if backend == "sqlite"
+        else request.getfixturevalue("pg_server").create_database()
+    )  # fresh: the tables race too
     ctx = multiprocessing.get_context("spawn")
     start = ctx.Barrier(WORKERS)
     procs = [ctx.Process(target=_record_concurrently, args=(url, w, start)) for w in range(WORKERS)]
@@ -464,9 +605,14 @@ def test_processes_recording_at_once_lose_no_row(backend, tmp_path, request):
         p.join(timeout=300)
     assert [p.exitcode for p in procs] == [0] * WORKERS
     n_runs = WORKERS * RUNS_EACH + 1
-    assert _count_rows(url) == {"hil_runs": n_runs, "hil_results": n_runs * TESTS_PER_RUN,
-                                "hil_crashes": n_runs * 2, "hil_figures": n_runs * 2,
-                                "hil_artifacts": n_runs, "hil_meta": 1}
+    assert _count_rows(url) == {
+        "hil_runs": n_runs,
+        "hil_results": n_runs * TESTS_PER_RUN,
+        "hil_crashes": n_runs * 2,
+        "hil_figures": n_runs * 2,
+        "hil_artifacts": n_runs,
+        "hil_meta": 1,
+    }
     with History.open(url) as h:
         assert len(h.run("shared").results) == TESTS_PER_RUN
         assert h.crash_history(["WARNING in all"])["WARNING in all"].count == n_runs

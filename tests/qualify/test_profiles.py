@@ -23,22 +23,26 @@ def test_builtin_profiles_and_the_default():
 
 
 def test_a_team_profile_starts_from_the_builtin_of_its_name_or_nightly(tmp_path):
-    cfg = _config(tmp_path, '[profiles.mine]\npaths = ["tests", "suites:linux"]\nreruns = 3\n'
-                            '[profiles.smoke]\nworkers = 1\n')
+    cfg = _config(
+        tmp_path, '[profiles.mine]\npaths = ["tests", "suites:linux"]\nreruns = 3\n[profiles.smoke]\nworkers = 1\n'
+    )
     mine, smoke = resolve("mine", cfg.profiles), resolve("smoke", cfg.profiles)
     assert mine.reruns == 3 and mine.execs == BUILTIN["nightly"].execs
     assert smoke.workers == 1 and smoke.markers == "smoke"
     assert pytest_selection(mine)[:2] == ["tests", str(bundled("suites") / "linux")]
 
 
-@pytest.mark.parametrize("text, problem", [
-    ('[profiles.x]\nreruns = "2"\n', "reruns in \\[profiles.x\\] must be int, not str"),
-    ("[profiles.x]\nexecz = 5\n", "unknown key 'execz' in \\[profiles.x\\]"),
-    ('[profiles.x]\npaths = "tests"\n', "paths in \\[profiles.x\\] must be a list of strings"),
-    ("[profiles.x]\nreruns = -1\n", "reruns = -1 is negative"),
-    ('[profiles.x]\nflavour = "debug"\n', "flavour = 'debug' is not one of stock"),
-    ("profiles = 3\n", "profiles must be tables"),
-])
+@pytest.mark.parametrize(
+    "text, problem",
+    [
+        ('[profiles.x]\nreruns = "2"\n', "reruns in \\[profiles.x\\] must be int, not str"),
+        ("[profiles.x]\nexecz = 5\n", "unknown key 'execz' in \\[profiles.x\\]"),
+        ('[profiles.x]\npaths = "tests"\n', "paths in \\[profiles.x\\] must be a list of strings"),
+        ("[profiles.x]\nreruns = -1\n", "reruns = -1 is negative"),
+        ('[profiles.x]\nflavour = "debug"\n', "flavour = 'debug' is not one of stock"),
+        ("profiles = 3\n", "profiles must be tables"),
+    ],
+)
 def test_a_bad_profile_is_one_line_naming_the_key(tmp_path, text, problem):
     with pytest.raises(ConfigError, match=problem):
         _config(tmp_path, text)

@@ -14,7 +14,7 @@ import pytest
 
 pytestmark = pytest.mark.hil_linux
 
-TEAM_TESTS = '''
+TEAM_TESTS = """
 import pathlib
 
 STATE = pathlib.Path(__file__).with_name("flaky-state")
@@ -34,27 +34,45 @@ def test_fails_once_then_passes():
     first = not STATE.exists()
     STATE.write_text("seen")
     assert not first, "the first attempt fails on purpose"
-'''
+"""
 
-HIL_TOML = '''
+HIL_TOML = """
 [profiles.team]
 paths = ["tests"]
 reruns = 1
 workers = 1
 soak_s = 0
-'''
+"""
 
 
 def _qualify(project: Path, history: str) -> subprocess.CompletedProcess:
     env = {k: v for k, v in os.environ.items() if not k.startswith(("PYTEST_", "HIL_SOAK"))}
-    return subprocess.run([sys.executable, "-m", "hil.cli", "qualify", "--profile", "team", "--history", history,
-                           "--out", str(project / "runs")], cwd=project, env=env, capture_output=True,
-                          text=True, timeout=1800, stdin=subprocess.DEVNULL)
+    return subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "hil.cli",
+            "qualify",
+            "--profile",
+            "team",
+            "--history",
+            history,
+            "--out",
+            str(project / "runs"),
+        ],
+        cwd=project,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=1800,
+        stdin=subprocess.DEVNULL,
+    )
 
 
 def _history(*args: str) -> str:
-    proc = subprocess.run([sys.executable, "-m", "hil.cli", "history", *args], capture_output=True, text=True,
-                          timeout=120)
+    proc = subprocess.run(
+        [sys.executable, "-m", "hil.cli", "history", *args], capture_output=True, text=True, timeout=120
+    )
     assert proc.returncode == 0, proc.stdout + proc.stderr
     return proc.stdout
 

@@ -16,7 +16,13 @@ import pytest
 from hil.errors import EnvironmentProblem
 from hil.qualify import browser
 from hil.qualify.model import (
-    Artifact, CrashSeen, CrashSignature, Figure, Run, TestResult, TrendPoint,
+    Artifact,
+    CrashSeen,
+    CrashSignature,
+    Figure,
+    Run,
+    TestResult,
+    TrendPoint,
 )
 from hil.qualify.report import trend_plots, write_report
 from hil.qualify.verdict import verdict
@@ -56,49 +62,118 @@ def sample_run(folder: Path) -> Run:
     kserver = "suites/linux/test_kserver.py::test_echo_under_load"
     results = [
         TestResult("suites/linux/test_smoke.py::test_boot", "passed", 4.2, ["passed"]),
-        TestResult(STORM, "passed", 61.0, ["passed"],
-                   artifacts={"console": "suites_stress_test_process_storm/linux.console.log"}),
-        TestResult("suites/linux/test_crash.py::test_sysrq_crash_is_named", "passed", 9.8, ["passed"],
-                   crash_title=EXPECTED_CRASH, crash_kind="BUG", crash_expected=True),
-        TestResult(kserver, "failed", 12.5, ["failed", "failed"], message=NEW_CRASH,
-                   crash_title=NEW_CRASH, crash_kind="BUG", console_excerpt=CONSOLE,
-                   artifacts={"console": "suites_linux_test_kserver/linux.console.log",
-                              "crash": "suites_linux_test_kserver/crash.txt"},
-                   deployed={"kserver": ("build/kserver.ko", "ab" * 32)}),
-        TestResult("suites/linux/test_agent.py::test_flush_on_unload", "error", 3.1, ["error"],
-                   message=f"teardown: {KNOWN_CRASH}", crash_title=KNOWN_CRASH, crash_kind="WARNING",
-                   console_excerpt="[ 3.0] WARNING: CPU: 0 PID: 1 at hil_agent.c:88 hil_agent_flush+0x1/0x2\n"),
-        TestResult(f"suites/linux/test_evil.py::test_name[{EVIL}]", "failed", 0.4, ["failed"],
-                   message="<img src=x onerror=\"console.error('xss in message')\"> & more",
-                   console_excerpt="\x1b[31mred\x1b[0m</pre><script>console.error('xss in console')</script>\x00\r\n",
-                   artifacts={"odd name #1": "suites_linux_test_evil/a b#c?.log"}),
-        TestResult("suites/linux/test_agent.py::test_storm_reconnect", "flaky", 20.0, ["failed", "passed"],
-                   message="collector saw 9998 of 10000 records"),
-        TestResult("suites/windows/test_wsk.py::test_lab_guest", "skipped", 0.0, [],
-                   message="no Windows image configured ([windows] image)"),
+        TestResult(
+            STORM,
+            "passed",
+            61.0,
+            ["passed"],
+            artifacts={"console": "suites_stress_test_process_storm/linux.console.log"},
+        ),
+        TestResult(
+            "suites/linux/test_crash.py::test_sysrq_crash_is_named",
+            "passed",
+            9.8,
+            ["passed"],
+            crash_title=EXPECTED_CRASH,
+            crash_kind="BUG",
+            crash_expected=True,
+        ),
+        TestResult(
+            kserver,
+            "failed",
+            12.5,
+            ["failed", "failed"],
+            message=NEW_CRASH,
+            crash_title=NEW_CRASH,
+            crash_kind="BUG",
+            console_excerpt=CONSOLE,
+            artifacts={
+                "console": "suites_linux_test_kserver/linux.console.log",
+                "crash": "suites_linux_test_kserver/crash.txt",
+            },
+            deployed={"kserver": ("build/kserver.ko", "ab" * 32)},
+        ),
+        TestResult(
+            "suites/linux/test_agent.py::test_flush_on_unload",
+            "error",
+            3.1,
+            ["error"],
+            message=f"teardown: {KNOWN_CRASH}",
+            crash_title=KNOWN_CRASH,
+            crash_kind="WARNING",
+            console_excerpt="[ 3.0] WARNING: CPU: 0 PID: 1 at hil_agent.c:88 hil_agent_flush+0x1/0x2\n",
+        ),
+        TestResult(
+            f"suites/linux/test_evil.py::test_name[{EVIL}]",
+            "failed",
+            0.4,
+            ["failed"],
+            message="<img src=x onerror=\"console.error('xss in message')\"> & more",
+            console_excerpt="\x1b[31mred\x1b[0m</pre><script>console.error('xss in console')</script>\x00\r\n",
+            artifacts={"odd name #1": "suites_linux_test_evil/a b#c?.log"},
+        ),
+        TestResult(
+            "suites/linux/test_agent.py::test_storm_reconnect",
+            "flaky",
+            20.0,
+            ["failed", "passed"],
+            message="collector saw 9998 of 10000 records",
+        ),
+        TestResult(
+            "suites/windows/test_wsk.py::test_lab_guest",
+            "skipped",
+            0.0,
+            [],
+            message="no Windows image configured ([windows] image)",
+        ),
     ]
     return Run(
-        RUN_ID, "nightly", "lab1", "0.1.0", "6.1.0-27-amd64", t0, t0 + timedelta(minutes=42, seconds=7),
-        folder=str(folder), results=results,
-        crashes=[CrashSeen(NEW_CRASH, "BUG", kserver, False),
-                 CrashSeen(KNOWN_CRASH, "WARNING", "suites/linux/test_agent.py::test_flush_on_unload", False),
-                 CrashSeen(EXPECTED_CRASH, "BUG", "suites/linux/test_crash.py::test_sysrq_crash_is_named", True)],
-        figures=[Figure("exec_to_sent_p99_ms", 0.93, STORM), Figure("restore_s", 1.15),
-                 Figure("records_per_second_at_collector", float("nan"), STORM)],
-        artifacts=[Artifact("kserver", "build/kserver.ko", "ab" * 32, "hil.toml"),
-                   Artifact("linux_agent", "hil/drivers/linux/agent/hil_agent.ko", "cd" * 32, "reference")],
+        RUN_ID,
+        "nightly",
+        "lab1",
+        "0.1.0",
+        "6.1.0-27-amd64",
+        t0,
+        t0 + timedelta(minutes=42, seconds=7),
+        folder=str(folder),
+        results=results,
+        crashes=[
+            CrashSeen(NEW_CRASH, "BUG", kserver, False),
+            CrashSeen(KNOWN_CRASH, "WARNING", "suites/linux/test_agent.py::test_flush_on_unload", False),
+            CrashSeen(EXPECTED_CRASH, "BUG", "suites/linux/test_crash.py::test_sysrq_crash_is_named", True),
+        ],
+        figures=[
+            Figure("exec_to_sent_p99_ms", 0.93, STORM),
+            Figure("restore_s", 1.15),
+            Figure("records_per_second_at_collector", float("nan"), STORM),
+        ],
+        artifacts=[
+            Artifact("kserver", "build/kserver.ko", "ab" * 32, "hil.toml"),
+            Artifact("linux_agent", "hil/drivers/linux/agent/hil_agent.ko", "cd" * 32, "reference"),
+        ],
     )
 
 
 def sample_trends(run: Run) -> list[TrendPoint]:
     day = timedelta(days=1)
     return [
-        TrendPoint("20261125T020000-lab1-bb02", run.started - 2 * day, 1.0, 1,
-                   {"exec_to_sent_p99_ms": 0.41, "latency_p99_ms": 3.1, "restore_s": 1.12}),
-        TrendPoint("20261126T020000-lab1-cc03", run.started - day, 0.9375, 2,
-                   {"exec_to_sent_p99_ms": 0.44, "restore_s": 1.08}),
-        TrendPoint(run.run_id, run.started, run.pass_rate, 3,
-                   {"exec_to_sent_p99_ms": 0.93, "latency_p99_ms": 3.4, "restore_s": 1.15}),
+        TrendPoint(
+            "20261125T020000-lab1-bb02",
+            run.started - 2 * day,
+            1.0,
+            1,
+            {"exec_to_sent_p99_ms": 0.41, "latency_p99_ms": 3.1, "restore_s": 1.12},
+        ),
+        TrendPoint(
+            "20261126T020000-lab1-cc03", run.started - day, 0.9375, 2, {"exec_to_sent_p99_ms": 0.44, "restore_s": 1.08}
+        ),
+        TrendPoint(
+            run.run_id,
+            run.started,
+            run.pass_rate,
+            3,
+            {"exec_to_sent_p99_ms": 0.93, "latency_p99_ms": 3.4, "restore_s": 1.15},
+        ),
     ]
 
 
@@ -106,21 +181,33 @@ def sample_folder(folder: Path) -> tuple[Path, Path]:
     """A run folder with a real ``timeline.html`` and ``latency.html`` (and its SVG)."""
     folder.mkdir(parents=True, exist_ok=True)
     for worker, start in (("gw0", 1000.0), ("gw1", 1000.5)):
-        timeline.dump([StepRecord("boot", {"guest": f"hil-{worker}"}, start, 20.0),
-                       StepRecord("restore", {"guest": f"hil-{worker}"}, start + 21, 1.1),
-                       StepRecord("put", {"file": "kserver.ko"}, start + 23, 0.2, error="EIO <x>")],
-                      worker, folder / f"timeline-{worker}.json")
-    histogram.write(folder / "suites_stress_test_process_storm", "exec_to_sent",
-                    [0.1 + 0.01 * (i % 50) for i in range(500)] + [0.93, 4.0], "process storm: exec to sent")
-    return (timeline.render(sorted(folder.glob("timeline-*.json")), folder / "timeline.html"),
-            histogram.render_index(folder, folder / "latency.html"))
+        timeline.dump(
+            [
+                StepRecord("boot", {"guest": f"hil-{worker}"}, start, 20.0),
+                StepRecord("restore", {"guest": f"hil-{worker}"}, start + 21, 1.1),
+                StepRecord("put", {"file": "kserver.ko"}, start + 23, 0.2, error="EIO <x>"),
+            ],
+            worker,
+            folder / f"timeline-{worker}.json",
+        )
+    histogram.write(
+        folder / "suites_stress_test_process_storm",
+        "exec_to_sent",
+        [0.1 + 0.01 * (i % 50) for i in range(500)] + [0.93, 4.0],
+        "process storm: exec to sent",
+    )
+    return (
+        timeline.render(sorted(folder.glob("timeline-*.json")), folder / "timeline.html"),
+        histogram.render_index(folder, folder / "latency.html"),
+    )
 
 
 def write_sample(folder: Path) -> Path:
     run = sample_run(folder)
     tl, lat = sample_folder(folder)
-    return write_report(run, folder / "report.html", known_crashes=KNOWN, trends=sample_trends(run),
-                        timeline=tl, latency=lat)
+    return write_report(
+        run, folder / "report.html", known_crashes=KNOWN, trends=sample_trends(run), timeline=tl, latency=lat
+    )
 
 
 class Elements(HTMLParser):
@@ -152,9 +239,13 @@ class Elements(HTMLParser):
             parts.append(data)
 
     def all(self, **attrs) -> list[tuple[str, dict, str]]:
-        return [(t, a, "".join(p)) for t, a, p in self.found
-                if all(a.get(k.replace("_", "-")) == v or (v is True and k.replace("_", "-") in a)
-                       for k, v in attrs.items())]
+        return [
+            (t, a, "".join(p))
+            for t, a, p in self.found
+            if all(
+                a.get(k.replace("_", "-")) == v or (v is True and k.replace("_", "-") in a) for k, v in attrs.items()
+            )
+        ]
 
     def text(self, **attrs) -> str:
         hits = self.all(**attrs)
@@ -171,6 +262,7 @@ def counts(page: Elements) -> dict[str, int]:
 
 # --- the verdict -------------------------------------------------------------------------------
 
+
 def test_the_verdict_says_why(tmp_path):
     run = sample_run(tmp_path)
     assert verdict(run, KNOWN).word == "FAIL"
@@ -178,8 +270,9 @@ def test_the_verdict_says_why(tmp_path):
     every_crash_known = dict(KNOWN, **{NEW_CRASH: CrashSignature(NEW_CRASH, "r0", "r0", 1)})
     assert verdict(run, every_crash_known).reason == "3 product failures; 1 flaky test"
 
-    green = replace(run, results=[r for r in run.results if not r.product_failure],
-                    crashes=[c for c in run.crashes if c.expected])
+    green = replace(
+        run, results=[r for r in run.results if not r.product_failure], crashes=[c for c in run.crashes if c.expected]
+    )
     assert (verdict(green, KNOWN).word, verdict(green, KNOWN).reason) == ("PASS", "passed; 1 flaky test")
     # an expected crash never seen before does not fail the run; an unexpected one does
     assert verdict(green, {}).passed
@@ -190,6 +283,7 @@ def test_the_verdict_says_why(tmp_path):
 
 
 # --- the page ----------------------------------------------------------------------------------
+
 
 @pytest.fixture
 def report(tmp_path) -> Path:
@@ -202,9 +296,15 @@ def test_the_top_shows_verdict_counts_and_what_was_qualified(report):
     assert page.text(id="reason") == "3 product failures, 1 new crash title; 1 flaky test"
     assert counts(page) == {"passed": 3, "failed": 2, "error": 1, "flaky": 1, "skipped": 1, "total": 8}
     facts = {a["data-fact"]: text for _, a, text in page.all(data_fact=True)}
-    assert facts == {"run": RUN_ID, "profile": "nightly", "host": "lab1", "kernel-hil": "0.1.0",
-                     "guest kernel": "6.1.0-27-amd64", "started": "2026-11-27 02:00:00",
-                     "duration": "42 min 07 s"}
+    assert facts == {
+        "run": RUN_ID,
+        "profile": "nightly",
+        "host": "lab1",
+        "kernel-hil": "0.1.0",
+        "guest kernel": "6.1.0-27-amd64",
+        "started": "2026-11-27 02:00:00",
+        "duration": "42 min 07 s",
+    }
     drivers = {a["data-driver"]: text for _, a, text in page.all(data_driver=True)}
     assert set(drivers) == {"kserver", "linux_agent"}
     assert "build/kserver.ko" in drivers["kserver"] and "ab" * 6 in drivers["kserver"]
@@ -292,6 +392,7 @@ def test_hostile_test_strings_stay_text_and_the_page_is_self_contained(report):
 
 # --- in a real browser -------------------------------------------------------------------------
 
+
 @pytest.fixture
 def chromium() -> str:
     """CI installs Chromium: a missing one is a failure naming the package, never a skip."""
@@ -309,8 +410,11 @@ def test_the_report_loads_cleanly_in_chromium(chromium, report, tmp_path):
     assert loaded.verdict == "FAIL"
     assert loaded.counts == {"passed": 3, "failed": 2, "error": 1, "flaky": 1, "skipped": 1, "total": 8}
     assert Elements(loaded.dom).text(id="reason") == "3 product failures, 1 new crash title; 1 flaky test"
-    assert set(loaded.crash_marks) == {"new", "known (first seen 20261120T020000-lab1-aa01, seen 4 times)",
-                                       "known (first seen 20261101T020000-lab1-0001, seen 12 times)"}
+    assert set(loaded.crash_marks) == {
+        "new",
+        "known (first seen 20261120T020000-lab1-aa01, seen 4 times)",
+        "known (first seen 20261101T020000-lab1-0001, seen 12 times)",
+    }
     assert loaded.trend_points == 3
     assert EVIL in loaded.text  # the hostile test name is shown as text, not run
     data = shot.read_bytes()
@@ -319,17 +423,23 @@ def test_the_report_loads_cleanly_in_chromium(chromium, report, tmp_path):
 
 def test_the_console_check_catches_a_broken_page(chromium, tmp_path):
     page = tmp_path / "broken.html"
-    page.write_text("<!doctype html><meta charset=utf-8><title>broken</title><p id=x>x</p><script>"
-                    "console.log('just a log line'); console.warn('a warning is not an error');"
-                    "console.error('deliberate console.error');"
-                    "setTimeout(() => { throw new TypeError('deferred throw'); }, 0);"
-                    "Promise.reject(new Error('unhandled rejection'));"
-                    "document.getElementById('x').textContent = 'rendered';"
-                    "</script><script>undefinedFunction();</script>")
+    page.write_text(
+        "<!doctype html><meta charset=utf-8><title>broken</title><p id=x>x</p><script>"
+        "console.log('just a log line'); console.warn('a warning is not an error');"
+        "console.error('deliberate console.error');"
+        "setTimeout(() => { throw new TypeError('deferred throw'); }, 0);"
+        "Promise.reject(new Error('unhandled rejection'));"
+        "document.getElementById('x').textContent = 'rendered';"
+        "</script><script>undefinedFunction();</script>"
+    )
     loaded = browser.load(page)
     errors = "\n".join(str(e) for e in loaded.errors)
-    for expected in ("deliberate console.error", "ReferenceError: undefinedFunction", "TypeError: deferred throw",
-                     "unhandled rejection"):
+    for expected in (
+        "deliberate console.error",
+        "ReferenceError: undefinedFunction",
+        "TypeError: deferred throw",
+        "unhandled rejection",
+    ):
         assert expected in errors
     assert "just a log line" not in errors and "a warning" not in errors
     assert {m.level for m in loaded.console} >= {"info", "warning", "error"}

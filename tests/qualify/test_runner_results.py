@@ -11,7 +11,7 @@ from hil.qualify.results import read
 from hil.qualify.runner import test_results as results_of
 from hil.qualify.verdict import verdict
 
-INNER = '''
+INNER = """
 import pathlib, pytest
 
 STATE = pathlib.Path(__file__).with_name("state")
@@ -44,14 +44,28 @@ def broken():
 
 def test_setup_error(broken):
     pass
-'''
+"""
 
 
 def _attempt(tmp_path, n, *args):
     out = tmp_path / f"results-{n}.jsonl"
-    subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", f"--hil-results={out}",
-                    f"--basetemp={tmp_path / f'bt{n}'}", *args], cwd=tmp_path, capture_output=True, text=True,
-                   timeout=300)
+    subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "pytest",
+            "-q",
+            "-p",
+            "no:cacheprovider",
+            f"--hil-results={out}",
+            f"--basetemp={tmp_path / f'bt{n}'}",
+            *args,
+        ],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     return read(out)
 
 
@@ -59,8 +73,11 @@ def test_attempts_become_outcomes_with_their_evidence(tmp_path):
     (tmp_path / "test_inner.py").write_text(INNER)
     first = _attempt(tmp_path, 1, "test_inner.py")
     failed = sorted({p.nodeid for p in first if p.outcome == "failed"})
-    assert failed == ["test_inner.py::test_always_fails", "test_inner.py::test_fails_once_then_passes",
-                      "test_inner.py::test_setup_error"]
+    assert failed == [
+        "test_inner.py::test_always_fails",
+        "test_inner.py::test_fails_once_then_passes",
+        "test_inner.py::test_setup_error",
+    ]
     second = _attempt(tmp_path, 2, *[str(tmp_path / f) for f in failed])
     results, figures, deployed = results_of([first, second], tmp_path)
     by = {r.nodeid.split("::")[1]: r for r in results}
@@ -77,15 +94,32 @@ def test_attempts_become_outcomes_with_their_evidence(tmp_path):
     assert {(f.name, f.value) for f in figures} == {("latency_p99_ms", 12.5), ("records_lost", 0.0)}
     assert deployed == [model.Artifact("team", "/builds/team.ko", "ab" * 32, "configured")]
 
-    run = model.Run("r1", "nightly", "h", "0", "", None, None, results=results,
-                    crashes=[model.CrashSeen("WARNING in team_fn", "WARNING", broken.nodeid, False)])
+    run = model.Run(
+        "r1",
+        "nightly",
+        "h",
+        "0",
+        "",
+        None,
+        None,
+        results=results,
+        crashes=[model.CrashSeen("WARNING in team_fn", "WARNING", broken.nodeid, False)],
+    )
     decided = verdict(run, {}, pytest_exit=1)
     assert not decided.passed and decided.reason == "2 product failures, 1 new crash title; 1 flaky test"
 
 
 def test_flaky_alone_passes_unless_the_profile_says_otherwise_and_pytest_must_end_normally():
-    run = model.Run("r", "p", "h", "0", "", None, None,
-                    results=[model.TestResult("t::a", model.FLAKY, attempts=["failed", "passed"])])
+    run = model.Run(
+        "r",
+        "p",
+        "h",
+        "0",
+        "",
+        None,
+        None,
+        results=[model.TestResult("t::a", model.FLAKY, attempts=["failed", "passed"])],
+    )
     assert verdict(run, {}, pytest_exit=1).passed
     strict = verdict(run, {}, fail_on_flaky=True, pytest_exit=1)
     assert not strict.passed and strict.reason == "1 flaky test (the profile fails on flaky tests)"

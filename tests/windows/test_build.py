@@ -24,8 +24,14 @@ def test_imports_match_what_each_driver_uses(win_build):
     assert imports["hilflt.sys"] == {"NTOSKRNL.EXE", "FLTMGR.SYS"}
     flt = pecheck.inspect(win_build["hilflt.sys"]).imports
     names = {f for d, fs in flt.items() if d.upper() == "FLTMGR.SYS" for f in fs}
-    assert {"FltRegisterFilter", "FltCreateCommunicationPort", "FltBuildDefaultSecurityDescriptor",
-            "FltFreeSecurityDescriptor", "FltCloseCommunicationPort", "FltUnregisterFilter"} <= names
+    assert {
+        "FltRegisterFilter",
+        "FltCreateCommunicationPort",
+        "FltBuildDefaultSecurityDescriptor",
+        "FltFreeSecurityDescriptor",
+        "FltCloseCommunicationPort",
+        "FltUnregisterFilter",
+    } <= names
 
 
 def test_agent_requests_integrity_checks(win_build):

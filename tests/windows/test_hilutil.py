@@ -52,8 +52,21 @@ def util(tmp_path_factory):
     (d / "h.c").write_text(HARNESS)
     exe = d / "h"
     agent = windows_dir() / "agent"
-    subprocess.run([cc, "-O2", "-Wall", "-Werror", "-fsanitize=address,undefined", f"-I{agent}",
-                    "-o", str(exe), str(d / "h.c"), str(agent / "hilutil.c")], check=True)
+    subprocess.run(
+        [
+            cc,
+            "-O2",
+            "-Wall",
+            "-Werror",
+            "-fsanitize=address,undefined",
+            f"-I{agent}",
+            "-o",
+            str(exe),
+            str(d / "h.c"),
+            str(agent / "hilutil.c"),
+        ],
+        check=True,
+    )
 
     def call(op: int, payload: bytes, cap: int | None = None) -> bytes:
         inp = struct.pack("<BI", op, len(payload)) + (struct.pack("<I", cap) if op == 2 else b"") + payload
@@ -74,7 +87,7 @@ def _utf8(util, text_or_units, cap: int) -> bytes:
     raw = text_or_units if isinstance(text_or_units, bytes) else text_or_units.encode("utf-16-le")
     out = util(2, raw, cap)
     n = struct.unpack_from("<I", out)[0]
-    return out[4:4 + n]
+    return out[4 : 4 + n]
 
 
 def test_utf16_to_utf8_matches_python(util):

@@ -42,8 +42,9 @@ def test_lab_guest_names_the_bugcheck_from_its_domain_log(tmp_path, monkeypatch)
     g.domain_log.write_text("2026-11-23 23:40:01.123+0000: starting up\n")
     assert g.bugcheck() is None
     with g.domain_log.open("a") as f:
-        f.write("panic hyper-v: arg1='0xd1', arg2='0xfffff80312345678', arg3='0x2', arg4='0x0', "
-                "arg5='0xfffff80387654321'\n")
+        f.write(
+            "panic hyper-v: arg1='0xd1', arg2='0xfffff80312345678', arg3='0x2', arg4='0x0', arg5='0xfffff80387654321'\n"
+        )
     rep = g.bugcheck()
     assert rep.title == "0x000000D1 DRIVER_IRQL_NOT_LESS_OR_EQUAL" and rep.kind == "BSOD"
     assert rep.parameters == ("0xfffff80312345678", "0x2", "0x0", "0xfffff80387654321")

@@ -16,9 +16,13 @@ import pytest
 from hil.deploy import pecheck, windows_build
 from hil.deploy.windows_build import BuildError, Target
 
-pytestmark = [pytest.mark.windows,
-              pytest.mark.skipif(shutil.which(windows_build.CC) is None,
-                                 reason=f"mingw-w64 is not installed (apt-get install -y {windows_build.APT_PACKAGES})")]
+pytestmark = [
+    pytest.mark.windows,
+    pytest.mark.skipif(
+        shutil.which(windows_build.CC) is None,
+        reason=f"mingw-w64 is not installed (apt-get install -y {windows_build.APT_PACKAGES})",
+    ),
+]
 
 # A WSK client that compiles only with the shipped headers on the include path (wsk.h is not in
 # mingw-w64) and links the shipped protocol codec; its marker comes from the team's own header.
@@ -73,8 +77,9 @@ def project(tmp_path) -> Path:
 
 
 def build(project: Path, **kw) -> Path:
-    return windows_build.build_driver(["driver/teamdrv.c", *windows_build.PROTOCOL_SOURCES],
-                                      source_root=project, include_dirs=["include"], **kw)
+    return windows_build.build_driver(
+        ["driver/teamdrv.c", *windows_build.PROTOCOL_SOURCES], source_root=project, include_dirs=["include"], **kw
+    )
 
 
 def test_unchanged_sources_are_a_cache_hit(project):
@@ -85,8 +90,18 @@ def test_unchanged_sources_are_a_cache_hit(project):
     again = build(project)
     assert again == first and again.stat().st_mtime_ns == built_at  # found, not rebuilt
     # The same rows give the same key: a lookup, not a build (the build's own result says so).
-    res = windows_build.build([Target("teamdrv.sys", ["driver/teamdrv.c", *windows_build.PROTOCOL_SOURCES],
-                                      "driver", windows_build.NT_LIBS, include_dirs=["include"])], project)
+    res = windows_build.build(
+        [
+            Target(
+                "teamdrv.sys",
+                ["driver/teamdrv.c", *windows_build.PROTOCOL_SOURCES],
+                "driver",
+                windows_build.NT_LIBS,
+                include_dirs=["include"],
+            )
+        ],
+        project,
+    )
     assert res.cached and res["teamdrv.sys"] == first
     assert key != res.key  # other rows (no codec, no include dir), other key
 
@@ -130,7 +145,8 @@ def test_a_compile_error_names_the_file_and_line(project):
 
 
 def test_a_driver_calling_user_mode_is_refused_by_the_pe_check(tmp_path):
-    (tmp_path / "bad.c").write_text(textwrap.dedent(f"""\
+    (tmp_path / "bad.c").write_text(
+        textwrap.dedent(f"""\
         #include <ntddk.h>
         __declspec(dllimport) unsigned long __stdcall GetTickCount(void);
         NTSTATUS NTAPI DriverEntry(PDRIVER_OBJECT d, PUNICODE_STRING r)
@@ -138,9 +154,13 @@ def test_a_driver_calling_user_mode_is_refused_by_the_pe_check(tmp_path):
             DbgPrint("{token()} %lu", GetTickCount());
             return STATUS_SUCCESS;
         }}
-        """))
-    with pytest.raises(BuildError, match=r"bad\.sys is not a loadable kernel driver: imports from non-kernel "
-                                         r"modules: KERNEL32\.dll"):
+        """)
+    )
+    with pytest.raises(
+        BuildError,
+        match=r"bad\.sys is not a loadable kernel driver: imports from non-kernel "
+        r"modules: KERNEL32\.dll",
+    ):
         windows_build.build_driver([tmp_path / "bad.c"], libs=["ntoskrnl", "kernel32"])
 
 
@@ -152,8 +172,7 @@ def test_a_missing_source_is_named_with_the_root_it_was_looked_up_in(tmp_path):
 
 
 def test_a_console_program_builds_from_absolute_paths(tmp_path):
-    (tmp_path / "hello.c").write_text(
-        f'#include <stdio.h>\nint wmain(void) {{ puts("hello {token()}"); return 0; }}\n')
+    (tmp_path / "hello.c").write_text(f'#include <stdio.h>\nint wmain(void) {{ puts("hello {token()}"); return 0; }}\n')
     exe = windows_build.build_exe([tmp_path / "hello.c"])
     assert exe.name == "hello.exe"
     assert pecheck.inspect(exe).subsystem == 3  # IMAGE_SUBSYSTEM_WINDOWS_CUI
@@ -163,10 +182,12 @@ def test_mingw_fixture_fails_the_test_with_the_compilers_messages(pytester):
     """Through the public fixture, a team's broken source is a failed test naming file and line."""
     (pytester.path / "driver").mkdir()
     (pytester.path / "driver" / "mine.c").write_text(f"/* {token()} */\n#include <ntddk.h>\nint x = y;\n")
-    pytester.makepyfile(test_team="""
+    pytester.makepyfile(
+        test_team="""
         def test_build(mingw):
             mingw.build_driver(["driver/mine.c"])
-        """)
+        """
+    )
     result = pytester.runpytest("-p", "no:cacheprovider")
     result.assert_outcomes(failed=1)
     result.stdout.fnmatch_lines(["*kernel-hil mingw: building mine.sys failed: *driver/mine.c:3: 'y' undeclared*"])

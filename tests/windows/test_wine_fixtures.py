@@ -12,13 +12,17 @@ import pytest
 from hil.deploy import windows_build
 from hil.wine.pytest_fixtures import wine_missing
 
-pytestmark = [pytest.mark.windows, pytest.mark.wine,
-              pytest.mark.skipif(wine_missing() is not None, reason=str(wine_missing())),
-              pytest.mark.skipif(shutil.which(windows_build.CC) is None, reason="mingw-w64 is not installed")]
+pytestmark = [
+    pytest.mark.windows,
+    pytest.mark.wine,
+    pytest.mark.skipif(wine_missing() is not None, reason=str(wine_missing())),
+    pytest.mark.skipif(shutil.which(windows_build.CC) is None, reason="mingw-w64 is not installed"),
+]
 
 
 def test_wine_driver_names_what_it_deployed_and_unloads_what_the_test_left(pytester, win_build):
-    pytester.makepyfile(test_team=r"""
+    pytester.makepyfile(
+        test_team=r"""
         import socket
 
         def test_leaves_its_driver_running(win_build, wine_driver):
@@ -28,7 +32,8 @@ def test_wine_driver_names_what_it_deployed_and_unloads_what_the_test_left(pytes
             drv = wine_driver(win_build["hilsocks.sys"], "hilsocks", Port=port)
             drv.guest.wait_for_log(rf"\[hilsocks\] listening on 127\.0\.0\.1:{port}", timeout=20,
                                    start=drv.log_start)
-        """)
+        """
+    )
     junit = pytester.path / "junit.xml"
     result = pytester.runpytest("-p", "no:cacheprovider", f"--junitxml={junit}")
     result.assert_outcomes(passed=1)

@@ -18,9 +18,9 @@ def test_dbgprint_lines_are_extracted(tmp_path):
     g.debug_log.write_text(
         "0120:warn:debugstr:vDbgPrintExWithPrefix 0000004d:00000001: [hilsocks] listening on 127.0.0.1:5\n"
         "0124:fixme:ntoskrnl:something unrelated\n"
-        "0128:warn:debugstr:OutputDebugStringA \"plain\"\n"
+        '0128:warn:debugstr:OutputDebugStringA "plain"\n'
     )
-    texts = [l.text for l in g.dbgprint_lines()]
+    texts = [dl.text for dl in g.dbgprint_lines()]
     assert texts[0] == "[hilsocks] listening on 127.0.0.1:5"
     assert len(texts) == 2
     assert g.wait_for_log(r"listening on 127\.0\.0\.1:(\d+)", timeout=1).group(1) == "5"
@@ -62,7 +62,7 @@ def test_clone_shares_dlls_and_put_never_touches_the_template(tmp_path):
 def test_stale_prefixes_of_dead_processes_are_reaped(tmp_path):
     from hil.wine.prefix import reap_stale_prefixes
 
-    dead = tmp_path / "gw0-999999999-abc"   # no such pid
+    dead = tmp_path / "gw0-999999999-abc"  # no such pid
     live = tmp_path / f"main-{os.getpid()}-def"
     other = tmp_path / "unrelated"
     for d in (dead, live, other):

@@ -104,7 +104,10 @@ def test_deploy_helpers_drive_sc_fltmc_verifier(winrm, fake_windows, tmp_path):
     deploy.require_testsigning(winrm)
     remote = deploy.install_driver(winrm, sys_file, "hilagent")
     assert host.files[remote.lower()] == b"MZ fake driver"
-    assert 'sc create hilagent type= kernel start= demand error= normal binPath= "C:\\Windows\\System32\\drivers\\hilagent.sys"' in host.cmd_lines
+    assert (
+        'sc create hilagent type= kernel start= demand error= normal binPath= "C:\\Windows\\System32\\drivers\\hilagent.sys"'
+        in host.cmd_lines
+    )
     deploy.start_driver(winrm, "hilagent")
     assert deploy.service_state(winrm, "hilagent") == "RUNNING"
     deploy.stop_driver(winrm, "hilagent")

@@ -17,8 +17,11 @@ LEAK_FREE = "[ksock] cleanup: irps=0 mdls=0 buffers=0 sockets=0"
 @pytest.fixture(scope="session")
 def teamdrv_sys(mingw):
     """Our driver, linked with the protocol codec and the ksock library kernel-hil ships."""
-    return mingw.build_driver(["driver/teamdrv.c", *mingw.protocol_sources, *mingw.ksock_sources],
-                              name="teamdrv.sys", include_dirs=mingw.ksock_include_dirs)
+    return mingw.build_driver(
+        ["driver/teamdrv.c", *mingw.protocol_sources, *mingw.ksock_sources],
+        name="teamdrv.sys",
+        include_dirs=mingw.ksock_include_dirs,
+    )
 
 
 def test_teamdrv_says_hello_and_delivers_its_record_once(teamdrv_sys, wine_driver, collector):
@@ -39,6 +42,6 @@ def test_teamdrv_says_hello_and_delivers_its_record_once(teamdrv_sys, wine_drive
 
     drv.stop()
     drv.guest.wait_for_log(r"\[teamdrv\] unloaded", timeout=20, start=drv.log_start)
-    texts = [line.text for line in drv.guest.dbgprint_lines()[drv.log_start:]]
+    texts = [line.text for line in drv.guest.dbgprint_lines()[drv.log_start :]]
     assert "[teamdrv] network thread stopped" in texts
     assert [t for t in texts if t.startswith("[ksock] cleanup:")] == [LEAK_FREE]
