@@ -38,8 +38,13 @@ NOT_SHIPPED = shutil.ignore_patterns(
 
 class BuildPyWithBundledFolders(build_py):
     def run(self):
+        editable = getattr(self, "editable_mode", False)
+        if not editable:
+            # build/lib outlives the build: without this, a module since moved or deleted from
+            # hil/ (a test double moved to tests/, say) would still be copied into the wheel
+            shutil.rmtree(Path(self.build_lib) / "hil", ignore_errors=True)
         super().run()
-        if getattr(self, "editable_mode", False):
+        if editable:
             return
         here = Path(__file__).resolve().parent
         for name in BUNDLED:

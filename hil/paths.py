@@ -42,7 +42,7 @@ def runtime_dir() -> Path:
 
 BUNDLED = ("drivers", "guests", "suites")
 """The repository's top-level folders the framework needs at run time.  The wheel maps each into
-the package (``hil/drivers``, ``hil/guests``, ``hil/suites``: see pyproject.toml); in a source
+the package (``hil/drivers``, ``hil/guests``, ``hil/suites``: see setup.py); in a source
 checkout (an editable install) they stand beside ``hil/``."""
 
 _PACKAGE = Path(__file__).resolve().parent

@@ -9,30 +9,29 @@ from __future__ import annotations
 
 import pytest
 
-from hil.deploy import artifacts
-from hil.deploy import kmod as kmods
+from hil.deploy import artifacts, reference
 from hil.deploy.artifacts import Deployed
 from hil.deploy.module_session import ModuleSession
 
-SERVE_DIR = kmods.KSERVER_SERVE_DIR
+from .kserver_client import SERVE_DIR, KServerClient
 
 
 @pytest.fixture
 def kserver_ko(hil_config, linux_guest) -> Deployed:
     """The kserver to qualify: ``[drivers] kserver``, else the reference build."""
-    return artifacts.resolve(hil_config.drivers, "kserver", lambda: kmods.build_kserver(linux_guest.kbuild_dir))
+    return artifacts.resolve(hil_config.drivers, "kserver", lambda: reference.build_kserver(linux_guest.kbuild_dir))
 
 
 @pytest.fixture
 def agent_ko(hil_config, linux_guest) -> Deployed:
     """The Linux agent to qualify: ``[drivers] linux_agent``, else the reference build."""
-    return artifacts.resolve(hil_config.drivers, "linux_agent", lambda: kmods.build_agent(linux_guest.kbuild_dir))
+    return artifacts.resolve(hil_config.drivers, "linux_agent", lambda: reference.build_agent(linux_guest.kbuild_dir))
 
 
 @pytest.fixture
 def crashmod(linux_guest, kmod):
     """The guest with the crash-on-command test module loaded (``echo CMD > /proc/hil_crash``)."""
-    kmod.load(kmods.build_crashmod(linux_guest.kbuild_dir))
+    kmod.load(reference.build_crashmod(linux_guest.kbuild_dir))
     return linux_guest
 
 
@@ -45,8 +44,8 @@ class KServer:
         self.host_port = host_port
         self.params = params
 
-    def client(self, timeout: float = 60.0) -> kmods.KServerClient:
-        return kmods.KServerClient("127.0.0.1", self.host_port, timeout=timeout)
+    def client(self, timeout: float = 60.0) -> KServerClient:
+        return KServerClient("127.0.0.1", self.host_port, timeout=timeout)
 
     def stats(self) -> dict[str, int]:
         return self.modules.stats("kserver")

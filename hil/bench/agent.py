@@ -39,11 +39,11 @@ def add_arguments(parser) -> None:
 def measure(guest, execs: int, rate: float, interval: float) -> dict:
     """Run the storm in an already running guest; returns the figures. Usable without a Lab."""
     from hil.collector.collector import Collector
-    from hil.deploy import kmod
+    from hil.deploy import kmod, reference
     from hil.stats import percentile
 
-    ko = kmod.build_agent(guest.kbuild_dir)
-    kmod.install_storm_tools(guest, TARGET)
+    ko = reference.build_agent(guest.kbuild_dir)
+    reference.install_storm_tools(guest, TARGET)
     data = guest.read_file(TARGET)
     size, sha = len(data), hashlib.sha256(data).digest()
 
@@ -54,7 +54,7 @@ def measure(guest, execs: int, rate: float, interval: float) -> dict:
             guest.run("echo reset > /proc/hil_agent_latency_us").check()
             budget = 600.0 + execs * (0.25 + (1.0 / rate if rate > 0 else 0.0))
             res = guest.run(f"/tmp/hil_storm {execs} {TARGET} {rate:g}", timeout=budget).check()
-            pids = [pid for _, pid in kmod.parse_pid_lines(res.stdout.decode())]
+            pids = [pid for _, pid in reference.parse_pid_lines(res.stdout.decode())]
             m = re.search(r"rate=([\d.]+)", res.stderr.decode())
             if pids:
                 try:

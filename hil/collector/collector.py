@@ -13,8 +13,8 @@ decoded record with its receive times (``time.monotonic`` and wall clock).
 Any process of a guest reaches the collector (10.0.2.2 under QEMU user networking), so every
 peer is treated as hostile: what one can make the collector hold is capped (connections,
 identities, capture files, records by count and by bytes, per agent and in total; see
-PROTOCOL.md section 5), and ``token=`` makes it refuse agents that do not know a shared
-secret.
+drivers/protocol/PROTOCOL.md section 5), and ``token=`` makes it refuse agents that do not know
+a shared secret.
 """
 
 from __future__ import annotations

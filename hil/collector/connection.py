@@ -1,6 +1,6 @@
 """One agent connection inside the collector's event loop: decode, enforce the session rules
-(PROTOCOL.md 3.2) and the collector's caps (section 5), store records, capture raw bytes, and
-close on the first protocol error."""
+(drivers/protocol/PROTOCOL.md 3.2) and the collector's caps (section 5), store records, capture
+raw bytes, and close on the first protocol error."""
 
 from __future__ import annotations
 

@@ -315,7 +315,7 @@ class RecordStore:
 
     @property
     def _batches(self) -> list[tuple[AgentId, float, float, Sequence[bytes]]]:
-        return self.batches()  # what hil/bench's collector and fuzz benchmarks read
+        return self.batches()  # what hil/bench/collector.py and tests/collector/fuzz_collector.py read
 
     def evictions(self, agent: AgentId | None = None, host: str | None = None) -> list[tuple[str, int]]:
         """(who, records evicted) for the agents a query covers (one agent, a host name's, or

@@ -1,6 +1,6 @@
 """Compiling one C file on the host, cached by what goes into it.
 
-Used for the small tools copied into guests (``hil.deploy.kmod``) and for the collector's
+Used for the small tools copied into guests (``hil.deploy.reference``) and for the collector's
 native protocol codec (``hil.protocol.native``).  The cache key is the source, the files it
 includes, the flags and the compiler's version; the output is written under a temporary name
 and renamed, so concurrent builders (xdist workers) never see a partial file.

@@ -15,7 +15,9 @@ Builds are cached below ``<cache>/kmod/<key>/`` (``<cache>`` is :func:`hil.paths
 sources for the same kernel is a directory lookup. Concurrent builders (xdist workers) build
 in private directories and publish with an atomic rename.
 
-Modules are only ever loaded into guests, never on the host.
+Modules are only ever loaded into guests, never on the host.  This repository's own drivers
+and tools (kserver, the agent, the crash module, the storm tools) are built by
+:mod:`hil.deploy.reference`.
 """
 
 from __future__ import annotations
@@ -38,7 +40,6 @@ from hil.deploy.host_build import compile_c, compiler_messages
 from hil.errors import EnvironmentProblem, GuestError, HilError
 from hil.paths import cache_root
 from hil.steps import step
-from hil.waiting import wait_until  # noqa: F401  (the suites' helper, re-exported)
 
 # Files in a module directory that are build outputs, never inputs.
 _OUTPUT_PATTERNS = re.compile(
@@ -373,154 +374,3 @@ def parse_counters(text: str) -> dict[str, int]:
         if v.lstrip("-").isdigit():
             out[k] = int(v)
     return out
-
-
-# ---- small helpers shared by the module suites -------------------------------------------------
-
-KSERVER_SERVE_DIR = "/srv/kserver"
-
-
-def parse_pid_lines(output: str) -> list[tuple[str, int]]:
-    """``<word> <pid>`` lines (a guest loop's ``echo $p $!``, hil_storm's ``<i> <pid>``)."""
-    out = []
-    for line in output.splitlines():
-        word, _, pid = line.strip().rpartition(" ")
-        if word and pid.isdigit():
-            out.append((word, int(pid)))
-    return out
-
-
-# ---- where things are -------------------------------------------------------------------------
-
-
-def drivers_dir() -> Path:
-    from hil.paths import bundled
-
-    return bundled("drivers")
-
-
-def protocol_sources() -> list[Path]:
-    """The shared agent protocol codec compiled into the Linux agent module."""
-    d = drivers_dir() / "protocol"
-    return [d / "hil_proto.c", d / "hil_proto.h"]
-
-
-def build_storm_tool() -> Path:
-    """``hil_storm COUNT TARGET [RATE]``: the exec storm generator (drivers/linux/tools).
-    Dynamically linked (15 KB instead of 700 KB static): the guest is the host's Debian release."""
-    return build_host_tool(drivers_dir() / "linux" / "tools" / "hil_storm.c", flags=("-O2", "-Wall", "-s"))
-
-
-def build_noop_tool() -> Path:
-    """``hil_noop``: a static, libc-free program that exits 0 at once (the storm's exec target)."""
-    return build_host_tool(
-        drivers_dir() / "linux" / "tools" / "hil_noop.c",
-        flags=("-O2", "-static", "-nostdlib", "-s", "-fno-stack-protector"),
-    )
-
-
-def install_storm_tools(guest: Guest, target: str, storm: str = "/tmp/hil_storm") -> None:
-    """Put ``hil_storm`` at ``storm`` and the no-op exec target at ``target`` in the guest."""
-    guest.put(build_storm_tool(), storm)
-    guest.put(build_noop_tool(), target)
-    guest.run(f"chmod +x {shlex.quote(storm)} {shlex.quote(target)}", timeout=30).check()
-
-
-def build_kserver(kbuild_dir: Path) -> Path:
-    return build_module(drivers_dir() / "linux" / "kserver", kbuild_dir, name="kserver")
-
-
-def build_agent(kbuild_dir: Path) -> Path:
-    return build_module(drivers_dir() / "linux" / "agent", kbuild_dir, protocol_sources(), name="hil_agent")
-
-
-def build_crashmod(kbuild_dir: Path) -> Path:
-    """``hil_crash``: crashes the kernel on command (``echo null|bug|warn|... > /proc/hil_crash``)."""
-    return build_module(drivers_dir() / "linux" / "crashmod", kbuild_dir, name="hil_crash")
-
-
-# ---- kserver client (drivers/linux/kserver/PROTOCOL.md) ---------------------------------------
-
-
-class KServerClient:
-    """A blocking client for the kserver protocol: one request line in, ``OK <len>`` + body
-    or ``ERR <reason>`` out.
-
-    >>> with KServerClient("127.0.0.1", port) as c:
-    ...     assert c.request(b"hi") == ("OK", b"hello from kserver")
-    """
-
-    MAX_HEADER = 64
-
-    def __init__(self, host: str, port: int, timeout: float = 30.0):
-        import socket
-
-        self.sock = socket.create_connection((host, port), timeout=timeout)
-        self._buf = b""
-
-    def __enter__(self) -> KServerClient:
-        return self
-
-    def __exit__(self, *exc) -> None:
-        self.close()
-
-    def close(self) -> None:
-        try:
-            self.sock.close()
-        except OSError:
-            pass
-
-    def send(self, data: bytes) -> None:
-        self.sock.sendall(data)
-
-    def wait(self, timeout: float) -> bool:
-        """Whether the server sent something (or closed) within ``timeout`` seconds. Nothing is
-        consumed: :meth:`read_response` reads it next."""
-        import select
-
-        if self._buf:
-            return True
-        readable, _, _ = select.select([self.sock], [], [], timeout)
-        return bool(readable)
-
-    def _fill(self) -> bool:
-        chunk = self.sock.recv(1 << 16)
-        if not chunk:
-            return False
-        self._buf += chunk
-        return True
-
-    def read_response(self) -> tuple[str, bytes]:
-        """``("OK", body)``, ``("ERR", reason)``; ``("EOF", b"")`` when the server closed first.
-
-        Raises :class:`HilError` when the server breaks the framing (a short body, a bad header).
-        """
-        while b"\n" not in self._buf:
-            if len(self._buf) > self.MAX_HEADER:
-                raise HilError(f"kserver sent a header line longer than {self.MAX_HEADER} bytes: {self._buf[:80]!r}")
-            if not self._fill():
-                if self._buf:
-                    raise HilError(f"kserver closed in the middle of a header: {self._buf!r}")
-                return ("EOF", b"")
-        line, self._buf = self._buf.split(b"\n", 1)
-        kind, _, arg = line.partition(b" ")
-        if kind == b"ERR":
-            return ("ERR", arg)
-        if kind != b"OK" or not arg.isdigit():
-            raise HilError(f"kserver sent a malformed header: {line[:80]!r}")
-        length = int(arg)
-        while len(self._buf) < length:
-            if not self._fill():
-                raise HilError(f"kserver closed after {len(self._buf)} of {length} body bytes")
-        body, self._buf = self._buf[:length], self._buf[length:]
-        return ("OK", body)
-
-    def request(self, line: bytes) -> tuple[str, bytes]:
-        self.send(line + b"\n")
-        return self.read_response()
-
-    def get_file(self, name: str) -> bytes:
-        status, body = self.request(b"FILE:" + name.encode())
-        if status != "OK":
-            raise HilError(f"kserver refused FILE:{name}: {status} {body.decode(errors='replace')}")
-        return body

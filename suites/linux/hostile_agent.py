@@ -6,7 +6,7 @@ can do, since the collector is reachable from the guest at 10.0.2.2 (QEMU user n
 
 Standard library only (it runs inside the guest, without kernel-hil). Each attack prints one
 JSON line: what it sent, and what the collector did (took it, or closed the connection).
-Attacks (PROTOCOL.md section 5 names the bounds they test):
+Attacks (drivers/protocol/PROTOCOL.md section 5 names the bounds they test):
 
     retain GROUPS          one agent; GROUPS reads of ~1 MiB, each 9 records amid records of
                            an unknown type (skipped): a stored frame pinning its whole read

@@ -9,8 +9,10 @@ import hashlib
 import pytest
 
 from hil.collector.collector import Collector
-from hil.deploy.kmod import parse_pid_lines as guest_pids
-from hil.deploy.kmod import wait_until
+from hil.deploy import kmod as kmods
+from hil.deploy import reference
+from hil.deploy.reference import parse_pid_lines as guest_pids
+from hil.waiting import wait_until
 
 pytestmark = pytest.mark.hil_linux
 
@@ -123,9 +125,7 @@ def test_full_buffer_drops_are_counted_and_reported(linux_guest, start_agent, km
 
 
 def test_unload_during_an_exec_storm_with_a_connected_collector(linux_guest, start_agent, collector, kmod):
-    from hil.deploy import kmod as kmods
-
-    kmods.install_storm_tools(linux_guest, "/tmp/hil-t")
+    reference.install_storm_tools(linux_guest, "/tmp/hil-t")
     start_agent(collector.port)
     agent = collector.wait_for_agent(kind="linux-kmod", timeout=60)
     storm_pid = int(

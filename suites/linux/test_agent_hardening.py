@@ -22,16 +22,16 @@ import time
 
 import pytest
 
-from hil.deploy import kmod as kmods
-from hil.deploy.kmod import wait_until
+from hil.deploy import reference
 from hil.protocol import codec
+from hil.waiting import wait_until
 
 pytestmark = pytest.mark.hil_linux
 
 
 def _put_noop(guest, remote: str) -> bytes:
     """The static no-op program (exit(0) at once, no libc) at ``remote``; returns its bytes."""
-    data = kmods.build_noop_tool().read_bytes()
+    data = reference.build_noop_tool().read_bytes()
     guest.write_file(remote, data)
     guest.run(f"chmod 755 {remote}").check()
     return data

@@ -2,11 +2,11 @@
 (hil_agent.ko) of that guest reports to it.
 
 Any process of a guest reaches the collector at 10.0.2.2 (QEMU user networking), so the
-collector must bound what a peer can make it hold (PROTOCOL.md section 5) and, given a token,
-refuse peers that are not agents. ``hostile_agent.py`` runs in the guest as user ``nobody``
-and tries each attack; the collector runs in this process, so its memory is this process's
-(peak RSS, reset before the attacks), and it must stay under :data:`RSS_BOUND` while the
-honest agent loses no record.
+collector must bound what a peer can make it hold (drivers/protocol/PROTOCOL.md section 5)
+and, given a token, refuse peers that are not agents. ``hostile_agent.py`` runs in the guest as
+user ``nobody`` and tries each attack; the collector runs in this process, so its memory is
+this process's (peak RSS, reset before the attacks), and it must stay under
+:data:`RSS_BOUND` while the honest agent loses no record.
 """
 
 from __future__ import annotations
@@ -19,7 +19,7 @@ from pathlib import Path
 import pytest
 
 from hil.collector import RecordsEvicted
-from hil.deploy.kmod import parse_pid_lines
+from hil.deploy.reference import parse_pid_lines
 
 pytestmark = pytest.mark.hil_linux
 

@@ -11,8 +11,10 @@ import threading
 import pytest
 
 from hil.deploy import kmod as kmods
-from hil.deploy.kmod import KSERVER_SERVE_DIR as SERVE_DIR
-from hil.deploy.kmod import wait_until
+from hil.errors import HilError
+from hil.waiting import wait_until
+
+from ..kserver_client import SERVE_DIR, KServerClient
 
 pytestmark = pytest.mark.hil_linux
 
@@ -168,7 +170,7 @@ def test_fifty_concurrent_clients(linux_guest, start_kserver, tmp_path):
     ks = start_kserver(max_per_addr=n)  # every client arrives from 10.0.2.2
     # Connect one after the other (QEMU's host-side forward listens with a backlog of 1, so 50
     # simultaneous SYNs would mostly measure SYN retransmits), then all 50 work at once.
-    clients: list[kmods.KServerClient] = []
+    clients: list[KServerClient] = []
     errors: list[str] = []
     try:
         for i in range(n):
@@ -178,7 +180,7 @@ def test_fifty_concurrent_clients(linux_guest, start_kserver, tmp_path):
         assert ks.stats()["active"] == n, "all 50 clients are connected and served at the same time"
         go = threading.Barrier(n, timeout=120)
 
-        def work(i: int, c: kmods.KServerClient) -> None:
+        def work(i: int, c: KServerClient) -> None:
             try:
                 go.wait()
                 for _ in range(3):
@@ -239,7 +241,7 @@ def test_unload_under_load_neither_hangs_nor_oopses(linux_guest, start_kserver, 
                         outcomes.append("eof")
                         return
                     assert status == "OK" and len(body) == blob_size
-        except (OSError, kmods.HilError) as exc:
+        except (OSError, HilError) as exc:
             outcomes.append(f"closed: {type(exc).__name__}")  # cut mid-body or reset: expected
         except threading.BrokenBarrierError:
             outcomes.append("barrier")

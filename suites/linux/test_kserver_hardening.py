@@ -12,9 +12,10 @@ from pathlib import Path
 import pytest
 
 from hil.deploy import kmod as kmods
-from hil.deploy.kmod import KSERVER_SERVE_DIR as SERVE_DIR
-from hil.deploy.kmod import wait_until
 from hil.errors import HilError
+from hil.waiting import wait_until
+
+from ..kserver_client import SERVE_DIR, KServerClient
 
 pytestmark = pytest.mark.hil_linux
 
@@ -95,7 +96,7 @@ def test_bad_new_parameters_refuse_to_load(linux_guest, kmod, kserver_ko, params
 # ---- a deadline per request line ----------------------------------------------------------
 
 
-def _drip(c: kmods.KServerClient, first: bytes, limit: float) -> tuple[tuple[str, bytes], float]:
+def _drip(c: KServerClient, first: bytes, limit: float) -> tuple[tuple[str, bytes], float]:
     """Send ``first``, then one more byte every second (never a newline) until the server
     answers; returns its answer and the seconds from the first byte to the answer."""
     t0 = time.monotonic()

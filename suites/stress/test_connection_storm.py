@@ -8,8 +8,8 @@ import time
 
 import pytest
 
-from hil.deploy import kmod as kmods
 from hil.stats import percentile
+from hil.waiting import wait_until
 
 pytestmark = pytest.mark.hil_linux
 
@@ -64,7 +64,7 @@ def test_connection_storm_is_fully_served(
     elapsed = time.perf_counter() - t0
 
     assert not errors, f"{len(errors)} failed connections:\n" + "\n".join(errors[:10])
-    kmods.wait_until(lambda: ks.stats()["active"] == 0, timeout=60, what="every client work item to end")
+    wait_until(lambda: ks.stats()["active"] == 0, timeout=60, what="every client work item to end")
     st = ks.stats()
     assert st["accepted"] == m and st["requests"] == m and st["busy"] == 0
     figures(

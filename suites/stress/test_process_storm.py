@@ -8,7 +8,7 @@ import re
 
 import pytest
 
-from hil.deploy import kmod as kmods
+from hil.deploy import reference
 from hil.stats import percentile
 
 pytestmark = pytest.mark.hil_linux
@@ -19,7 +19,7 @@ TARGET = "/tmp/hil-storm-target"
 def test_process_storm_reports_every_exec_exactly_once(linux_guest, start_agent, collector, kmod, storm_execs, figures):
     n = storm_execs
     # the target is a static, libc-free no-op: each exec costs the kernel's exec path, not ld.so
-    kmods.install_storm_tools(linux_guest, TARGET)
+    reference.install_storm_tools(linux_guest, TARGET)
     data = linux_guest.read_file(TARGET)
     size, sha = len(data), hashlib.sha256(data).hexdigest()
 
@@ -28,7 +28,7 @@ def test_process_storm_reports_every_exec_exactly_once(linux_guest, start_agent,
     linux_guest.run("echo reset > /proc/hil_agent_latency_us").check()
 
     res = linux_guest.run(f"/tmp/hil_storm {n} {TARGET}", timeout=max(600.0, n * 0.25)).check()
-    pids = [pid for _, pid in kmods.parse_pid_lines(res.stdout.decode())]
+    pids = [pid for _, pid in reference.parse_pid_lines(res.stdout.decode())]
     assert len(pids) == n
     m = re.search(r"seconds=([\d.]+) rate=([\d.]+)", res.stderr.decode())
     storm_seconds, exec_rate = float(m.group(1)), float(m.group(2))

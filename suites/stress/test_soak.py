@@ -9,7 +9,9 @@ import time
 
 import pytest
 
-from hil.deploy import kmod as kmods
+from hil.deploy import reference
+
+from ..kserver_client import SERVE_DIR
 
 pytestmark = [pytest.mark.hil_linux, pytest.mark.soak]
 
@@ -23,20 +25,18 @@ def test_agent_and_kserver_lose_nothing_over_the_soak(
 ):
     if soak_seconds == 0:
         pytest.skip("soak_s is 0 for this run (HIL_SOAK_S or the profile): no soak asked for")
-    kmods.install_storm_tools(linux_guest, TARGET)
+    reference.install_storm_tools(linux_guest, TARGET)
     start_agent(collector.port)
     agent = collector.wait_for_agent(kind="linux-kmod", timeout=60)
-    linux_guest.run(
-        f"mkdir -p {kmods.KSERVER_SERVE_DIR} && head -c 65536 /dev/urandom > {kmods.KSERVER_SERVE_DIR}/soak.bin"
-    ).check()
-    blob = linux_guest.read_file(f"{kmods.KSERVER_SERVE_DIR}/soak.bin")
+    linux_guest.run(f"mkdir -p {SERVE_DIR} && head -c 65536 /dev/urandom > {SERVE_DIR}/soak.bin").check()
+    blob = linux_guest.read_file(f"{SERVE_DIR}/soak.bin")
     ks = start_kserver()
 
     rounds, pids, answered, wrong = 0, [], 0, []
     deadline = time.monotonic() + soak_seconds
     while rounds == 0 or time.monotonic() < deadline:
         res = linux_guest.run(f"/tmp/hil_storm {BURST} {TARGET} 400", timeout=300).check()
-        burst = [pid for _, pid in kmods.parse_pid_lines(res.stdout.decode())]
+        burst = [pid for _, pid in reference.parse_pid_lines(res.stdout.decode())]
         assert len(burst) == BURST
         pids += burst
         with ks.client() as c:

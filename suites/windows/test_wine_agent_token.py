@@ -1,7 +1,7 @@
 """hilagent's ``Token`` setting under Wine: the agent sends the collector's shared token in
-HELLO (PROTOCOL.md 3.1) from a REG_SZ (as UTF-8) or REG_BINARY (as is) value under its
-Parameters key, a collector that requires the token refuses the agent without it, and a Token
-the protocol cannot carry fails the load instead of being sent wrong.
+HELLO (drivers/protocol/PROTOCOL.md 3.1) from a REG_SZ (as UTF-8) or REG_BINARY (as is) value
+under its Parameters key, a collector that requires the token refuses the agent without it,
+and a Token the protocol cannot carry fails the load instead of being sent wrong.
 """
 
 from __future__ import annotations

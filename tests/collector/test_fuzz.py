@@ -1,11 +1,12 @@
 """Bounded fuzz: 20,000 mutated frames against a live collector (the long run is
-``python -m hil.bench.fuzz_collector``)."""
+``python tests/collector/fuzz_collector.py``)."""
 
 from __future__ import annotations
 
 import logging
 
-from hil.bench.fuzz_collector import fuzz
+from fuzz_collector import fuzz
+
 from hil.collector import Collector
 
 

@@ -8,7 +8,7 @@
  * the start order is the fork order), optionally paced at RATE_PER_S starts per second.
  * stdout: one line per child, "<index> <pid>", in start order.
  * stderr: "execs=<n> failed=<n> seconds=<s> rate=<execs/s>".
- * Built on the host (hil.deploy.kmod.build_storm_tool, dynamically linked: 15 KB to copy; the
+ * Built on the host (hil.deploy.reference.build_storm_tool, dynamically linked: 15 KB to copy; the
  * guest shares the host's Debian release) and copied into the guest. The fast target is
  * hil_noop.c.
  */

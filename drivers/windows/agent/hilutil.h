@@ -1,6 +1,6 @@
 /*
  * hilutil - portable helpers of the Windows agent with no kernel dependency, so the host
- * test suite can compile and check them with the host compiler (tests/windows).
+ * test suite can compile and check them with the host compiler (tests/drivers).
  *   - SHA-256 (FIPS 180-4): ksecdd's BCrypt is a stub under Wine, and a driver-owned
  *     implementation behaves the same everywhere.
  *   - UTF-16LE -> UTF-8 with truncation at a character boundary (protocol paths are UTF-8).

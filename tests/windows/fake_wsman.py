@@ -241,6 +241,11 @@ _READ = re.compile(
 )
 
 
+# WinRMTransport.spawn: cmd.exe /v:on /c "<command> & echo !errorlevel!> "<rc file>""
+_SPAWN = re.compile(r"""^\$a='/v:on /c "'\+'(?P<cmd>(?:[^']|'')*)'\+' & echo !errorlevel!> "(?P<rc>[^"]+)""';""")
+_SPAWN_RC = re.compile(r"^\$p='(?P<rc>(?:[^']|'')*)';if\(Test-Path")
+
+
 @dataclass
 class FakeWindowsHost:
     """Handler emulating the commands kernel-hil sends (see module docstring).
@@ -256,6 +261,8 @@ class FakeWindowsHost:
     verifier_drivers: set[str] = field(default_factory=set)
     ps_scripts: list[str] = field(default_factory=list)
     cmd_lines: list[str] = field(default_factory=list)
+    registry: dict[str, dict[str, str]] = field(default_factory=dict)
+    spawned: list[str] = field(default_factory=list)
 
     def __call__(self, command: str, args: list[str]) -> tuple[bytes, bytes, int]:
         if command.lower().startswith("powershell") and "-EncodedCommand" in args:
@@ -296,6 +303,16 @@ class FakeWindowsHost:
             return base64.b64encode(data[off : off + count]) + b"\r\n", b"", 0
         if script.startswith("New-Item -ItemType Directory"):
             return b"", b"", 0
+        if m := _SPAWN.match(script):
+            # the background command runs to completion at once; its exit code lands in the file
+            line = self._unq(m["cmd"])
+            self.spawned.append(line)
+            _, _, code = self.cmd(line)
+            self.files[m["rc"].lower()] = f"{code if code is not None else 259}\r\n".encode()
+            return f"{4000 + len(self.spawned)}\r\n".encode(), b"", 0
+        if m := _SPAWN_RC.match(script):
+            data = self.files.pop(self._unq(m["rc"]).lower(), b"")
+            return data.strip() + b"\r\n" if data else b"", b"", 0
         return b"", b"fake: unsupported PowerShell script", 1
 
     def cmd(self, line: str) -> tuple[bytes, bytes, int | None]:
@@ -303,6 +320,10 @@ class FakeWindowsHost:
         low = [w.lower() for w in words]
         if low[:1] == ["hang"]:
             return b"", b"", None
+        if low[:2] == ["reg", "add"] and "/v" in low and "/d" in low:
+            key = words[2].strip('"')
+            self.registry.setdefault(key, {})[words[low.index("/v") + 1]] = words[low.index("/d") + 1]
+            return b"The operation completed successfully.\r\n", b"", 0
         if low[:1] == ["echo"]:
             return (" ".join(words[1:]) + "\r\n").encode(), b"", 0
         if low[:2] == ["bcdedit", "/enum"]:

@@ -1,6 +1,9 @@
 """Fuzz a live collector with mutated frames; check it survives and loses no valid record.
 
-    python -m hil.bench.fuzz_collector --frames 1000000 [--seed N]
+    python tests/collector/fuzz_collector.py --frames 1000000 [--seed N]
+
+test_fuzz.py runs a bounded fuzz; this is the long run, from a checkout (it is a test of the
+collector, not part of the installed framework).
 
 Each fuzz connection says HELLO as ``fuzz-N`` and sends ``--per-conn`` frames as the answer
 to the REQUEST the collector sends after HELLO: value-mutated RECORDS frames (pid, size,
@@ -350,6 +353,6 @@ if __name__ == "__main__":
     import argparse
     import sys
 
-    parser = argparse.ArgumentParser(prog="python -m hil.bench.fuzz_collector", description=HELP)
+    parser = argparse.ArgumentParser(prog="python tests/collector/fuzz_collector.py", description=HELP)
     add_arguments(parser)
     sys.exit(run(parser.parse_args()))
