@@ -1,10 +1,17 @@
-"""The lab: one process's view of libvirt, its guests, its runtime folder and its snapshot.
+"""The lab: one process's guests of every kind, its libvirt connection, runtime folder and snapshot.
 
 Usable from a script as well as from pytest::
 
     with Lab(load_config()) as lab:
-        guest = lab.linux_guest("demo")
+        guest = lab.linux_guest("demo")               # libvirt + qemu-guest-agent
         print(guest.run("uname -r").text)
+        win = lab.windows_guest(image, user="hil", password=pw)   # libvirt + WinRM (a lab)
+        wine = lab.wine_guest(workdir, tools=tools)   # a Wine prefix (no libvirt needed)
+
+Every guest the lab makes carries this process's owner record, and :meth:`Lab.close` destroys
+them all (the leak sweep removes them when the process dies before it can).  The libvirt
+connection is opened when the first libvirt guest is asked for, so Wine-only runs need no
+libvirt daemon.
 
 Fast reset: the first Linux guest is booted cold, brought to ready, and its memory saved next
 to its (then frozen) overlay.  Every later guest gets a fresh overlay on top of that frozen
@@ -26,14 +33,19 @@ from hil.config import HilConfig
 from hil.deploy.artifacts import check_kernel
 from hil.deploy.kmod import kernel_release
 from hil.errors import EnvironmentProblem, HilError
+from hil.guest.base import Guest
+from hil.guest.libvirt_guest import LibvirtGuest
+from hil.guest.linux import LinuxGuest
+from hil.guest.state import GuestState
+from hil.guest.windows_lab import WINRM_GUEST_PORT, WindowsLabGuest
+from hil.guest.wine import WineGuest
 from hil.images.linux_image import LinuxImage, ensure_linux_image
 from hil.paths import ensure_dir, runtime_dir
 from hil.provision import domain_xml as dx
 from hil.provision.accel import choose_accel
 from hil.provision.daemons import open_connection
-from hil.provision.guest import Guest, GuestState
 from hil.provision.owner import Owner
-from hil.provision.spec import GuestSpec
+from hil.provision.spec import GuestSpec, free_local_port
 from hil.provision.sweep import OWNER_FILE, sweep
 from hil.steps import Progress, step
 
@@ -55,8 +67,8 @@ class Lab:
         self.config = config
         self.owner = owner or Owner.current()
         self.requested_accel = accel or config.accel
-        self.conn = None
-        self.accel: str | None = None
+        self._conn = None
+        self._accel: str | None = None
         self.dir: Path | None = None
         self.guests: list[Guest] = []
         self._counter = itertools.count(1)
@@ -68,17 +80,35 @@ class Lab:
     # --- session ------------------------------------------------------------------------
     def start(self) -> Lab:
         with step("lab-start", worker=self.owner.worker):
-            self.conn = open_connection(self.config.libvirt_uri)
-            swept = sweep(self.conn, runtime_dir())
-            if swept.domains or swept.dirs:
+            swept = sweep(None, runtime_dir())
+            if swept.dirs or swept.prefixes:
                 log.warning(
-                    "removed leftovers of dead sessions: %d domains, %d folders", len(swept.domains), len(swept.dirs)
+                    "removed leftovers of dead sessions: %d folders, %d Wine prefixes",
+                    len(swept.dirs),
+                    len(swept.prefixes),
                 )
-            self.accel = choose_accel(self.requested_accel)
             self.dir = ensure_dir(runtime_dir() / f"{self.owner.session}-{self.owner.worker}")
             (self.dir / OWNER_FILE).write_text(json.dumps(self.owner.as_dict()))
             atexit.register(self.close)
         return self
+
+    @property
+    def conn(self):
+        """The libvirt connection, opened (and dead sessions' domains swept) on first use."""
+        if self._conn is None:
+            with step("libvirt-connect", uri=self.config.libvirt_uri):
+                self._conn = open_connection(self.config.libvirt_uri)
+                swept = sweep(self._conn, runtime_dir(), wine_run_dir=Path("/nonexistent"))
+            if swept.domains:
+                log.warning("removed dead sessions' domains: %s", ", ".join(swept.domains))
+        return self._conn
+
+    @property
+    def accel(self) -> str:
+        """``kvm`` where it really works, else ``tcg`` (resolved once)."""
+        if self._accel is None:
+            self._accel = choose_accel(self.requested_accel)
+        return self._accel
 
     def close(self) -> None:
         """Destroy every guest this lab made and remove its runtime folder (kept guests stay)."""
@@ -98,12 +128,12 @@ class Lab:
                 (self.dir / OWNER_FILE).write_text(json.dumps(owner))
             else:
                 shutil.rmtree(self.dir, ignore_errors=True)
-        if self.conn is not None:
+        if self._conn is not None:
             try:
-                self.conn.close()
+                self._conn.close()
             except Exception:
                 pass
-            self.conn = None
+            self._conn = None
         atexit.unregister(self.close)
 
     def __enter__(self) -> Lab:
@@ -174,9 +204,9 @@ class Lab:
             owner=self.owner.as_dict(),
         )
 
-    def _guest(self, spec: GuestSpec) -> Guest:
+    def _guest(self, spec: GuestSpec) -> LinuxGuest:
         img = self.linux_image()
-        g = Guest(
+        g = LinuxGuest(
             self.conn,
             spec,
             transcript=self.dir / f"{spec.instance}.agent.log",
@@ -186,7 +216,7 @@ class Lab:
         self.guests.append(g)
         return g
 
-    def boot_linux_guest(self) -> Guest:
+    def boot_linux_guest(self) -> LinuxGuest:
         """A cold-booted guest on a fresh overlay of the base image."""
         img = self.linux_image()
         name = self._new_name()
@@ -220,7 +250,7 @@ class Lab:
             self._snapshot = Snapshot(name=g.name, save_file=save_file, disk=g.spec.disk, xml=xml)
         return self._snapshot
 
-    def linux_guest(self, label: str = "") -> Guest:
+    def linux_guest(self, label: str = "") -> LinuxGuest:
         """A clean, ready Linux guest (restored from the snapshot, or cold-booted), watched for
         hangs from now on (not while it boots: a slow boot is not a hang)."""
         g = self._fresh_linux_guest()
@@ -229,11 +259,11 @@ class Lab:
             g.monitor.hang_timeout_s = g.hang_timeout_s
         return g
 
-    def _fresh_linux_guest(self) -> Guest:
+    def _fresh_linux_guest(self) -> LinuxGuest:
         if not self.config.linux.snapshot:
             return self.boot_linux_guest()
         snap = self.snapshot()
-        if any(g.restored and g.state is not GuestState.DESTROYED for g in self.guests):
+        if any(isinstance(g, LinuxGuest) and g.restored and g.state is not GuestState.DESTROYED for g in self.guests):
             # a restored copy carries the snapshot's UUID: a second one at once must boot cold
             return self.boot_linux_guest()
         # libvirt insists that a restored domain keeps its saved name (and UUID): instances
@@ -242,10 +272,57 @@ class Lab:
         disk = self._overlay(snap.disk, instance)
         spec = self._linux_spec(snap.name, disk, instance=instance)
         g = self._guest(spec)
-        g.restored = True
         g.restore(snap.save_file, dx.with_changes(snap.xml, disk=str(disk), console_log=str(spec.console_log)))
         g.wait_ready(30)
         g.sync_clock()
+        return g
+
+    def windows_guest(
+        self,
+        image: Path,
+        *,
+        user: str,
+        password: str,
+        memory_mib: int = 4096,
+        vcpus: int = 2,
+        boot_timeout: float = 900.0,
+        wait: bool = True,
+    ) -> WindowsLabGuest:
+        """A Windows lab guest on a fresh overlay of ``image`` (a prepared qcow2), booted and
+        answering WinRM (``wait=False``: its domain started, WinRM not waited for); watched by
+        the crash monitor like a Linux guest."""
+        image = Path(image)
+        if not image.is_file():
+            raise EnvironmentProblem(
+                f"Windows image {image} does not exist", "build one as described in guests/windows/README.md"
+            )
+        name = self._new_name()
+        spec = GuestSpec(
+            name=name,
+            instance=name,
+            os="windows",
+            disk=self._overlay(image.resolve(), name),
+            console_log=self.dir / f"{name}.console.log",
+            accel=self.accel,
+            memory_mib=memory_mib,
+            vcpus=vcpus,
+            forwards=[(free_local_port(), WINRM_GUEST_PORT)],
+            owner=self.owner.as_dict(),
+        )
+        g = WindowsLabGuest(self.conn, spec, user=user, password=password, boot_timeout=boot_timeout)
+        self.guests.append(g)
+        if wait:
+            g.boot()
+        else:
+            g.start_domain()
+        return g
+
+    def wine_guest(self, workdir: Path, tools: dict[str, Path] | None = None, **kw: str) -> WineGuest:
+        """A fresh Wine prefix (cloned from the cached template) with ``tools`` in ``C:\\hil``,
+        booted; its DbgPrint log goes to ``workdir``.  Needs no libvirt."""
+        g = WineGuest(workdir, self.owner, tools=tools, **kw)
+        self.guests.append(g)
+        g.boot()
         return g
 
     def discard(self, guest: Guest, keep: bool = False) -> None:
@@ -256,10 +333,11 @@ class Lab:
         guest.destroy()
         if guest in self.guests:
             self.guests.remove(guest)
-        guest.spec.disk.unlink(missing_ok=True)
+        if isinstance(guest, LibvirtGuest):
+            guest.spec.disk.unlink(missing_ok=True)
 
 
-def _settle(g: Guest) -> None:
+def _settle(g: LinuxGuest) -> None:
     """Wait for boot-time services to finish so every snapshot is taken in the same state."""
     r = g.run("systemctl is-system-running --wait 2>/dev/null || true", timeout=120)
     log.info("guest %s system state: %s", g.name, r.text.strip())

@@ -35,12 +35,12 @@ import pytest
 from hil.collector.pytest_fixtures import collector  # noqa: F401  (re-exported fixture)
 from hil.deploy.pytest_fixtures import kmod  # noqa: F401  (re-exported fixture)
 from hil.errors import HilError
+from hil.guest.fixture import GUESTS_KEY, REPORTS_KEY, lend_guest
 from hil.windows.pytest_fixtures import windows_guest  # noqa: F401  (re-exported fixture)
 from hil.wine.pytest_fixtures import mingw, win_build, wine_driver, wine_guest  # noqa: F401  (re-exported fixtures)
 
 ARTIFACTS_KEY = pytest.StashKey[Path]()
 SESSION_START_KEY = pytest.StashKey[float]()  # the controller's start: pages show only this run
-REPORTS_KEY = pytest.StashKey[dict]()
 PROFILE_KEY = pytest.StashKey[object]()  # hil.qualify.profiles.Profile
 
 
@@ -245,56 +245,7 @@ def linux_guest(request, hil_lab, hil_artifacts):
         guest = hil_lab.linux_guest(label=request.node.name)
     except HilError as exc:
         pytest.fail(f"kernel-hil: no Linux guest: {exc}", pytrace=False)
-    request.node.stash.setdefault(_GUESTS_KEY, []).append(guest)
-    yield guest
-    if guest.monitor is not None:
-        guest.monitor.quiesce()  # a report still being printed belongs to this test
-    _collect_guest_artifacts(request, guest, hil_artifacts)
-    _collect_crash_evidence(request, guest, hil_artifacts)
-    failed = any(r.failed for r in request.node.stash.get(REPORTS_KEY, {}).values())
-    keep = failed and request.config.getoption("--hil-keep-failed")
-    hil_lab.discard(guest, keep=keep)
-    if keep:
-        tr = request.config.pluginmanager.get_plugin("terminalreporter")
-        msg = (
-            f"\nkept guest {guest.name} for {request.node.nodeid}:\n"
-            f"  console: tail -f {guest.spec.console_log}\n"
-            f"  agent:   virsh -c {hil_lab.config.libvirt_uri} qemu-agent-command {guest.name} "
-            '\'{"execute":"guest-ping"}\'\n'
-            f"  remove:  hil sweep --kept\n"
-        )
-        if tr:
-            tr.write_line(msg)
-
-
-def _collect_guest_artifacts(request, guest, folder: Path) -> None:
-    for kind, src in (("console.log", guest.spec.console_log), ("agent.log", guest.transcript_path)):
-        if src and Path(src).exists():
-            dst = folder / f"{guest.spec.instance}.{kind}"
-            shutil.copyfile(src, dst)
-            request.node.user_properties.append((f"hil_{kind.replace('.', '_')}", str(dst)))
-
-
-def _collect_crash_evidence(request, guest, folder: Path) -> None:
-    """``crash.txt`` (every crash, expected ones too) and ``hil_crash_*`` JUnit properties."""
-    crashes = guest.crashes
-    if not crashes:
-        return
-    path = folder / f"{guest.spec.instance}.crash.txt"
-    console = guest.console_text()
-    path.write_text("\n\n".join(c.describe(console) for c in crashes))
-    first = crashes[0].report
-    props = request.node.user_properties
-    props += [
-        ("hil_crash_title", first.title),
-        ("hil_crash_kind", first.kind),
-        ("hil_crash_function", first.function),
-        ("hil_crash_expected", str(crashes[0].expected)),
-        ("hil_crash_txt", str(path)),
-    ]
-
-
-_GUESTS_KEY = pytest.StashKey[list]()
+    yield from lend_guest(request, hil_lab, guest, hil_artifacts)
 
 
 @pytest.hookimpl(wrapper=True)
@@ -309,7 +260,7 @@ def pytest_runtest_call(item):
 
 
 def _guest_of(item):
-    guests = item.stash.get(_GUESTS_KEY, [])
+    guests = item.stash.get(GUESTS_KEY, [])
     return guests[0] if guests else None
 
 
@@ -336,7 +287,7 @@ def _unexpected_crashes(item) -> list:
     """Crashes on this test's guests nobody expected and no phase has reported yet."""
     reported = item.stash.setdefault(_REPORTED_KEY, set())
     out = []
-    for g in item.stash.get(_GUESTS_KEY, []):
+    for g in item.stash.get(GUESTS_KEY, []):
         if g.monitor is not None and g.is_running():
             g.monitor.quiesce()  # waits only while a report is half printed
         for c in g.unexpected_crashes():
@@ -366,7 +317,7 @@ def _fail_for_crashes(report, crashes) -> None:
 @pytest.hookimpl(wrapper=True)
 def pytest_runtest_makereport(item, call):
     report = yield
-    if report.when in ("setup", "call") or (report.when == "teardown" and item.stash.get(_GUESTS_KEY, None)):
+    if report.when in ("setup", "call") or (report.when == "teardown" and item.stash.get(GUESTS_KEY, None)):
         crashes = _unexpected_crashes(item)
         if crashes and not report.skipped:
             _fail_for_crashes(report, crashes)
@@ -378,7 +329,7 @@ def pytest_runtest_makereport(item, call):
 
 def _attach(item, report) -> None:
     """Put each guest's console (tail in the terminal, whole in pytest-html) into the report."""
-    guests = item.stash.get(_GUESTS_KEY, [])
+    guests = item.stash.get(GUESTS_KEY, [])
     if not guests:
         return
     failed = any(r.failed for r in item.stash.get(REPORTS_KEY, {}).values())

@@ -9,18 +9,26 @@ it writes the stop code and its four parameters to the Hyper-V crash MSRs; QEMU 
 
 ``arg1`` is the bug-check code, ``arg2``..``arg5`` its parameters.  :func:`parse_panic_line`
 turns that line into a :class:`~hil.crash.report.Report` titled
-``0x0000003B SYSTEM_SERVICE_EXCEPTION`` (kind ``BSOD``).  Names follow Microsoft's *Bug check
-code reference*.
+``0x0000003B SYSTEM_SERVICE_EXCEPTION`` (kind :attr:`~hil.crash.kinds.CrashKind.BSOD`).  Names
+follow Microsoft's *Bug check code reference*.
+
+Windows also names a bug check on its serial port when Emergency Management Services are on
+(``bcdedit /ems on``): an XML block with ``<PROPERTY NAME="STOPCODE" ...><VALUE>"0xD1"</VALUE>``,
+and on older versions a ``*** STOP: 0x000000D1 (0x..,0x..,0x..,0x..)`` line.
+:class:`ConsoleWatcher` finds those in a console stream (the crash monitor's Windows detector
+feeds it the guest's serial log), :func:`parse_console_line` in one line.
 """
 
 from __future__ import annotations
 
+import codecs
 import re
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 
+from hil.crash.kinds import CrashKind
 from hil.crash.report import Report
 
-KIND = "BSOD"
+KIND = CrashKind.BSOD
 
 BUGCHECKS: dict[int, str] = {
     0x01: "APC_INDEX_MISMATCH",
@@ -418,8 +426,94 @@ def parse_domain_log(text: str) -> Report | None:
     return None
 
 
+def _info_arg(info: Mapping[str, object], key: str) -> int | str:
+    value = info.get(key, 0)
+    return value if isinstance(value, int | str) else str(value)
+
+
 def from_panic_info(info: Mapping[str, object]) -> Report | None:
     """From QEMU's ``GUEST_PANICKED`` event info (``{"type": "hyper-v", "arg1": 59, ...}``)."""
     if str(info.get("type", "")).lower() != "hyper-v" or "arg1" not in info:
         return None
-    return report(info["arg1"], tuple(info.get(f"arg{n}", 0) for n in (2, 3, 4, 5)))  # type: ignore[arg-type]
+    return report(_info_arg(info, "arg1"), tuple(_info_arg(info, f"arg{n}") for n in (2, 3, 4, 5)))
+
+
+# --- the serial console (Emergency Management Services) ---------------------------------
+_STOP_RE = re.compile(
+    r"\*\*\* STOP: (?P<code>0[xX][0-9a-fA-F]+)(?:\s*\((?P<params>[^)]*)\))?",
+)
+_EMS_RE = re.compile(
+    r'<PROPERTY\s+NAME="STOPCODE"[^>]*>\s*<VALUE>\s*"?(?P<code>0[xX][0-9a-fA-F]+)"?\s*</VALUE>', re.IGNORECASE
+)
+
+
+def parse_console_line(line: str) -> Report | None:
+    """A bug check named on a Windows serial console line (EMS ``STOPCODE`` property or a
+    ``*** STOP:`` line), or None."""
+    m = _STOP_RE.search(line)
+    if m is not None:
+        params = tuple(p.strip() for p in (m.group("params") or "").split(",") if p.strip())
+        try:
+            return report(m.group("code"), params, text=line.strip())
+        except ValueError:  # a parameter that is not a number: keep the code
+            return report(m.group("code"), (), text=line.strip())
+    m = _EMS_RE.search(line)
+    if m is not None:
+        return report(m.group("code"), (), text=line.strip())
+    return None
+
+
+class ConsoleWatcher:
+    """The Windows counterpart of :class:`hil.crash.stream.ConsoleWatcher`: feed serial console
+    chunks, get a BSOD :class:`Report` per bug check named on it (the same stop code printed
+    twice, as EMS's XML and its text, is one report).  Offsets count characters since the first
+    :meth:`feed`."""
+
+    def __init__(self, on_report: Callable[[Report], None] | None = None) -> None:
+        self.on_report = on_report
+        self.reports: list[Report] = []
+        self._tail = ""
+        self._offset = 0
+        self._decoder = codecs.getincrementaldecoder("utf-8")("replace")
+
+    @property
+    def first(self) -> Report | None:
+        return self.reports[0] if self.reports else None
+
+    @property
+    def busy(self) -> bool:
+        """Never: a bug check is named by one line."""
+        return False
+
+    def feed(self, chunk: str | bytes) -> Report | None:
+        if isinstance(chunk, bytes):
+            chunk = self._decoder.decode(chunk)
+        data = self._tail + chunk
+        pos = 0
+        while True:
+            nl = data.find("\n", pos)
+            if nl < 0:
+                break
+            self._line(self._offset + pos, self._offset + nl + 1, data[pos:nl])
+            pos = nl + 1
+        self._tail = data[pos:]
+        self._offset += pos
+        return self.first
+
+    def flush(self) -> Report | None:
+        self._tail += self._decoder.decode(b"", final=True)
+        if self._tail:
+            tail, self._tail = self._tail, ""
+            start = self._offset
+            self._offset += len(tail)
+            self._line(start, self._offset, tail)
+        return self.first
+
+    def _line(self, start: int, end: int, line: str) -> None:
+        rep = parse_console_line(line)
+        if rep is None or any(r.title == rep.title for r in self.reports):
+            return
+        rep = Report(title=rep.title, kind=rep.kind, start=start, end=end, text=rep.text, parameters=rep.parameters)
+        self.reports.append(rep)
+        if self.on_report is not None:
+            self.on_report(rep)

@@ -27,6 +27,7 @@ import logging
 import threading
 import time
 from dataclasses import dataclass
+from typing import Any, Protocol
 
 log = logging.getLogger("hil.crash.events")
 
@@ -110,34 +111,43 @@ def classify(event: int, detail: int) -> str | None:
     return None
 
 
+class Watcher(Protocol):
+    """What :class:`EventDispatcher` hands signals to (the crash monitor of one guest)."""
+
+    @property
+    def name(self) -> str: ...
+
+    def on_signal(self, sig: Signal) -> None: ...
+
+
 class EventDispatcher:
     """Routes one connection's crash events to the watched guest of each domain name.
 
-    A watched object needs ``name`` and ``on_signal(signal)``; ``on_signal`` runs on the
-    event-loop thread and must not block (the crash monitor just records it).
+    A watched object needs ``name`` and ``on_signal(signal)`` (:class:`Watcher`); ``on_signal``
+    runs on the event-loop thread and must not block (the crash monitor just records it).
     """
 
-    def __init__(self, conn):
+    def __init__(self, conn: Any) -> None:
         self.conn = conn
         self._lock = threading.Lock()
-        self._watchers: dict[str, object] = {}
+        self._watchers: dict[str, Watcher] = {}
         self._callbacks: list[int] = []
         self.received: list[Signal] = []  # every crash signal seen, for tests and benches
 
-    def watch(self, watcher) -> None:
+    def watch(self, watcher: Watcher) -> None:
         with self._lock:
             self._watchers[watcher.name] = watcher
             if not self._callbacks:
                 self._register()
 
-    def unwatch(self, watcher) -> None:
+    def unwatch(self, watcher: Watcher) -> None:
         with self._lock:
             if self._watchers.get(watcher.name) is watcher:
                 del self._watchers[watcher.name]
             if not self._watchers:
                 self._deregister()
 
-    def watcher(self, name: str):
+    def watcher(self, name: str) -> Watcher | None:
         with self._lock:
             return self._watchers.get(name)
 
@@ -175,12 +185,12 @@ class EventDispatcher:
             self._deregister()
 
     # --- callbacks (event-loop thread) ------------------------------------------------
-    def _lifecycle(self, conn, dom, event, detail, opaque) -> None:
+    def _lifecycle(self, conn: Any, dom: Any, event: int, detail: int, opaque: object) -> None:
         what = classify(event, detail)
         if what is not None:
             self._dispatch(Signal(what, dom.name(), time.monotonic()))
 
-    def _reboot(self, conn, dom, opaque) -> None:
+    def _reboot(self, conn: Any, dom: Any, opaque: object) -> None:
         self._dispatch(Signal("reboot", dom.name(), time.monotonic()))
 
     def _dispatch(self, sig: Signal) -> None:
@@ -200,7 +210,7 @@ _dispatchers: dict[int, EventDispatcher] = {}
 _dispatchers_lock = threading.Lock()
 
 
-def dispatcher_for(conn) -> EventDispatcher:
+def dispatcher_for(conn: Any) -> EventDispatcher:
     """The dispatcher of ``conn`` (made on first use)."""
     with _dispatchers_lock:
         d = _dispatchers.get(id(conn))

@@ -2,6 +2,11 @@
 
 The rows live in :mod:`hil.crash.linux_table`; this module only interprets them.  Collecting
 the lines of a report from a console stream is :mod:`hil.crash.stream`'s job.
+
+Frame parsing is public so that everything reading a Linux stack uses one parser:
+:func:`frame_of` (one line), :func:`rip_function` (the faulting instruction's function) and
+:func:`interrupted_function` (what an NMI caught a CPU doing: the crash monitor names a hang
+after it).
 """
 
 from __future__ import annotations
@@ -11,7 +16,8 @@ from dataclasses import dataclass
 from functools import cache
 
 from hil.crash import linux_table as table
-from hil.crash.normalize import function_name, normalize_text
+from hil.crash.kinds import CrashKind
+from hil.crash.normalize import function_name, normalize_text, split_prefix
 
 _LEADS = re.compile(table.HEADER_LEADS)
 _MIDLINE_TS = re.compile(r"\[ *\d+\.\d+\](?:\[ *[CT]\d+\])? ")
@@ -48,14 +54,14 @@ class Description:
     """What :func:`describe` found: the title and where it came from."""
 
     title: str
-    kind: str
+    kind: CrashKind
     function: str
     corrupted: bool
     fmt: table.Format
 
 
 @cache
-def _re(pattern: str) -> re.Pattern:
+def _re(pattern: str) -> re.Pattern[str]:
     return re.compile(pattern)
 
 
@@ -70,7 +76,8 @@ def _skipped(func: str, extra: tuple[str, ...]) -> bool:
 def match_header(message: str) -> tuple[table.Oops, str] | None:
     """The crash header that starts ``message`` (after a console prefix), and the message
     from the header on; also tries headers glued after another line's timestamp."""
-    starts = [_LEADS.match(message).end()]
+    lead = _LEADS.match(message)
+    starts = [lead.end() if lead else 0]
     starts += [m.end() for m in _MIDLINE_TS.finditer(message)]
     for start in starts:
         text = message[start:]
@@ -162,14 +169,51 @@ def _after(lines: list[str], trigger: str, span: int | None = None) -> list[str]
 
 
 def _rip(lines: list[str]) -> list[str]:
+    func = rip_function(lines)
+    return [func] if func else []
+
+
+def rip_function(lines: list[str]) -> str | None:
+    """The function of the first faulting-instruction line (``RIP: 0010:f+0x1/0x2``,
+    ``pc : f+...``, ``PC is at f``) in prefix-free ``lines``, as printed (offset stripped)."""
     for line in lines:
         m = _RIP.search(line)
         if m:
-            return [m.group("func")]
-    return []
+            return m.group("func")
+    return None
 
 
-def _source(source: str, fmt: table.Format, groups: dict, lines: list[str]) -> list[str]:
+_INTERRUPTED_GENERIC = re.compile("|".join(table.INTERRUPTED_GENERIC))
+_TRACE_CLOSE = ("</TASK>", "</IRQ>")
+
+
+def interrupted_function(text: str) -> str:
+    """The function an NMI caught the CPU in, from console ``text`` (prefixes allowed): the
+    faulting-instruction line's function, then the interrupted context's frames (after
+    ``</NMI>``, up to ``</TASK>``/``</IRQ>``), skipping what a spinning CPU merely sits in
+    (:data:`~hil.crash.linux_table.INTERRUPTED_GENERIC`: clock reads, delays, idle loops);
+    the first candidate when all are generic, ``""`` when there is none."""
+    lines = [split_prefix(line)[1] for line in text.splitlines()]
+    candidates: list[str] = []
+    rip = rip_function(lines)
+    if rip:
+        candidates.append(rip)
+    ends = [i for i, line in enumerate(lines) if line.strip() == "</NMI>"]
+    if ends:
+        for line in lines[ends[0] + 1 :]:
+            if line.strip() in _TRACE_CLOSE:
+                break
+            func = frame_of(line)
+            if func:
+                candidates.append(func)
+    names = [function_name(c) for c in candidates]
+    for name in names:
+        if not _INTERRUPTED_GENERIC.match(name):
+            return name
+    return names[0] if names else ""
+
+
+def _source(source: str, fmt: table.Format, groups: dict[str, str], lines: list[str]) -> list[str]:
     if source in ("header", "report"):
         return [groups["func"]] if groups.get("func") else []
     if source == "rip":
@@ -183,7 +227,7 @@ def _source(source: str, fmt: table.Format, groups: dict, lines: list[str]) -> l
     raise ValueError(f"unknown guilty-function source {source!r}")
 
 
-def _candidates(fmt: table.Format, groups: dict, lines: list[str]) -> list[str]:
+def _candidates(fmt: table.Format, groups: dict[str, str], lines: list[str]) -> list[str]:
     frames: list[str] = []
     sources = fmt.guilty or (("header",) if groups.get("func") else ())
     for source in sources:
@@ -236,7 +280,7 @@ def _hang(frames: list[str]) -> str:
     return first
 
 
-def guilty_function(fmt: table.Format, groups: dict, lines: list[str]) -> str:
+def guilty_function(fmt: table.Format, groups: dict[str, str], lines: list[str]) -> str:
     """The guilty function of a report matched by ``fmt``, or ``""`` if none is found."""
     frames = [f for f in _candidates(fmt, groups, lines) if f and not _skipped(f, fmt.skip)]
     if fmt.extractor == "stall":

@@ -24,6 +24,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+from hil.crash.kinds import CrashKind
+
 FUNC = r"(?P<func>(?![0-9a-f]+\b)[A-Za-z_][\w.]*)"
 # Title templates use str.format: {func} is the guilty function, other names are regex groups.
 
@@ -33,7 +35,7 @@ class Format:
     """One way a header's report is named.
 
     ``title``: regex matched at the header; ``fmt``: the title template; ``kind``: the class
-    (``KASAN``, ``WARNING``, ``LOCKUP``...); ``report``: regex that must also match somewhere in the
+    (:class:`~hil.crash.kinds.CrashKind`); ``report``: regex that must also match somewhere in the
     report (its groups feed ``fmt`` too); ``guilty``/``skip``/``extractor``: how the guilty function
     is found (module docstring); ``no_stack``: the report carries no stack, do not call it
     corrupted for lacking one; ``corrupted``: the row only names truncated reports;
@@ -43,7 +45,7 @@ class Format:
 
     title: str
     fmt: str
-    kind: str
+    kind: CrashKind
     report: str | None = None
     guilty: tuple[str | tuple[str, ...], ...] = ()
     skip: tuple[str, ...] = ()
@@ -435,6 +437,30 @@ STALL_STRIP_PREFIXES: tuple[str, ...] = (
     "SyS_",
 )
 
+# Where an NMI catches a busy CPU without it being the culprit: clock reads, delays, idle
+# loops.  Full-match regexes on the function name (see linux.interrupted_function).
+INTERRUPTED_GENERIC: tuple[str, ...] = (
+    r"read_hpet$",
+    r"read_tsc$",
+    r"ktime_get\w*$",
+    r"native_sched_clock$",
+    r"sched_clock\w*$",
+    r"delay_tsc$",
+    r"__delay$",
+    r"__const_udelay$",
+    r"udelay$",
+    r"cpu_relax$",
+    r"rep_nop$",
+    r"native_safe_halt$",
+    r"default_idle\w*$",
+    r"acpi_idle\w*$",
+    r"mwait_idle\w*$",
+    r"cpu_idle_poll$",
+    r"do_idle$",
+    r"cpuidle_enter\w*$",
+    r"arch_cpu_idle\w*$",
+)
+
 # Blocked tasks: these callees mean "the whole system is stuck on X", grouped under one name.
 HANG_ANCHORS: tuple[tuple[str, str], ...] = (
     ("rtnl_lock", "rtnl_lock"),
@@ -488,35 +514,35 @@ OOPSES: tuple[Oops, ...] = (
             Format(
                 r"BUG: KASAN: (?:double-free or invalid-free|double-free|invalid-free) in " + FUNC,
                 "KASAN: invalid-free in {func}",
-                "KASAN",
+                CrashKind.KASAN,
                 guilty=HEADER_TRACE,
                 skip=("kmem_", "slab_", "kfree", "vunmap", "vfree"),
             ),
             Format(
                 r"BUG: KASAN: (?P<bug>[a-z\-]+) in " + FUNC,
                 "KASAN: {bug} {access} in {func}",
-                "KASAN",
+                CrashKind.KASAN,
                 report=r"(?P<access>Read|Write) (?:of size|at addr)",
                 guilty=HEADER_TRACE,
             ),
             Format(
                 r"BUG: KASAN: (?P<bug>[a-z\-]+) on address",
                 "KASAN: {bug} {access}",
-                "KASAN",
+                CrashKind.KASAN,
                 report=r"(?P<access>Read|Write) of size",
             ),
             Format(
                 r"BUG: KASAN: (?P<bug>[a-z\-]+) in " + FUNC,
                 "KASAN: {bug} in {func}",
-                "KASAN",
+                CrashKind.KASAN,
                 guilty=HEADER_TRACE,
                 corrupted=True,
             ),
-            Format(r"BUG: KASAN: (?P<bug>.*)", "KASAN: {bug}", "KASAN", corrupted=True),
+            Format(r"BUG: KASAN: (?P<bug>.*)", "KASAN: {bug}", CrashKind.KASAN, corrupted=True),
             Format(
                 r"BUG: KMSAN: kernel-usb-infoleak",
                 "KMSAN: kernel-usb-infoleak in {func}",
-                "KMSAN",
+                CrashKind.KMSAN,
                 guilty=("trace",),
                 implicit_stack=True,
                 skip=("usb_submit_urb", "usb_start_wait_urb", "usb_bulk_msg", "usb_interrupt_msg", "usb_control_msg"),
@@ -524,7 +550,7 @@ OOPSES: tuple[Oops, ...] = (
             Format(
                 r"BUG: KMSAN: (?P<bug>[a-z\-]+)",
                 "KMSAN: {bug} in {func}",
-                "KMSAN",
+                CrashKind.KMSAN,
                 guilty=("trace",),
                 implicit_stack=True,
                 skip=("copy_to_user", "copyout", "_copy_to_iter", "copy_to_iter", "iterate_"),
@@ -532,118 +558,120 @@ OOPSES: tuple[Oops, ...] = (
             Format(
                 r"BUG: KFENCE: (?P<bug>[a-z\- ]+?) in " + FUNC,
                 "KFENCE: {bug} in {func}",
-                "KFENCE",
+                CrashKind.KFENCE,
                 guilty=("header", "trace"),
                 implicit_stack=True,
             ),
             Format(
                 r"BUG: KCSAN: (?P<bug>[a-z\-: ]+?) in " + FUNC,
                 "KCSAN: {bug} in {func}",
-                "KCSAN",
+                CrashKind.KCSAN,
                 guilty=("header",),
                 no_stack=True,
             ),
             Format(
                 r"BUG: (?:unable to handle kernel NULL pointer dereference|kernel NULL pointer dereference|Kernel NULL pointer dereference)",
                 "BUG: unable to handle kernel NULL pointer dereference in {func}",
-                "BUG",
+                CrashKind.BUG,
                 guilty=RIP_TRACE,
             ),
             Format(
                 r"BUG: (?:unable to handle kernel paging request|unable to handle page fault for address|Unable to handle kernel data access)",
                 "BUG: unable to handle kernel paging request in {func}",
-                "BUG",
+                CrashKind.BUG,
                 guilty=RIP_TRACE,
             ),
             Format(
                 r"BUG: (?:unable to handle kernel|Unable to handle kernel)",
                 "BUG: unable to handle kernel",
-                "BUG",
+                CrashKind.BUG,
                 corrupted=True,
             ),
             Format(
                 r"BUG: spinlock (?P<what>lockup suspected|already unlocked|recursion|bad magic|wrong owner|wrong CPU)",
                 "BUG: spinlock {what} in {func}",
-                "LOCKDEP",
+                CrashKind.LOCKDEP,
                 guilty=("trace",),
                 skip=("spin_",),
             ),
             Format(
                 r"BUG: rwlock (?P<what>lockup suspected|already unlocked|recursion|bad magic|wrong owner|wrong CPU)",
                 "BUG: rwlock {what} in {func}",
-                "LOCKDEP",
+                CrashKind.LOCKDEP,
                 guilty=("trace",),
                 skip=("rwlock", "_lock$", "_unlock"),
             ),
-            Format(r"BUG: soft lockup", "BUG: soft lockup in {func}", "LOCKUP", guilty=RIP_TRACE, extractor="stall"),
+            Format(
+                r"BUG: soft lockup", "BUG: soft lockup in {func}", CrashKind.LOCKUP, guilty=RIP_TRACE, extractor="stall"
+            ),
             Format(
                 r"BUG: .*still has locks held!",
                 "BUG: still has locks held in {func}",
-                "LOCKDEP",
+                CrashKind.LOCKDEP,
                 guilty=("after:still has locks held",),
             ),
             Format(
                 r"BUG: lock held when returning to user space",
                 "BUG: lock held when returning to user space in {func}",
-                "LOCKDEP",
+                CrashKind.LOCKDEP,
                 guilty=("after:leaving the kernel with locks still held",),
                 no_stack=True,
             ),
             Format(
                 r"BUG: bad unlock balance detected!",
                 "BUG: bad unlock balance in {func}",
-                "LOCKDEP",
+                CrashKind.LOCKDEP,
                 guilty=("after:is trying to release lock",),
             ),
             Format(
                 r"BUG: held lock freed!",
                 "BUG: held lock freed in {func}",
-                "LOCKDEP",
+                CrashKind.LOCKDEP,
                 guilty=("after:with a lock still held there",),
             ),
             Format(
                 r"BUG: (?P<what>Bad rss-counter state|non-zero nr_ptes on freeing mm|non-zero nr_pmds on freeing mm|MAX_STACK_TRACE_ENTRIES too low!|workqueue lockup)",
                 "BUG: {what}",
-                "BUG",
+                CrashKind.BUG,
                 no_stack=True,
             ),
             Format(
                 r"BUG: Dentry .* still in use \(\d+\) \[unmount of (?P<fs>[^\]]+)\]",
                 "BUG: Dentry still in use [unmount of {fs}]",
-                "BUG",
+                CrashKind.BUG,
                 no_stack=True,
             ),
             Format(
                 r"BUG: Bad page (?P<what>state|map)",
                 "BUG: Bad page {what} in {func}",
-                "BUG",
+                CrashKind.BUG,
                 guilty=("trace",),
                 skip=("free_", "page", "folio", "bad_page", "put_", "release_pages", "^__", "_free"),
             ),
             Format(
                 r"BUG: sleeping function called from invalid context",
                 "BUG: sleeping function called from invalid context in {func}",
-                "ATOMIC_SLEEP",
+                CrashKind.ATOMIC_SLEEP,
                 guilty=("trace",),
             ),
             Format(
                 r"BUG: scheduling while atomic",
                 "BUG: scheduling while atomic in {func}",
-                "ATOMIC_SLEEP",
+                CrashKind.ATOMIC_SLEEP,
                 guilty=("trace",),
                 skip=("schedule", "preempt"),
             ),
             Format(
                 r"BUG: using (?P<what>__this_cpu_[a-z_]+\(\)|smp_processor_id\(\)) in preemptible",
                 "BUG: using {what} in preemptible code in {func}",
-                "LOCKDEP",
+                CrashKind.LOCKDEP,
                 guilty=("trace",),
                 skip=("preempt", "this_cpu"),
             ),
             Format(
                 r"BUG: workqueue leaked lock or atomic",
                 "BUG: workqueue leaked lock or atomic in {func}",
-                "LOCKDEP",
+                CrashKind.LOCKDEP,
                 report=r"last function: " + FUNC,
                 guilty=("report",),
                 no_stack=True,
@@ -651,7 +679,7 @@ OOPSES: tuple[Oops, ...] = (
             Format(
                 r"BUG: memory leak",
                 "memory leak in {func}",
-                "LEAK",
+                CrashKind.LEAK,
                 guilty=("trace",),
                 skip=(
                     "kmemleak",
@@ -677,12 +705,14 @@ OOPSES: tuple[Oops, ...] = (
             Format(
                 r"BUG: (?:TASK )?stack guard page was hit at",
                 "BUG: stack guard page was hit in {func}",
-                "BUG",
+                CrashKind.BUG,
                 guilty=RIP_TRACE,
             ),
-            Format(r"BUG: Invalid wait context", "WARNING: locking bug in {func}", "LOCKDEP", guilty=("trace",)),
-            Format(r"BUG: (?P<what>.*[^\s\]])\s*$", "BUG: {what}", "BUG", needs_trace=True),
-            Format(r"BUG:\s*$", "BUG: corrupted", "BUG", corrupted=True),
+            Format(
+                r"BUG: Invalid wait context", "WARNING: locking bug in {func}", CrashKind.LOCKDEP, guilty=("trace",)
+            ),
+            Format(r"BUG: (?P<what>.*[^\s\]])\s*$", "BUG: {what}", CrashKind.BUG, needs_trace=True),
+            Format(r"BUG:\s*$", "BUG: corrupted", CrashKind.BUG, corrupted=True),
         ),
         ignores=(r"BUG: no syscalls can create resource",),
     ),
@@ -692,7 +722,7 @@ OOPSES: tuple[Oops, ...] = (
             Format(
                 r"WARNING: .*lib/debugobjects\.c",
                 "WARNING: ODEBUG bug in {func}",
-                "WARNING",
+                CrashKind.WARNING,
                 guilty=WARN_STACK,
                 skip=(
                     "debug_",
@@ -714,63 +744,63 @@ OOPSES: tuple[Oops, ...] = (
             Format(
                 r"WARNING: .*mm/usercopy\.c.* usercopy_warn",
                 "WARNING: bad usercopy in {func}",
-                "WARNING",
+                CrashKind.WARNING,
                 guilty=WARN_STACK,
                 skip=("usercopy", "__check"),
             ),
             Format(
                 r"WARNING: .*lib/kobject\.c",
                 "WARNING: kobject bug in {func}",
-                "WARNING",
+                CrashKind.WARNING,
                 guilty=WARN_STACK,
                 skip=("kobject_",),
             ),
             Format(
                 r"WARNING: .*fs/proc/generic\.c.* proc_register",
                 "WARNING: proc registration bug in {func}",
-                "WARNING",
+                CrashKind.WARNING,
                 guilty=WARN_STACK,
                 skip=("proc_",),
             ),
             Format(
                 r"WARNING: .*lib/refcount\.c",
                 "WARNING: refcount bug in {func}",
-                "REFCOUNT_WARNING",
+                CrashKind.REFCOUNT_WARNING,
                 guilty=WARN_STACK,
                 skip=("refcount", "kobject_"),
             ),
             Format(
                 r"WARNING: .*kernel/locking/lockdep\.c",
                 "WARNING: locking bug in {func}",
-                "LOCKDEP",
+                CrashKind.LOCKDEP,
                 guilty=WARN_STACK,
                 skip=("lock_sock", "release_sock"),
             ),
             Format(
                 r"WARNING: .*mm/.*\.c.* k?.?malloc",
                 "WARNING: kmalloc bug in {func}",
-                "WARNING",
+                CrashKind.WARNING,
                 guilty=WARN_STACK,
                 skip=("kmalloc", "kcalloc", "kzalloc", "krealloc", "vmalloc", "slab", "kmem"),
             ),
             Format(
                 r"WARNING: .* usb_submit_urb",
                 "WARNING in {func}/usb_submit_urb",
-                "WARNING",
+                CrashKind.WARNING,
                 guilty=WARN_STACK,
                 skip=("usb_submit_urb", "usb_start_wait_urb", "usb_bulk_msg", "usb_interrupt_msg", "usb_control_msg"),
             ),
             Format(
                 r"WARNING: lock held when returning to user space",
                 "WARNING: lock held when returning to user space in {func}",
-                "LOCKDEP",
+                CrashKind.LOCKDEP,
                 guilty=("after:leaving the kernel with locks still held",),
                 no_stack=True,
             ),
             Format(
                 r"WARNING: (?:possible circular locking dependency|possible recursive locking) detected",
                 "possible deadlock in {func}",
-                "LOCKDEP",
+                CrashKind.LOCKDEP,
                 guilty=("after:is trying to acquire lock",),
                 skip=QUEUE_WORK,
                 needs_func=True,
@@ -778,7 +808,7 @@ OOPSES: tuple[Oops, ...] = (
             Format(
                 r"WARNING: possible irq lock inversion dependency detected",
                 "possible deadlock in {func}",
-                "LOCKDEP",
+                CrashKind.LOCKDEP,
                 guilty=("after:just changed the state of lock",),
                 skip=QUEUE_WORK,
                 needs_func=True,
@@ -786,58 +816,60 @@ OOPSES: tuple[Oops, ...] = (
             Format(
                 r"WARNING: (?:SOFT|HARD)IRQ-safe -> (?:SOFT|HARD)IRQ-unsafe lock order detected",
                 "possible deadlock in {func}",
-                "LOCKDEP",
+                CrashKind.LOCKDEP,
                 guilty=(r"after:which became \w+-irq-safe at:",),
             ),
             Format(
                 r"WARNING: inconsistent lock state",
                 "inconsistent lock state in {func}",
-                "LOCKDEP",
+                CrashKind.LOCKDEP,
                 guilty=("line:takes:", "trace"),
                 needs_func=True,
             ),
             Format(
                 r"WARNING: suspicious RCU usage",
                 "WARNING: suspicious RCU usage in {func}",
-                "LOCKDEP",
+                CrashKind.LOCKDEP,
                 guilty=("trace",),
                 skip=("rcu", "kmem", "slab", "kmalloc", "vmalloc", "kcalloc", "kzalloc"),
             ),
-            Format(r"WARNING: suspicious RCU usage", "WARNING: suspicious RCU usage", "WARNING", corrupted=True),
+            Format(
+                r"WARNING: suspicious RCU usage", "WARNING: suspicious RCU usage", CrashKind.WARNING, corrupted=True
+            ),
             Format(
                 r"WARNING: kernel stack regs at .* has bad '(?P<reg>[^']+)' value",
                 "WARNING: kernel stack regs has bad '{reg}' value",
-                "WARNING",
+                CrashKind.WARNING,
                 no_stack=True,
             ),
             Format(
                 r"WARNING: kernel stack frame pointer at .* has bad value",
                 "WARNING: kernel stack frame pointer has bad value",
-                "WARNING",
+                CrashKind.WARNING,
                 no_stack=True,
             ),
             Format(
                 r"WARNING: [Nn]ested lock was not taken",
                 "WARNING: nested lock was not taken in {func}",
-                "LOCKDEP",
+                CrashKind.LOCKDEP,
                 guilty=("trace",),
             ),
             Format(
                 r"WARNING: bad unlock balance detected!",
                 "WARNING: bad unlock balance in {func}",
-                "LOCKDEP",
+                CrashKind.LOCKDEP,
                 guilty=("after:is trying to release lock",),
             ),
             Format(
                 r"WARNING: held lock freed!",
                 "WARNING: held lock freed in {func}",
-                "LOCKDEP",
+                CrashKind.LOCKDEP,
                 guilty=("after:with a lock still held there",),
             ),
             Format(
                 r"WARNING: .*still has locks held!",
                 "WARNING: still has locks held in {func}",
-                "LOCKDEP",
+                CrashKind.LOCKDEP,
                 guilty=("after:still has locks held",),
             ),
             # Kernels before 6.16: "WARNING: CPU: 0 PID: 1 at fs/x.c:12 f+0x1/0x2"; after:
@@ -846,24 +878,24 @@ OOPSES: tuple[Oops, ...] = (
             Format(
                 r"WARNING: (?:CPU: \d+ PID: \d+ at )?(?:\[.*\] )?\S+:\d+ (?:at )?" + FUNC + r"\+0x",
                 "WARNING in {func}",
-                "WARNING",
+                CrashKind.WARNING,
                 guilty=("header",) + WARN_STACK,
             ),
             Format(
                 r"WARNING: (?:CPU: \d+ PID: \d+ at )?(?:\[.*\] )?\S+:\d+ ",
                 "WARNING in {func}",
-                "WARNING",
+                CrashKind.WARNING,
                 guilty=WARN_STACK,
             ),
             Format(
                 r"WARNING: (?P<what>possible circular locking dependency detected|possible recursive locking detected|"
                 r"inconsistent lock state|possible irq lock inversion dependency detected)",
                 "WARNING: {what}",
-                "WARNING",
+                CrashKind.WARNING,
                 corrupted=True,
             ),
-            Format(r"WARNING: (?P<what>.*\S)", "WARNING: {what}", "WARNING", needs_trace=True),
-            Format(r"WARNING:\s*$", "WARNING: corrupted", "WARNING", corrupted=True),
+            Format(r"WARNING: (?P<what>.*\S)", "WARNING: {what}", CrashKind.WARNING, needs_trace=True),
+            Format(r"WARNING:\s*$", "WARNING: corrupted", CrashKind.WARNING, corrupted=True),
         ),
         ignores=(
             r"WARNING: /etc/ssh/moduli does not exist",
@@ -876,7 +908,7 @@ OOPSES: tuple[Oops, ...] = (
             Format(
                 r"INFO: (?:possible circular locking dependency|possible recursive locking) detected",
                 "possible deadlock in {func}",
-                "LOCKDEP",
+                CrashKind.LOCKDEP,
                 guilty=("after:is trying to acquire lock",),
                 skip=QUEUE_WORK,
                 needs_func=True,
@@ -884,7 +916,7 @@ OOPSES: tuple[Oops, ...] = (
             Format(
                 r"INFO: possible irq lock inversion dependency detected",
                 "possible deadlock in {func}",
-                "LOCKDEP",
+                CrashKind.LOCKDEP,
                 guilty=("after:just changed the state of lock",),
                 skip=QUEUE_WORK,
                 needs_func=True,
@@ -892,7 +924,7 @@ OOPSES: tuple[Oops, ...] = (
             Format(
                 r"INFO: (?:SOFT|HARD)IRQ-safe -> (?:SOFT|HARD)IRQ-unsafe lock order detected",
                 "possible deadlock in {func}",
-                "LOCKDEP",
+                CrashKind.LOCKDEP,
                 guilty=("after:is trying to acquire",),
                 skip=QUEUE_WORK,
                 needs_func=True,
@@ -900,7 +932,7 @@ OOPSES: tuple[Oops, ...] = (
             Format(
                 r"INFO: inconsistent lock state",
                 "inconsistent lock state in {func}",
-                "LOCKDEP",
+                CrashKind.LOCKDEP,
                 guilty=("line:takes:", "trace"),
                 needs_func=True,
             ),
@@ -908,13 +940,13 @@ OOPSES: tuple[Oops, ...] = (
                 r"INFO: (?P<what>possible circular locking dependency detected|possible recursive locking detected|"
                 r"inconsistent lock state|possible irq lock inversion dependency detected)",
                 "INFO: {what}",
-                "LOCKDEP",
+                CrashKind.LOCKDEP,
                 corrupted=True,
             ),
             Format(
                 r"INFO: rcu_(?:preempt|sched|bh|tasks\w*) (?:self-)?detected(?: expedited)? stall",
                 "INFO: rcu detected stall in {func}",
-                "HANG",
+                CrashKind.HANG,
                 guilty=(("after:" + IRQ_ENTRY, "after:NMI backtrace for cpu"),),
                 skip=("apic_timer_interrupt", "rcu", "^tick_sched", "^update_process_times", "^hrtimer_interrupt"),
                 extractor="stall",
@@ -922,38 +954,38 @@ OOPSES: tuple[Oops, ...] = (
             Format(
                 r"INFO: trying to register non-static key",
                 "INFO: trying to register non-static key in {func}",
-                "LOCKDEP",
+                CrashKind.LOCKDEP,
                 guilty=("trace",),
                 skip=("stack", "lock", "IRQ"),
             ),
             Format(
                 r"INFO: suspicious RCU usage",
                 "INFO: suspicious RCU usage in {func}",
-                "LOCKDEP",
+                CrashKind.LOCKDEP,
                 guilty=("trace",),
                 skip=("rcu", "kmem", "slab", "kmalloc", "vmalloc", "kcalloc", "kzalloc"),
             ),
             Format(
                 r"INFO: task .* blocked (?:in I/O wait )?for more than \d+ seconds",
                 "INFO: task hung in {func}",
-                "HANG",
+                CrashKind.HANG,
                 guilty=("trace",),
                 extractor="hang",
             ),
             Format(
                 r"INFO: task .* can't die for more than \d+ seconds",
                 "INFO: task can't die in {func}",
-                "HANG",
+                CrashKind.HANG,
                 guilty=("trace",),
                 extractor="hang",
             ),
             Format(
                 r"INFO: (?P<what>Freed|Allocated) in " + FUNC + r"(?:\+0x[0-9a-f]+/0x[0-9a-f]+)?(?P<rest>.*)",
                 "INFO: {what} in {func} {rest}",
-                "KASAN",
+                CrashKind.KASAN,
                 corrupted=True,
             ),
-            Format(r"INFO:\s*$", "INFO: corrupted", "INFO", corrupted=True),
+            Format(r"INFO:\s*$", "INFO: corrupted", CrashKind.INFO, corrupted=True),
         ),
         ignores=(
             r"INFO: lockdep is turned off",
@@ -969,23 +1001,34 @@ OOPSES: tuple[Oops, ...] = (
         r"UBSAN:",
         (
             Format(
-                r"UBSAN: (?P<bug>[\w\- ]+?) in ", "UBSAN: {bug} in {func}", "UBSAN", guilty=("trace",), lower=("bug",)
+                r"UBSAN: (?P<bug>[\w\- ]+?) in ",
+                "UBSAN: {bug} in {func}",
+                CrashKind.UBSAN,
+                guilty=("trace",),
+                lower=("bug",),
             ),
-            Format(r"UBSAN: (?P<bug>.*\S)", "UBSAN: {bug}", "UBSAN", corrupted=True, lower=("bug",)),
+            Format(r"UBSAN: (?P<bug>.*\S)", "UBSAN: {bug}", CrashKind.UBSAN, corrupted=True, lower=("bug",)),
         ),
     ),
     Oops(
         r"general protection fault",
-        (Format(r"general protection fault.*:", "general protection fault in {func}", "GPF", guilty=RIP_TRACE),),
+        (
+            Format(
+                r"general protection fault.*:", "general protection fault in {func}", CrashKind.GPF, guilty=RIP_TRACE
+            ),
+        ),
     ),
-    Oops(r"stack segment: ", (Format(r"stack segment: ", "stack segment fault in {func}", "GPF", guilty=RIP_TRACE),)),
+    Oops(
+        r"stack segment: ",
+        (Format(r"stack segment: ", "stack segment fault in {func}", CrashKind.GPF, guilty=RIP_TRACE),),
+    ),
     Oops(
         r"Kernel panic - not syncing",
         (
             Format(
                 r"Kernel panic - not syncing: stack-protector: Kernel stack is corrupted in: " + FUNC,
                 "kernel panic: stack is corrupted in {func}",
-                "PANIC",
+                CrashKind.PANIC,
                 guilty=("header", "trace"),
                 skip=("stack_chk",),
                 no_stack=True,
@@ -993,14 +1036,14 @@ OOPSES: tuple[Oops, ...] = (
             Format(
                 r"Kernel panic - not syncing: stack-protector:",
                 "kernel panic: stack is corrupted in {func}",
-                "PANIC",
+                CrashKind.PANIC,
                 guilty=("trace",),
                 skip=("stack_chk",),
             ),
             Format(
                 r"Kernel panic - not syncing: corrupted stack end",
                 "kernel panic: corrupted stack end in {func}",
-                "PANIC",
+                CrashKind.PANIC,
                 guilty=("trace",),
                 skip=("schedule", "retint_kernel"),
                 extractor="stall",
@@ -1008,34 +1051,36 @@ OOPSES: tuple[Oops, ...] = (
             Format(
                 r"Kernel panic - not syncing: Attempted to kill init!",
                 "kernel panic: Attempted to kill init!",
-                "PANIC",
+                CrashKind.PANIC,
                 no_stack=True,
             ),
             Format(
                 r"Kernel panic - not syncing: Couldn't open N_TTY ldisc",
                 "kernel panic: Couldn't open N_TTY ldisc",
-                "PANIC",
+                CrashKind.PANIC,
                 no_stack=True,
             ),
             Format(
                 r"Kernel panic - not syncing: kernel stack overflow",
                 "kernel stack overflow in {func}",
-                "PANIC",
+                CrashKind.PANIC,
                 guilty=("trace",),
                 skip=("stack_overflow", "handle_stack_overflow"),
             ),
             Format(
                 r"Kernel panic - not syncing: (?:Oops: )?(?:kernel: )?(?P<what>Fatal exception|panic_on_warn set|hung_task: blocked tasks)",
                 "kernel panic: {what}",
-                "PANIC",
+                CrashKind.PANIC,
                 corrupted=True,
             ),
-            Format(r"Kernel panic - not syncing: (?P<what>.*\S)", "kernel panic: {what}", "PANIC", no_stack=True),
+            Format(
+                r"Kernel panic - not syncing: (?P<what>.*\S)", "kernel panic: {what}", CrashKind.PANIC, no_stack=True
+            ),
         ),
     ),
     Oops(
         r"PANIC: double fault",
-        (Format(r"PANIC: double fault", "PANIC: double fault in {func}", "PANIC", guilty=("rip",)),),
+        (Format(r"PANIC: double fault", "PANIC: double fault in {func}", CrashKind.PANIC, guilty=("rip",)),),
     ),
     Oops(
         r"kernel BUG at ",
@@ -1043,27 +1088,29 @@ OOPSES: tuple[Oops, ...] = (
             Format(
                 r"kernel BUG at mm/usercopy\.c",
                 "BUG: bad usercopy in {func}",
-                "BUG",
+                CrashKind.BUG,
                 guilty=("trace",),
                 skip=("usercopy", "__check"),
             ),
-            Format(r"kernel BUG at lib/list_debug\.c", "BUG: corrupted list in {func}", "BUG", guilty=RIP_TRACE),
-            Format(r"kernel BUG at ", "kernel BUG in {func}", "BUG", guilty=RIP_TRACE),
+            Format(
+                r"kernel BUG at lib/list_debug\.c", "BUG: corrupted list in {func}", CrashKind.BUG, guilty=RIP_TRACE
+            ),
+            Format(r"kernel BUG at ", "kernel BUG in {func}", CrashKind.BUG, guilty=RIP_TRACE),
         ),
     ),
-    Oops(r"Kernel BUG ", (Format(r"Kernel BUG (?P<what>.*\S)", "kernel BUG {what}", "BUG", no_stack=True),)),
+    Oops(r"Kernel BUG ", (Format(r"Kernel BUG (?P<what>.*\S)", "kernel BUG {what}", CrashKind.BUG, no_stack=True),)),
     Oops(
         r"BUG kmalloc-",
-        (Format(r"BUG kmalloc-.*: Object already free", "BUG: Object already free", "BUG", no_stack=True),),
+        (Format(r"BUG kmalloc-.*: Object already free", "BUG: Object already free", CrashKind.BUG, no_stack=True),),
     ),
-    Oops(r"int3: ", (Format(r"int3: ", "int3 in {func}", "BUG", guilty=RIP_TRACE),)),
+    Oops(r"int3: ", (Format(r"int3: ", "int3 in {func}", CrashKind.BUG, guilty=RIP_TRACE),)),
     Oops(
         r"unregister_netdevice: waiting for",
         (
             Format(
                 r"unregister_netdevice: waiting for \S+ to become free",
                 "unregister_netdevice: waiting for DEV to become free",
-                "HANG",
+                CrashKind.HANG,
                 no_stack=True,
             ),
         ),
@@ -1074,16 +1121,25 @@ OOPSES: tuple[Oops, ...] = (
             Format(
                 r"VFS: Close: file count is (?:zero|0)\b",
                 "VFS: Close: file count is zero (use-after-free)",
-                "BUG",
+                CrashKind.BUG,
                 no_stack=True,
             ),
         ),
     ),
-    Oops(r"divide[ _]error:", (Format(r"divide[ _]error: ", "divide error in {func}", "DIVIDE", guilty=("rip",)),)),
-    Oops(r"invalid opcode:", (Format(r"invalid opcode: ", "invalid opcode in {func}", "BUG", guilty=("rip",)),)),
+    Oops(
+        r"divide[ _]error:",
+        (Format(r"divide[ _]error: ", "divide error in {func}", CrashKind.DIVIDE, guilty=("rip",)),),
+    ),
+    Oops(
+        r"invalid opcode:", (Format(r"invalid opcode: ", "invalid opcode in {func}", CrashKind.BUG, guilty=("rip",)),)
+    ),
     Oops(
         r"(?:NMI )?[Ww]atchdog(?::)? [Ww]atchdog detected hard LOCKUP|Watchdog detected hard LOCKUP",
-        (Format(r".*hard LOCKUP", "BUG: hard lockup in {func}", "LOCKUP", guilty=RIP_TRACE, extractor="stall"),),
+        (
+            Format(
+                r".*hard LOCKUP", "BUG: hard lockup in {func}", CrashKind.LOCKUP, guilty=RIP_TRACE, extractor="stall"
+            ),
+        ),
     ),
     Oops(
         r"Unable to handle kernel ",
@@ -1091,33 +1147,40 @@ OOPSES: tuple[Oops, ...] = (
             Format(
                 r"Unable to handle kernel NULL pointer dereference",
                 "BUG: unable to handle kernel NULL pointer dereference in {func}",
-                "BUG",
+                CrashKind.BUG,
                 guilty=RIP_TRACE,
             ),
             Format(
                 r"Unable to handle kernel access to user memory",
                 "BUG: unable to handle kernel access to user memory in {func}",
-                "BUG",
+                CrashKind.BUG,
                 guilty=RIP_TRACE,
             ),
             Format(
                 r"Unable to handle kernel (?:paging request|execute from non-executable memory|write to read-only memory)",
                 "BUG: unable to handle kernel paging request in {func}",
-                "BUG",
+                CrashKind.BUG,
                 guilty=RIP_TRACE,
             ),
         ),
     ),
-    Oops(r"Internal error:", (Format(r"Internal error:", "Internal error in {func}", "BUG", guilty=RIP_TRACE),)),
-    Oops(r"Unhandled fault:", (Format(r"Unhandled fault:", "Unhandled fault in {func}", "BUG", guilty=RIP_TRACE),)),
-    Oops(r"Alignment trap:", (Format(r"Alignment trap:", "Alignment trap in {func}", "BUG", guilty=RIP_TRACE),)),
+    Oops(
+        r"Internal error:", (Format(r"Internal error:", "Internal error in {func}", CrashKind.BUG, guilty=RIP_TRACE),)
+    ),
+    Oops(
+        r"Unhandled fault:",
+        (Format(r"Unhandled fault:", "Unhandled fault in {func}", CrashKind.BUG, guilty=RIP_TRACE),),
+    ),
+    Oops(
+        r"Alignment trap:", (Format(r"Alignment trap:", "Alignment trap in {func}", CrashKind.BUG, guilty=RIP_TRACE),)
+    ),
     Oops(
         r"VFS: Busy inodes after unmount",
         (
             Format(
                 r"VFS: Busy inodes after unmount",
                 "VFS: Busy inodes after unmount (use-after-free)",
-                "BUG",
+                CrashKind.BUG,
                 no_stack=True,
             ),
         ),
@@ -1128,10 +1191,10 @@ OOPSES: tuple[Oops, ...] = (
             Format(
                 r"trusty: panic .* ASSERT FAILED at \([^)]*\): (?P<what>.*\S)",
                 "trusty: ASSERT FAILED: {what}",
-                "PANIC",
+                CrashKind.PANIC,
                 no_stack=True,
             ),
-            Format(r"trusty: panic", "trusty: ASSERT FAILED:", "PANIC", corrupted=True),
+            Format(r"trusty: panic", "trusty: ASSERT FAILED:", CrashKind.PANIC, corrupted=True),
         ),
     ),
     Oops(
@@ -1140,7 +1203,7 @@ OOPSES: tuple[Oops, ...] = (
             Format(
                 r"(?P<what>attempt to \w+ with overflow)",
                 "{what} in {func}",
-                "BUG",
+                CrashKind.BUG,
                 guilty=("trace",),
                 skip=("rust_begin_unwind", "panicking", "^_RNvNtCs\\w*4core"),
             ),
@@ -1148,6 +1211,6 @@ OOPSES: tuple[Oops, ...] = (
     ),
     Oops(
         r"SYZFAIL:|.*SYZFATAL:",
-        (Format(r"(?:.*)?(?P<what>SYZFAIL:.*\S|SYZFATAL:.*\S)", "{what}", "SYZ_FAILURE", no_stack=True),),
+        (Format(r"(?:.*)?(?P<what>SYZFAIL:.*\S|SYZFATAL:.*\S)", "{what}", CrashKind.SYZ_FAILURE, no_stack=True),),
     ),
 )

@@ -2,17 +2,24 @@
 
 A :class:`CrashMonitor` runs a small thread per live guest that follows the guest's console
 log file as it grows (polling it every ``poll_s``; libvirt's virtlogd appends to it) and feeds
-a :class:`~hil.crash.stream.ConsoleWatcher`.  The first signal wins:
+its OS's console parser (the :class:`~hil.crash.detectors.Detector`: Linux by default,
+:class:`~hil.crash.detectors.WindowsDetector` for a Windows lab guest).  The first signal wins:
 
 - a crash report on the console (title, kind and guilty function straight away), or
-- a libvirt lifecycle event (:mod:`hil.crash.events`): the guest is marked crashed at once with
-  a provisional title such as ``kernel panic (libvirt PANICKED event)``, and the console gets
-  ``grace_s`` seconds to deliver the real report, which then replaces the provisional one.
+- a libvirt lifecycle event (:mod:`hil.crash.events`): the guest is marked crashed at once.  If
+  the detector can name the crash from elsewhere (Windows: the bug check QEMU wrote to the
+  domain log) that is the report; otherwise it gets a provisional title such as
+  ``kernel panic (libvirt PANICKED event)``, and the console gets ``grace_s`` seconds to deliver
+  the real report, which then replaces the provisional one.
 
-Fatal reports (everything but the warning-like kinds in :data:`NON_FATAL_KINDS`) mark the guest
-crashed: a command running on it fails within one agent poll, naming the crash.  A non-fatal
-report (``WARNING``, KASAN, lockdep...) leaves the guest usable, but it is tainted: the test
-fails unless it expected the report, and the guest is discarded afterwards.
+Fatal reports (:attr:`CrashKind.fatal <hil.crash.kinds.CrashKind.fatal>`: all but the
+warning-like kinds) mark the guest crashed: a command running on it fails within one agent
+poll, naming the crash.  A non-fatal report (``WARNING``, KASAN, lockdep...) leaves the guest
+usable, but it is tainted: the test fails unless it expected the report, and the guest is
+discarded afterwards.  After the first fatal crash the detector may keep evidence (Windows: a
+memory dump in the guest's folder, listed in :attr:`Crash.evidence`).
+
+The guest is anything with the names of :class:`MonitoredGuest`.
 
 Hangs: when ``hang_timeout_s`` is set and neither the console nor the agent has shown a sign of
 life for that long, the monitor pings the agent; when that fails too it injects an NMI through
@@ -20,47 +27,111 @@ libvirt (``domain.injectNMI``), gives the console ``grace_s`` to print what the 
 reports a ``HANG``.  A 6.1 x86 kernel prints only ``Uhhuh. NMI received for unknown reason``
 on an external NMI unless ``kernel.unknown_nmi_panic=1``, which turns it into a panic with the
 interrupted CPU's stack (``Kernel panic - not syncing: NMI: Not continuing``): set that sysctl
-in guests where a hang should name its function.
+in guests where a hang should name its function.  A guest whose transport has no ``ping``
+(WinRM) gets no hang check.
 """
 
 from __future__ import annotations
 
 import logging
-import re
 import threading
 import time
 from dataclasses import dataclass, field, replace
 from pathlib import Path
+from typing import IO, Any, Protocol
 
-from hil.crash.events import Signal, dispatcher_for
+from hil.crash.detectors import (
+    ConsoleParser,
+    Detector,
+    LinuxDetector,
+    WindowsDetector,
+    dump_memory,
+    guest_console_path,
+)
+from hil.crash.events import EventDispatcher, Signal, dispatcher_for
+from hil.crash.kinds import CrashKind
 from hil.crash.report import Report
-from hil.crash.stream import ConsoleWatcher
+
+__all__ = [
+    "Crash",
+    "CrashMonitor",
+    "ExpectedCrash",
+    "MonitoredGuest",
+    "console_excerpt",
+    "dump_memory",
+    "is_fatal",
+    "windows_monitor_options",
+]
 
 log = logging.getLogger("hil.crash.monitor")
 
-# Report kinds after which the kernel carries on: the guest is tainted, not dead.
-NON_FATAL_KINDS = frozenset(
-    {
-        "WARNING",
-        "REFCOUNT_WARNING",
-        "LOCKDEP",
-        "UBSAN",
-        "KASAN",
-        "KMSAN",
-        "KCSAN",
-        "KFENCE",
-        "LEAK",
-        "ATOMIC_SLEEP",
-        "INFO",
-    }
-)
 EXCERPT_LINES = 80
 RESUME_AFTER_S = 0.3  # an event with no console report this long after: resume to let it print
 HANG_GRACE_S = 20.0  # after an NMI: time for the kernel to react and print (8 s was too short on a loaded 2-core host)
+EVIDENCE_TIMEOUT_S = 300.0  # a memory dump of a big guest on a slow disk: stop()/quiesce() wait this long at most
 
 
 def is_fatal(report: Report) -> bool:
-    return report.kind not in NON_FATAL_KINDS
+    """The guest is dead after ``report`` (a warning-like kind only taints it)."""
+    return report.kind.fatal
+
+
+class MonitoredGuest(Protocol):
+    """What :class:`CrashMonitor` uses of a guest -- these names and nothing else.
+
+    - ``name``: the libvirt domain's name (events are routed by it);
+    - ``conn``: the libvirt connection (events are registered on it);
+    - ``domain``: the libvirt domain, or None when there is none (NMI, resume, memory dump);
+    - ``console_path``: the console (serial) log file libvirt appends to;
+    - ``console_text()``: that file's text;
+    - ``is_running()``: the domain runs (no hang check otherwise);
+    - ``transport``: the command channel; its ``ping(timeout=...) -> bool`` (and optional
+      ``last_reply``, a ``time.monotonic()``) serve the hang check; None or without ``ping``:
+      no hang check;
+    - ``crashes``: every crash of the guest, first first (:class:`ExpectedCrash` reads it);
+    - ``monitor``: this monitor (:class:`ExpectedCrash` waits on it);
+    - ``on_crash(crash)``: a fatal crash (monitor thread; must not block);
+    - ``on_taint(crash)``: a non-fatal report (monitor thread; must not block);
+    - ``folder``: where evidence such as a memory dump goes.
+    """
+
+    @property
+    def name(self) -> str: ...
+
+    @property
+    def conn(self) -> Any: ...
+
+    @property
+    def domain(self) -> Any: ...
+
+    @property
+    def console_path(self) -> Path: ...
+
+    @property
+    def transport(self) -> Any: ...
+
+    @property
+    def crashes(self) -> list[Crash]: ...
+
+    @property
+    def monitor(self) -> CrashMonitor | None: ...
+
+    @property
+    def folder(self) -> Path: ...
+
+    def console_text(self) -> str: ...
+
+    def is_running(self) -> bool: ...
+
+    def on_crash(self, crash: Crash) -> None: ...
+
+    def on_taint(self, crash: Crash) -> None: ...
+
+
+def windows_monitor_options(domain_log: Path | None = None, *, dump: bool = True) -> dict[str, Any]:
+    """:class:`CrashMonitor` keyword arguments for a Windows lab guest: the Windows detector
+    reading bug checks from ``domain_log`` (libvirt's log of the domain) and the serial port."""
+    return {"detector": WindowsDetector(domain_log, dump=dump)}
 
 
 @dataclass
@@ -74,6 +145,7 @@ class Crash:
         final_at: when the title stopped changing (console report, or grace expired).
         signals: libvirt signals that arrived for this guest.
         expected: a test declared it (``expect_crash``): it does not fail the test.
+        evidence: files the detector kept (a Windows guest's memory dump).
     """
 
     report: Report
@@ -82,6 +154,7 @@ class Crash:
     final_at: float | None = None
     signals: list[Signal] = field(default_factory=list)
     expected: bool = False
+    evidence: list[Path] = field(default_factory=list)
 
     @property
     def final(self) -> bool:
@@ -104,6 +177,10 @@ class Crash:
             f"signals: {', '.join(s.what for s in self.signals) or '-'}",
             f"expected: {self.expected}",
         ]
+        if r.parameters:
+            lines.append(f"parameters: {', '.join(r.parameters)}")
+        if self.evidence:
+            lines.append(f"evidence: {', '.join(str(p) for p in self.evidence)}")
         if r.corrupted:
             lines.append("corrupted: True (the title is a best guess)")
         excerpt = r.text.splitlines()[:EXCERPT_LINES]
@@ -127,22 +204,32 @@ def console_excerpt(console: str, report: Report, lines: int = EXCERPT_LINES) ->
 
 
 class CrashMonitor:
-    """Follows ``guest`` (a :class:`hil.provision.guest.Guest`) until :meth:`stop`.
+    """Follows ``guest`` (a :class:`MonitoredGuest`) until :meth:`stop`.
 
     Arguments:
-        guest: needs ``name``, ``conn``, ``spec.console_log``, ``transport``, ``domain`` and
-            ``_crashed(crash)`` (called on the monitor thread at the first fatal signal).
+        guest: the names of :class:`MonitoredGuest`; ``on_crash(crash)`` is called on the
+            monitor thread at the first fatal signal, ``on_taint(crash)`` at a non-fatal one.
         poll_s: how often the console file is read.
         grace_s: how long the console may take to name a crash an event announced.
         hang_timeout_s: silence (console and agent) before a hang check; None/0: no check.
+        detector: the OS's part (:mod:`hil.crash.detectors`); default :class:`LinuxDetector`.
     """
 
-    def __init__(self, guest, *, poll_s: float = 0.05, grace_s: float = 2.0, hang_timeout_s: float | None = None):
+    def __init__(
+        self,
+        guest: MonitoredGuest,
+        *,
+        poll_s: float = 0.05,
+        grace_s: float = 2.0,
+        hang_timeout_s: float | None = None,
+        detector: Detector | None = None,
+    ) -> None:
         self.guest = guest
         self.name = guest.name
         self.poll_s = poll_s
         self.grace_s = grace_s
         self.hang_timeout_s = hang_timeout_s
+        self.detector: Detector = detector if detector is not None else LinuxDetector()
         self.reports: list[Report] = []  # every console report, in order
         self.crashes: list[Crash] = []  # the first crash, then one per later console report
         self.detected = threading.Event()  # a first signal arrived
@@ -151,16 +238,22 @@ class CrashMonitor:
         self._wake = threading.Event()
         self._stop = threading.Event()
         self._signals: list[Signal] = []
-        self._watcher = ConsoleWatcher(on_report=self._on_report)
-        self._file = None
+        self._watcher: ConsoleParser = self.detector.console_parser(self._on_report)
+        self._file: IO[bytes] | None = None
         self._offset = 0
         self._last_life = time.monotonic()
         self._thread: threading.Thread | None = None
         self._resumed = False
-        self._dispatcher = None
+        self._dispatcher: EventDispatcher | None = None
+        self._evidence_for: Crash | None = None  # a fatal crash whose evidence is still to take
+        self._evidence_taken = False
+        self._evidence_idle = threading.Event()  # no evidence pending or being written
+        self._evidence_idle.set()
+        self._named_elsewhere: str | None = None  # a title the detector took from outside the console
 
     # --- lifecycle --------------------------------------------------------------------
     def start(self) -> CrashMonitor:
+        self.detector.attach(self.guest)
         self._dispatcher = dispatcher_for(self.guest.conn)
         self._dispatcher.watch(self)
         self._thread = threading.Thread(target=self._run, name=f"hil-crash-{self.name}", daemon=True)
@@ -168,14 +261,15 @@ class CrashMonitor:
         return self
 
     def stop(self) -> None:
-        """Stop following (the guest is being destroyed or saved).  Idempotent."""
+        """Stop following (the guest is being destroyed or saved).  Idempotent.  Evidence
+        being taken (a memory dump) is finished first, at most :data:`EVIDENCE_TIMEOUT_S`."""
         if self._dispatcher is not None:
             self._dispatcher.unwatch(self)
             self._dispatcher = None
         self._stop.set()
         self._wake.set()
         if self._thread is not None and self._thread is not threading.current_thread():
-            self._thread.join(timeout=5)
+            self._thread.join(timeout=5 if self._evidence_idle.is_set() else EVIDENCE_TIMEOUT_S)
         if self._file is not None:
             self._file.close()
             self._file = None
@@ -212,7 +306,8 @@ class CrashMonitor:
 
     def quiesce(self) -> Crash | None:
         """Take in everything up to now: read the console, and if a report is half
-        printed or an event's title is provisional, wait (at most ``grace_s``) for it."""
+        printed or an event's title is provisional, wait (at most ``grace_s``) for it; then
+        wait for evidence being taken (at most :data:`EVIDENCE_TIMEOUT_S`)."""
         self.poll()
         with self._lock:
             pending = self._watcher.busy or (self.crash is not None and not self.crash.final)
@@ -226,6 +321,11 @@ class CrashMonitor:
                     if not self._watcher.busy and (self.crash is None or self.crash.final):
                         break
             self.poll()
+        if not self._evidence_idle.is_set():
+            if self._thread is not None and self._thread.is_alive():
+                self._evidence_idle.wait(EVIDENCE_TIMEOUT_S)
+            else:
+                self._take_evidence()
         return self.crash
 
     # --- the thread -------------------------------------------------------------------
@@ -236,16 +336,18 @@ class CrashMonitor:
                     self._read_console()
                     self._handle_signals()
                     self._check_grace()
+                self._take_evidence()
                 self._check_hang()
             except Exception:
                 log.exception("crash monitor of %s", self.name)
             self._wake.wait(self.poll_s)
             self._wake.clear()
+        self._take_evidence()  # a crash declared just before stop() still gets its evidence
 
     def _read_console(self) -> None:
         if self._file is None:
             try:
-                self._file = open(self.guest.spec.console_log, "rb")
+                self._file = open(guest_console_path(self.guest), "rb")
             except OSError:
                 return
         data = self._file.read()
@@ -267,13 +369,25 @@ class CrashMonitor:
                     continue
                 log.info("guest %s rebooted without a crash report on its console", self.name)
                 continue
-            self._declare(
-                Crash(report=Report(title=sig.title, kind="PANIC"), source="event", detected_at=sig.at, signals=[sig])
-            )
+            named = self.detector.named_elsewhere()
+            if named is not None:  # e.g. the bug check in a Windows guest's domain log
+                self._named_elsewhere = named.title
+                now = time.monotonic()
+                self._declare(Crash(report=named, source="event", detected_at=sig.at, final_at=now, signals=[sig]))
+                self.settled.set()
+                continue
+            report = self.detector.provisional(sig)
+            self._declare(Crash(report=report, source="event", detected_at=sig.at, signals=[sig]))
 
     def _check_grace(self) -> None:
         crash = self.crash
         if crash is None or crash.final or crash.source == "console":
+            return
+        named = self.detector.named_elsewhere()
+        if named is not None:
+            self._named_elsewhere = named.title
+            crash.report = _hang_report(named, named.text, self.detector) if crash.source == "hang" else named
+            self._finalise(crash)
             return
         waited = time.monotonic() - crash.detected_at
         if waited >= RESUME_AFTER_S and not self._watcher.busy:
@@ -285,11 +399,12 @@ class CrashMonitor:
         # the event's title
         if self._watcher.busy:
             self._watcher.flush()
-        if not self.crash.final:
-            self._finalise(self.crash)
+        if not crash.final:
+            self._finalise(crash)
 
     def _resume_panicked(self) -> None:
-        """Let a paused, panicked guest finish printing its panic (once per guest).
+        """Let a paused, panicked guest finish printing its panic (once per guest; only where
+        the detector wants it: a Windows guest stays paused for its memory dump).
 
         QEMU pauses the guest when the kernel's panic notifiers reach the pvpanic device
         (``on_crash=preserve``).  A panic that starts in NMI context (or with the console
@@ -297,7 +412,7 @@ class CrashMonitor:
         ``console_flush_on_panic`` *after* the notifiers.  Resuming the crashed domain lets it
         get there; with ``panic=0`` the kernel then stays in its panic loop.
         """
-        if self._resumed:
+        if self._resumed or not self.detector.resume_after_panic:
             return
         import libvirt
 
@@ -325,21 +440,24 @@ class CrashMonitor:
         if not crash.final:
             # the console names what an event (or hang) announced
             if crash.source == "hang":
-                report = _hang_report(report, console_excerpt(self.guest.console_text(), report))
+                report = _hang_report(report, console_excerpt(self.guest.console_text(), report), self.detector)
             crash.report = replace(report, text=report.text or crash.report.text)
             self._finalise(crash)
             if is_fatal(crash.report):
-                self.guest._crashed(crash)
+                self._fatal(crash)
             return
+        if report.title == self._named_elsewhere:
+            self._named_elsewhere = None
+            return  # the console's copy of what the detector named from elsewhere (a bug check)
         self._add_later(Crash(report=report, source="console", detected_at=now, final_at=now))
 
     def _add_later(self, later: Crash) -> None:
         """A report after the first crash (lock held)."""
         first = self.crash
         self.crashes.append(later)
-        if is_fatal(later.report) and not is_fatal(first.report):
+        if first is not None and is_fatal(later.report) and not is_fatal(first.report):
             # a warning first, then the guest died: it is crashed now
-            self.guest._crashed(later)
+            self._fatal(later)
 
     def add_report(self, report: Report, source: str) -> Crash | None:
         """A report found outside the console (``dmesg`` read through the agent, where a
@@ -364,9 +482,35 @@ class CrashMonitor:
         log.warning("guest %s: %s (%s)", self.name, crash.title, crash.source)
         self.detected.set()
         if is_fatal(crash.report):
-            self.guest._crashed(crash)
+            self._fatal(crash)
         else:
-            self.guest._tainted(crash)
+            self._taint(crash)
+
+    def _fatal(self, crash: Crash) -> None:
+        """Tell the guest it is dead; the first time, have the detector's evidence taken."""
+        if not self._evidence_taken:
+            self._evidence_taken = True
+            self._evidence_for = crash
+            self._evidence_idle.clear()
+            self._wake.set()
+        self.guest.on_crash(crash)
+
+    def _taint(self, crash: Crash) -> None:
+        self.guest.on_taint(crash)
+
+    def _take_evidence(self) -> None:
+        """Take the detector's evidence for the first fatal crash (outside the lock: a memory
+        dump takes seconds and must not hold up libvirt's event thread)."""
+        with self._lock:
+            crash, self._evidence_for = self._evidence_for, None
+        if crash is None:
+            return
+        try:
+            crash.evidence.extend(self.detector.evidence(self.guest, crash))
+        except Exception:
+            log.exception("crash evidence of %s", self.name)
+        finally:
+            self._evidence_idle.set()
 
     def _finalise(self, crash: Crash) -> None:
         crash.final_at = time.monotonic()
@@ -378,18 +522,23 @@ class CrashMonitor:
         if not limit or self.crash is not None or not self.guest.is_running():
             return
         transport = self.guest.transport
+        ping = getattr(transport, "ping", None)
+        if ping is None:
+            return  # no way to ask the guest whether it lives
         last = max(self._last_life, getattr(transport, "last_reply", 0.0))
         if time.monotonic() - last < limit:
             return
         # a generous ping: a timed-out agent command makes libvirt refuse the agent afterwards
-        if transport.ping(timeout=min(10.0, max(1.0, limit / 4))):
+        if ping(timeout=min(10.0, max(1.0, limit / 4))):
             self._last_life = time.monotonic()
             return
         silent = time.monotonic() - last
         self.inject_nmi()
         t_nmi = time.monotonic()
         crash = Crash(
-            report=Report(title=f"guest hung: no console output and no agent answer for {silent:.0f}s", kind="HANG"),
+            report=Report(
+                title=f"guest hung: no console output and no agent answer for {silent:.0f}s", kind=CrashKind.HANG
+            ),
             source="hang",
             detected_at=t_nmi,
         )
@@ -414,90 +563,46 @@ class CrashMonitor:
             return False
 
 
-_KERNEL_RIP = re.compile(r"RIP: 0010:(?:\[<[0-9a-f]+>\] )?([A-Za-z_][\w.]*)\+0x")
-_FRAME = re.compile(r"^\s*(\?\s+)?([A-Za-z_][\w.]*)\+0x[0-9a-f]+/0x[0-9a-f]+")
-# Where a busy CPU is caught by an NMI without being the culprit: clock reads, delays, idle.
-_INTERRUPTED_GENERIC = re.compile(
-    r"^(read_hpet|read_tsc|ktime_get\w*|native_sched_clock|sched_clock\w*|delay_tsc|__delay|"
-    r"__const_udelay|udelay|cpu_relax|rep_nop|native_safe_halt|default_idle\w*|acpi_idle\w*|"
-    r"mwait_idle\w*|cpu_idle_poll|do_idle|cpuidle_enter\w*|arch_cpu_idle\w*)$"
-)
-
-
-def _interrupted_function(excerpt: str) -> str:
-    """The function the NMI caught the CPU in: the RIP, then the interrupted task's frames
-    (after ``</NMI>``), skipping clock reads, delays and idle loops a spinning CPU sits in."""
-    lines = [re.sub(r"^\[\s*[\d.]+\]\s?", "", line) for line in excerpt.splitlines()]
-    candidates = []
-    rip = next((m.group(1) for m in map(_KERNEL_RIP.search, lines) if m), None)
-    if rip:
-        candidates.append(rip)
-    ends = [i for i, line in enumerate(lines) if line.strip() == "</NMI>"]
-    if ends:
-        for line in lines[ends[0] + 1 :]:
-            if line.strip() in ("</TASK>", "</IRQ>"):
-                break
-            m = _FRAME.match(line)
-            if m and not m.group(1):
-                candidates.append(m.group(2))
-    for name in candidates:
-        if not _INTERRUPTED_GENERIC.match(name):
-            return name
-    return candidates[0] if candidates else ""
-
-
-def _hang_report(console: Report, excerpt: str = "") -> Report:
+def _hang_report(console: Report, excerpt: str = "", detector: Detector | None = None) -> Report:
     """A hang named after what the NMI showed: the report's function, else the function the
-    NMI interrupted (``kernel.unknown_nmi_panic=1`` makes the kernel print it)."""
-    function = console.function or _interrupted_function(excerpt)
+    NMI interrupted (``kernel.unknown_nmi_panic=1`` makes a Linux kernel print it)."""
+    function = console.function or (detector or LinuxDetector()).interrupted_function(excerpt)
     where = f" in {function}" if function else ""
     return Report(
-        title=f"guest hung{where} (NMI: {console.title})", kind="HANG", function=function, text=excerpt or console.text
+        title=f"guest hung{where} (NMI: {console.title})",
+        kind=CrashKind.HANG,
+        function=function,
+        text=excerpt or console.text,
+        parameters=console.parameters,
     )
 
 
-# --- evidence ---------------------------------------------------------------------------
-def dump_memory(domain, path: Path) -> Path:
-    """Write the guest's memory as a raw dump (``virsh dump --memory-only --format=raw``).
+class _ExpectingGuest(Protocol):
+    """What :class:`ExpectedCrash` uses of a guest."""
 
-    For Windows guests this is the crash evidence a bug check leaves behind under libvirt; for
-    Linux it is the analogue of a kdump vmcore (readable with ``crash``/``drgn`` given the
-    kernel's debug symbols).  The file is written by QEMU's user: the folder must allow it.
-    """
-    import libvirt
+    @property
+    def crashes(self) -> list[Crash]: ...
 
-    path = Path(path)
-    flags = libvirt.VIR_DUMP_MEMORY_ONLY
-    domain.coreDumpWithFormat(str(path), libvirt.VIR_DOMAIN_CORE_DUMP_FORMAT_RAW, flags)
-    return path
-
-
-def windows_crash_evidence(domain, domain_log: Path, folder: Path) -> tuple[Report | None, Path | None]:
-    """For a libvirt Windows guest after a bug check: the report from libvirt's
-    ``panic hyper-v`` log line (:mod:`hil.crash.bugcheck`) and a raw memory dump in ``folder``."""
-    from hil.crash import bugcheck
-
-    report = None
-    try:
-        report = bugcheck.parse_domain_log(Path(domain_log).read_text(errors="replace"))
-    except OSError:
-        pass
-    dump = None
-    try:
-        dump = dump_memory(domain, Path(folder) / "memory.dump")
-    except Exception as exc:  # evidence is best effort: keep the report
-        log.error("memory dump of %s failed: %s", domain.name(), exc)
-    return report, dump
+    @property
+    def monitor(self) -> CrashMonitor | None: ...
 
 
 class ExpectedCrash:
     """The object ``guest.expect_crash(...)`` yields: after the block, :attr:`report` is the
     matching crash report and :attr:`seconds` the time from entering the block until its
-    (final) title was known."""
+    (final) title was known.  ``kind`` is a :class:`~hil.crash.kinds.CrashKind` or its name
+    (an unknown name raises :class:`ValueError` at once)."""
 
-    def __init__(self, guest, *, kind: str | None = None, function: str | None = None, timeout: float = 10.0):
+    def __init__(
+        self,
+        guest: _ExpectingGuest,
+        *,
+        kind: CrashKind | str | None = None,
+        function: str | None = None,
+        timeout: float = 10.0,
+    ) -> None:
         self.guest = guest
-        self.kind = kind
+        self.kind = CrashKind(kind) if kind is not None else None
         self.function = function
         self.timeout = timeout
         self.started = time.monotonic()

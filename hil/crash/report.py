@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+from hil.crash.kinds import CrashKind
+
 
 @dataclass(frozen=True)
 class Report:
@@ -13,8 +15,8 @@ class Report:
         title: stable name of the bug, ``<kind> in <function>`` where a function is known
             (``KASAN: use-after-free Read in foo``), addresses and numbers normalised so the
             same bug always gets the same title.
-        kind: class of the crash: ``KASAN``, ``WARNING``, ``BUG``, ``PANIC``, ``LOCKUP``,
-            ``HANG``, ``BSOD``...
+        kind: class of the crash (:class:`~hil.crash.kinds.CrashKind`; a plain name such as
+            ``"PANIC"`` is converted, an unknown one raises :class:`ValueError`).
         function: the guilty function, or ``""`` when the report names none.
         start: offset of the first character of the report in the text that was parsed.
         end: offset just past the last line that belongs to the report.
@@ -24,13 +26,22 @@ class Report:
     """
 
     title: str
-    kind: str
+    kind: CrashKind
     function: str = ""
     start: int = 0
     end: int = 0
     text: str = ""
     corrupted: bool = False
     parameters: tuple[str, ...] = field(default=())
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.kind, CrashKind):
+            object.__setattr__(self, "kind", CrashKind(self.kind))
+
+    @property
+    def fatal(self) -> bool:
+        """The guest is dead after this report (see :attr:`CrashKind.fatal`)."""
+        return self.kind.fatal
 
     @property
     def kind_title(self) -> str:

@@ -29,7 +29,7 @@ from hil.errors import HilError
 class ModuleSession:
     """Modules a test built and loaded into ``guest``.
 
-    guest: a running Linux guest (:class:`hil.provision.guest.Guest`: ``run``, ``put``,
+    guest: a running Linux guest (:class:`hil.guest.linux.LinuxGuest`: ``run``, ``put``,
         ``kbuild_dir``, ``monitor``).
     artifacts: the test's artifact folder (``dmesg.txt`` goes there).
     on_deploy: called with each :class:`Deployed` as it is loaded (the fixture puts it in the
@@ -94,7 +94,7 @@ class ModuleSession:
 
     def finish(self) -> list[str]:
         """Unload what is still loaded, save ``dmesg.txt`` and give every kernel report since the
-        start to the crash monitor.  Returns what went wrong besides (an rmmod that failed)."""
+        start to the guest's crash bookkeeping (the one path to a failed test).  Returns what went wrong besides (an rmmod that failed)."""
         problems: list[str] = []
         if not self.guest.is_running():
             return problems  # a crashed guest: nothing to unload, the monitor has the story
@@ -108,7 +108,6 @@ class ModuleSession:
             log = kmod.kernel_log_since(self.guest, self.log_token)
         except HilError as exc:
             return problems + [f"could not read the guest's kernel log: {exc}"]
-        if self.guest.monitor is not None:
-            for report in parse_all(log):
-                self.guest.monitor.add_report(report, source="dmesg")
+        for report in parse_all(log):
+            self.guest.add_crash(report, source="dmesg")
         return problems

@@ -1,4 +1,5 @@
-"""Frame encoder and incremental stream decoder for protocol v1 (PROTOCOL.md, sections 2-4).
+"""Frame encoder and incremental stream decoder for protocol v1 (sections 2-4 of
+drivers/protocol/PROTOCOL.md).
 
 Decoding speed matters (the collector must keep up with a kernel agent flushing a full
 buffer): a RECORDS payload is walked with one ``struct.unpack_from`` of the fixed 56-byte
@@ -13,7 +14,7 @@ from __future__ import annotations
 import struct
 import sys
 from collections.abc import Iterable, Iterator, Sequence
-from typing import NamedTuple
+from typing import NamedTuple, cast, overload
 
 from hil.protocol.errors import (
     BadMagic,
@@ -33,7 +34,7 @@ HEADER_LEN = HEADER.size  # 8
 MAX_FRAME = 65536
 MAX_PAYLOAD = MAX_FRAME - HEADER_LEN
 MAX_HELLO_STRING = 255
-MAX_TOKEN = 255  # HELLO's optional shared token (PROTOCOL.md 3.1), opaque bytes
+MAX_TOKEN = 255  # HELLO's optional shared token (drivers/protocol/PROTOCOL.md 3.1), opaque bytes
 
 HELLO = 1
 REQUEST = 2
@@ -79,7 +80,7 @@ class Request(NamedTuple):
         return encode_request(self.request_id)
 
 
-class RawRecords(Sequence):
+class RawRecords(Sequence[bytes]):
     """The raw process records of one RECORDS payload without a ``bytes`` object per record:
     a buffer holding the payload, where the payload starts and ends in it, and each record's
     start (payload-relative). Items are ``bytes``, as in the list the Python codec makes; equal
@@ -88,13 +89,19 @@ class RawRecords(Sequence):
 
     __slots__ = ("_data", "_base", "_end", "_starts")
 
-    def __init__(self, data: bytes, base: int, end: int, starts: Sequence[int]):
+    def __init__(self, data: bytes, base: int, end: int, starts: Sequence[int]) -> None:
         self._data, self._base, self._end, self._starts = data, base, end, starts
 
     def __len__(self) -> int:
         return len(self._starts)
 
-    def __getitem__(self, i):
+    @overload
+    def __getitem__(self, i: int) -> bytes: ...
+
+    @overload
+    def __getitem__(self, i: slice) -> list[bytes]: ...
+
+    def __getitem__(self, i: int | slice) -> bytes | list[bytes]:
         if isinstance(i, slice):
             return [self[k] for k in range(*i.indices(len(self)))]
         starts, n = self._starts, len(self._starts)
@@ -112,7 +119,7 @@ class RawRecords(Sequence):
         if starts:
             yield data[base + starts[-1] : self._end]
 
-    def __eq__(self, other) -> bool:
+    def __eq__(self, other: object) -> bool:
         if isinstance(other, (list, tuple, RawRecords)):
             return len(self) == len(other) and all(a == b for a, b in zip(self, other, strict=True))
         return NotImplemented
@@ -134,13 +141,13 @@ class Records(NamedTuple):
     skipped: list[tuple[int, int]]
 
     @property
-    def count(self) -> int:
+    def count(self) -> int:  # type: ignore[override]  # a field-like count, not tuple.count()
         return len(self.records) + len(self.skipped)
 
 
 class End(NamedTuple):
     request_id: int
-    count: int
+    count: int  # type: ignore[assignment]  # the END frame's field shadows tuple.count()
     dropped: int = 0
 
     def encode(self) -> bytes:
@@ -248,7 +255,7 @@ def _decode_record_slow(buf: bytes, off: int, end: int, out: list[bytes], skippe
     if left < 4:
         raise MalformedRecord(f"record header at payload offset {off} needs 4 bytes, only {left} left")
     rtype, blen = _REC_HDR.unpack_from(buf, off)
-    nxt = off + 4 + blen
+    nxt: int = off + 4 + blen
     if nxt > end:
         raise MalformedRecord(
             f"record of type {rtype} at payload offset {off} has body_len {blen}, "
@@ -341,7 +348,7 @@ def _check_header(magic: bytes, version: int, ftype: int, length: int, where: in
         )
 
 
-def _check_magic_prefix(partial: bytes | bytearray, where: int) -> None:
+def _check_magic_prefix(partial: bytes | bytearray | memoryview, where: int) -> None:
     """Reject garbage as soon as its first bytes arrive, before a whole header is there."""
     head = bytes(partial[:2])
     if not MAGIC.startswith(head):
@@ -405,7 +412,7 @@ class StreamDecoder:
             yield from self._walk(frame, 0)
         yield from self._walk(data, start)
 
-    def _walk(self, data: bytes, off: int) -> Iterator[Frame]:
+    def _walk(self, data: bytes | memoryview, off: int) -> Iterator[Frame]:
         """Yield the whole frames in ``data[off:]``; keep an incomplete last one in the buffer."""
         buf = self._buf
         unpack_header = HEADER.unpack_from
@@ -424,7 +431,9 @@ class StreamDecoder:
                     starts = indexer.index(data, p, nxt) if indexer is not None else None
                     if starts is not None:  # all v1 process records, checked in C
                         if len(starts) <= SMALL_FRAME:  # a view costs ~150 bytes: copies
-                            frame: Frame = Records([bytes(r) for r in RawRecords(data, p, nxt, starts)], [])
+                            # (over a reused read buffer the items are views: bytes() copies them)
+                            view = RawRecords(cast(bytes, data), p, nxt, starts)
+                            frame: Frame = Records([bytes(r) for r in view], [])
                         elif p == HEADER_LEN and nxt == end and type(data) is bytes:
                             # data is this one frame (reassembled): its bytes are its own
                             frame = Records(RawRecords(data, p, nxt, starts), [])

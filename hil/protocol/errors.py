@@ -1,4 +1,5 @@
-"""Protocol errors: one class per way a peer can break the wire protocol (PROTOCOL.md, section 5).
+"""Protocol errors: one class per way a peer can break the wire protocol (section 5 of
+drivers/protocol/PROTOCOL.md).
 
 The class names are shared with the C codec (``hil_strerror_name()``) and the golden vectors.
 """
@@ -53,7 +54,7 @@ class TruncatedFrame(ProtocolError):
 
 
 class UnexpectedFrame(ProtocolError):
-    """A valid frame arrived where the session rules do not allow it (PROTOCOL.md 3.2)."""
+    """A valid frame arrived where the session rules do not allow it (drivers/protocol/PROTOCOL.md 3.2)."""
 
 
 class StalledPeer(ProtocolError):

@@ -21,6 +21,7 @@ import shutil
 import threading
 from array import array
 from pathlib import Path
+from typing import cast
 
 from hil.deploy.host_build import compile_c
 from hil.errors import EnvironmentProblem, HilError
@@ -94,17 +95,17 @@ class RecordIndexer:
         self._fn = lib.hil_index_process_records
         self._starts = (ctypes.c_uint32 * MAX_RECORDS)()
         self._starts_addr = ctypes.addressof(self._starts)
-        self._data: bytes | None = None  # the last buffer seen and its address: several frames
+        self._data: bytes | memoryview | None = None  # the last buffer seen and its address: several frames
         self._base = 0  # arrive in one read, so most calls skip the lookup
 
-    def index(self, data: bytes | memoryview, off: int, end: int) -> array | None:
+    def index(self, data: bytes | memoryview, off: int, end: int) -> array[int] | None:
         """Payload-relative starts of the records in ``data[off:end]`` (a compact ``uint32``
         array), or None when the payload is not all v1 process records (the Python codec
         decides then). ``data`` is ``bytes`` or a writable buffer (the collector's read buffer);
         the C code only reads it, during this call."""
         if data is not self._data:
             if type(data) is bytes:
-                base = ctypes.cast(ctypes.c_char_p(data), ctypes.c_void_p).value
+                base = cast(int, ctypes.cast(ctypes.c_char_p(data), ctypes.c_void_p).value)
             else:
                 try:
                     base = ctypes.addressof(ctypes.c_char.from_buffer(data))

@@ -1,4 +1,4 @@
-"""Record types and the process record (PROTOCOL.md, section 4).
+"""Record types and the process record (drivers/protocol/PROTOCOL.md, section 4).
 
 On the hot path records are kept as their raw wire bytes (a ``bytes`` object per record,
 already validated by :func:`hil.protocol.codec.decode_records`); :func:`decode_record` turns one
@@ -71,7 +71,7 @@ class Record:
     def sha256_hex(self) -> str:
         return self.sha256.hex()
 
-    def to_json(self) -> dict:
+    def to_json(self) -> dict[str, Any]:
         """The record's wire meaning as the golden vectors' JSON spells it."""
         return {
             "kind": self.kind,

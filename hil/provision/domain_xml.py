@@ -1,11 +1,21 @@
-"""Turn a :class:`GuestSpec` into libvirt domain XML.
+"""Turn a :class:`GuestSpec` into libvirt domain XML: one builder, with per-OS parts.
 
-Choices measured on the target machines (see ENVIRONMENT.md):
+Every domain we create carries the owner metadata (``<hil:owner .../>``), whatever its OS, so
+the leak sweep finds a dead session's Linux and Windows guests alike.
+
+Linux parts (``spec.os == "linux"``), choices measured on the target machines:
 - q35: the isa panic device gets an ACPI node there, so ``pvpanic-mmio`` binds and libvirt
   sees CRASHED/PANICKED; on i440fx no event ever comes.
 - QEMU user networking through ``<qemu:commandline>`` (libvirt 9.0 has no port-forward
   element for it), on an explicit free PCIe slot; forwards bind 127.0.0.1 only.
 - ``on_crash=preserve`` so a panicked guest stays inspectable until we destroy it.
+
+Windows parts (``spec.os == "windows"``, a lab's image): Hyper-V enlightenments (Windows runs
+much better with them) and the ``hypervclock`` timer, under KVM only (QEMU refuses them under
+TCG: "kernel doesn't allow setting HyperV VP_INDEX", measured), ``<panic model='hyperv'/>`` so a bug check
+is reported by QEMU as GUEST_PANICKED with its code and parameters (under KVM only: under TCG
+the crash MSR writes are ignored), a SATA disk and an e1000e NIC (in-box drivers), a USB
+tablet and a VNC display on 127.0.0.1 for a person looking at the desktop.
 """
 
 from __future__ import annotations
@@ -28,18 +38,58 @@ def _sub(parent: ET.Element, tag: str, text: str | None = None, **attrs: str) ->
     return el
 
 
+OS_KINDS = ("linux", "windows")
+HYPERV_FEATURES = (
+    ("relaxed", {"state": "on"}),
+    ("vapic", {"state": "on"}),
+    ("spinlocks", {"state": "on", "retries": "8191"}),
+    ("vpindex", {"state": "on"}),
+    ("runtime", {"state": "on"}),
+    ("synic", {"state": "on"}),
+    ("stimer", {"state": "on"}),
+    ("frequencies", {"state": "on"}),
+)
+
+
 def netdev_arg(spec: GuestSpec) -> str:
     fwd = "".join(f",hostfwd=tcp:127.0.0.1:{h}-:{g}" for h, g in spec.forwards)
     return f"user,id={NETDEV_ID}{fwd}"
 
 
+def _clock(dom: ET.Element, os_kind: str, accel: str) -> None:
+    if os_kind == "windows":
+        clock = _sub(dom, "clock", offset="localtime")
+        _sub(clock, "timer", name="rtc", tickpolicy="catchup")
+        _sub(clock, "timer", name="pit", tickpolicy="delay")
+        _sub(clock, "timer", name="hpet", present="no")
+        if accel == "kvm":
+            _sub(clock, "timer", name="hypervclock", present="yes")
+    else:
+        _sub(dom, "clock", offset="utc")
+
+
+def _disk(dev: ET.Element, spec: GuestSpec) -> None:
+    disk = _sub(dev, "disk", type="file", device="disk")
+    _sub(disk, "driver", name="qemu", type="qcow2", cache="unsafe", discard="unmap")
+    _sub(disk, "source", file=str(spec.disk))
+    if spec.os == "windows":
+        _sub(disk, "target", dev="sda", bus="sata")  # Windows has no in-box virtio-blk driver
+    else:
+        _sub(disk, "target", dev="vda", bus="virtio")
+
+
 def domain_xml(spec: GuestSpec) -> str:
+    if spec.os not in OS_KINDS:
+        raise ValueError(f"GuestSpec.os must be one of {OS_KINDS}, not {spec.os!r}")
+    if spec.accel not in ("kvm", "tcg"):
+        raise ValueError("GuestSpec.accel must be 'kvm' or 'tcg' (resolve 'auto' first: hil.provision.accel)")
+    windows = spec.os == "windows"
     dom = ET.Element("domain", type="kvm" if spec.accel == "kvm" else "qemu")
     _sub(dom, "name", spec.name)
     if spec.uuid:
         _sub(dom, "uuid", spec.uuid)
     meta = _sub(dom, "metadata")
-    ET.SubElement(meta, f"{{{HIL_NS}}}owner", spec.owner)
+    ET.SubElement(meta, f"{{{HIL_NS}}}owner", {**spec.owner, "kind": spec.os})
     _sub(dom, "memory", str(spec.memory_mib), unit="MiB")
     _sub(dom, "vcpu", str(spec.vcpus))
 
@@ -57,24 +107,20 @@ def domain_xml(spec: GuestSpec) -> str:
     features = _sub(dom, "features")
     _sub(features, "acpi")
     _sub(features, "apic")
-    if spec.hyperv:
+    if windows and spec.accel == "kvm":  # QEMU offers the hv-* enlightenments with KVM only
         hv = _sub(features, "hyperv", mode="custom")
-        for name in ("relaxed", "vapic", "vpindex", "synic", "stimer"):
-            _sub(hv, name, state="on")
-        _sub(hv, "spinlocks", state="on", retries="8191")
+        for name, attrs in HYPERV_FEATURES:
+            _sub(hv, name, **attrs)
     cpu = _sub(dom, "cpu", mode="host-passthrough" if spec.accel == "kvm" else "custom")
     if spec.accel != "kvm":
         _sub(cpu, "model", "qemu64", fallback="allow")
-    _sub(dom, "clock", offset="utc")
+    _clock(dom, spec.os, spec.accel)
     _sub(dom, "on_poweroff", "destroy")
     _sub(dom, "on_reboot", "restart")
     _sub(dom, "on_crash", "preserve")
 
     dev = _sub(dom, "devices")
-    disk = _sub(dev, "disk", type="file", device="disk")
-    _sub(disk, "driver", name="qemu", type="qcow2", cache="unsafe", discard="unmap")
-    _sub(disk, "source", file=str(spec.disk))
-    _sub(disk, "target", dev="vda", bus="virtio")
+    _disk(dev, spec)
 
     # a file, not a pty: QEMU gets the fd from virtlogd, so nothing in libvirt's private /dev
     # is needed (a pty fails there inside a chroot, measured); libvirt adds the console itself
@@ -82,19 +128,22 @@ def domain_xml(spec: GuestSpec) -> str:
     _sub(serial, "source", path=str(spec.console_log), append="off")
     _sub(serial, "target", port="0")
 
-    chan = _sub(dev, "channel", type="unix")
-    _sub(chan, "target", type="virtio", name="org.qemu.guest_agent.0")
-
-    if spec.panic == "hyperv":
+    if windows:
+        _sub(dev, "input", type="tablet", bus="usb")
+        _sub(dev, "graphics", type="vnc", listen="127.0.0.1", autoport="yes")
         _sub(dev, "panic", model="hyperv")
     else:
+        chan = _sub(dev, "channel", type="unix")
+        _sub(chan, "target", type="virtio", name="org.qemu.guest_agent.0")
         panic = _sub(dev, "panic", model="isa")
         _sub(panic, "address", type="isa", iobase="0x505")
     # QEMU's own getrandom(): no /dev/urandom to open inside libvirt's private /dev
     _sub(_sub(dev, "rng", model="virtio"), "backend", model="builtin")
     _sub(dev, "memballoon", model="none")
 
-    args = ["-netdev", netdev_arg(spec), "-device", f"virtio-net-pci,netdev={NETDEV_ID},bus=pcie.0,addr=0x10"]
+    # e1000e has an in-box Windows driver; an explicit free slot (libvirt's root port takes 0x1)
+    nic = "e1000e" if windows else "virtio-net-pci"
+    args = ["-netdev", netdev_arg(spec), "-device", f"{nic},netdev={NETDEV_ID},bus=pcie.0,addr=0x10"]
     if spec.pcap:
         args += ["-object", f"filter-dump,id=hildump0,netdev={NETDEV_ID},file={spec.pcap}"]
     cmd = ET.SubElement(dom, f"{{{QEMU_NS}}}commandline")

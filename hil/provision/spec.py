@@ -2,8 +2,16 @@
 
 from __future__ import annotations
 
+import socket
 from dataclasses import dataclass, field
 from pathlib import Path
+
+
+def free_local_port() -> int:
+    """A TCP port on 127.0.0.1 nobody listens on right now (for a forward)."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
 
 
 @dataclass
@@ -17,7 +25,8 @@ class GuestSpec:
     kernel/initrd/cmdline  direct kernel boot; all None to boot from the disk
     forwards      (host_port, guest_port) TCP forwards, bound to 127.0.0.1 only
     owner         metadata written into the domain so the leak sweep can find dead owners
-    panic         ``isa`` (Linux, pvpanic) or ``hyperv`` (Windows bug checks)
+    os            ``linux`` or ``windows``: picks the per-OS parts of the domain XML
+                  (see :mod:`hil.provision.domain_xml`)
     """
 
     name: str
@@ -32,8 +41,7 @@ class GuestSpec:
     cmdline: str | None = None
     forwards: list[tuple[int, int]] = field(default_factory=list)
     owner: dict[str, str] = field(default_factory=dict)
-    panic: str = "isa"
-    hyperv: bool = False
+    os: str = "linux"
     pcap: Path | None = None
     uuid: str | None = None
     instance: str = ""  # names this guest's files; differs from ``name`` for restored copies

@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from collections.abc import Callable
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Protocol, runtime_checkable
 
@@ -28,11 +29,30 @@ class RunResult:
         return self
 
 
+@dataclass(frozen=True)
+class Spawned:
+    """A background process a transport started: its PID in the guest and how to wait for it.
+
+    Every transport's ``spawn`` returns one, so ``guest.spawn(cmd).wait(timeout)`` reads the
+    same on a Linux guest, a Windows lab guest and a Wine prefix.
+    """
+
+    pid: int
+    command: str
+    waiter: Callable[[float], int] = field(repr=False, compare=False)
+
+    def wait(self, timeout: float = 60.0) -> int:
+        """The exit code, once the process has ended; :class:`GuestError` after ``timeout``."""
+        return self.waiter(timeout)
+
+
 @runtime_checkable
 class GuestTransport(Protocol):
+    """How the framework reaches inside one guest (qemu-guest-agent, WinRM, a Wine prefix)."""
+
     def run(self, cmd: str, timeout: float = 60.0, input: bytes | None = None) -> RunResult: ...
 
-    def spawn(self, cmd: str) -> int: ...
+    def spawn(self, cmd: str) -> Spawned: ...
 
     def write_file(self, remote: str, data: bytes) -> None: ...
 
@@ -43,3 +63,9 @@ class GuestTransport(Protocol):
     def get(self, remote: str, local: Path) -> None: ...
 
     def wait_ready(self, timeout: float) -> None: ...
+
+    def close(self) -> None: ...
+
+    def abort(self, reason: str) -> None:
+        """The guest crashed: every later call fails at once naming ``reason``."""
+        ...

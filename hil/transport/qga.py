@@ -14,7 +14,7 @@ import time
 from pathlib import Path
 
 from hil.errors import GuestError
-from hil.transport.base import RunResult
+from hil.transport.base import RunResult, Spawned
 
 # Measured limits of one agent message through libvirt 9.0 and qemu-ga 7.2: reads of 1 MiB
 # (1.4 MB of base64 in the reply) work at about 3 MB/s under TCG, 4 MiB fail to encode; writes
@@ -160,9 +160,10 @@ class QgaTransport:
             duration=time.monotonic() - t0,
         )
 
-    def spawn(self, cmd: str) -> int:
-        """Start ``cmd`` in the background (output discarded); returns its guest PID."""
-        return self._exec(f"exec >/dev/null 2>&1 </dev/null; {cmd}", capture=False)
+    def spawn(self, cmd: str) -> Spawned:
+        """Start ``cmd`` in the background (output discarded)."""
+        pid = self._exec(f"exec >/dev/null 2>&1 </dev/null; {cmd}", capture=False)
+        return Spawned(pid, cmd, lambda timeout: self.wait(pid, timeout))
 
     def wait(self, pid: int, timeout: float = 60.0) -> int:
         deadline = time.monotonic() + timeout
@@ -231,6 +232,9 @@ class QgaTransport:
         with open(local, "wb") as f:
             for chunk in self._read_chunks(remote):
                 f.write(chunk)
+
+    def close(self) -> None:
+        """Nothing to release: libvirt owns the agent channel."""
 
     def set_time(self) -> None:
         """After a restore the guest clock is as old as the save file: set it to now.

@@ -2,15 +2,17 @@
 (re-exported by :mod:`hil.pytest_plugin`)::
 
     def test_on_real_windows(windows_guest, win_build):
-        t = windows_guest.transport                      # WinRM: run_cmd, run_ps, put, read_file
-        deploy.install_driver(t, win_build["hilagent.sys"], "hilagent")
+        windows_guest.deployer.install(win_build["hilagent.sys"], "hilagent", CollectorPort=port)
+        windows_guest.deployer.start("hilagent")
+        windows_guest.winrm.run_ps("Get-Process")        # WinRM: run_cmd, run_ps, put, read_file
 
 The image is ``HIL_WINDOWS_IMAGE`` or ``[windows] image`` in hil.toml (built as described in
 guests/windows/README.md), the WinRM account ``[windows] winrm_user``/``winrm_password`` (or
 ``HIL_WINDOWS_USER``/``HIL_WINDOWS_PASSWORD``).  No Windows image can be had on the development
 hosts, so there the fixture skips with the reason.  Each test gets its own overlay of the image;
 the guest must have test signing on (unsigned drivers would not load) and gets a ``C:\\hil``
-folder; a bug check during the test fails it at teardown.
+folder.  The guest is watched by the crash monitor: a bug check fails the test through the same
+path as a Linux oops, named as Windows names it.
 """
 
 from __future__ import annotations
@@ -32,7 +34,7 @@ def configured_image(windows_config) -> str:
 
 
 @pytest.fixture
-def windows_guest(hil_config, tmp_path):
+def windows_guest(request, hil_config, hil_lab, hil_artifacts):
     image = configured_image(hil_config.windows)
     if not image:
         pytest.skip(NO_IMAGE)
@@ -43,23 +45,21 @@ def windows_guest(hil_config, tmp_path):
     password = cfg.winrm_password or os.environ.get("HIL_WINDOWS_PASSWORD", "")
     if not password:
         pytest.skip("no WinRM password configured (HIL_WINDOWS_PASSWORD or [windows] winrm_password)")
-    from hil.provision.accel import choose_accel
+    from hil.errors import HilError
+    from hil.guest.fixture import lend_guest
     from hil.windows import deploy
-    from hil.windows.guest import WindowsLabGuest
 
-    with WindowsLabGuest(
-        Path(image),
-        tmp_path,
-        user=user,
-        password=password,
-        accel=choose_accel(hil_config.accel),
-        uri=hil_config.libvirt_uri,
-        memory_mib=cfg.memory_mib,
-        vcpus=cfg.vcpus,
-        boot_timeout=cfg.boot_timeout_s,
-    ) as g:
-        deploy.require_testsigning(g.transport)
-        g.transport.mkdir(r"C:\hil")
-        yield g
-        if (bugcheck := g.bugcheck()) is not None:
-            pytest.fail(f"the Windows guest bug-checked: {bugcheck}", pytrace=False)
+    try:
+        guest = hil_lab.windows_guest(
+            Path(image),
+            user=user,
+            password=password,
+            memory_mib=cfg.memory_mib,
+            vcpus=cfg.vcpus,
+            boot_timeout=cfg.boot_timeout_s,
+        )
+    except HilError as exc:
+        pytest.fail(f"kernel-hil: no Windows guest: {exc}", pytrace=False)
+    deploy.require_testsigning(guest.winrm)
+    guest.winrm.mkdir(r"C:\hil")
+    yield from lend_guest(request, hil_lab, guest, hil_artifacts)

@@ -23,11 +23,12 @@ from __future__ import annotations
 import base64
 import hashlib
 import time
+import uuid
 from pathlib import Path
 
 from hil.errors import EnvironmentProblem, GuestError
 from hil.steps import step
-from hil.transport.base import RunResult
+from hil.transport.base import RunResult, Spawned
 
 PS_APPEND = "$p='{path}.hilpart';$b=[Convert]::FromBase64String('{data}');$f=[IO.File]::Open($p,'{mode}','Write');$f.Write($b,0,$b.Length);$f.Close()"
 PS_COMMIT = (
@@ -41,6 +42,16 @@ PS_READ = (
     "$n=$f.Read($b,0,{count});$f.Close();[Convert]::ToBase64String($b,0,$n)"
 )
 PS_MKDIR = "New-Item -ItemType Directory -Force -Path '{path}'|Out-Null"
+# A background command: cmd.exe with delayed expansion writes the command's exit code to a file
+# when it ends (WinRM cannot wait for a process it did not start in the same shell).
+PS_SPAWN = (
+    "$a='/v:on /c \"'+'{cmd}'+' & echo !errorlevel!> \"{rc}\"\"';"
+    "(Start-Process -FilePath cmd.exe -ArgumentList $a -WindowStyle Hidden -PassThru).Id"
+)
+PS_SPAWN_RC = (
+    "$p='{rc}';if(Test-Path -LiteralPath $p){{(Get-Content -LiteralPath $p -Raw).Trim();Remove-Item -LiteralPath $p}}"
+)
+SPAWN_DIR = r"C:\Windows\Temp"
 
 
 def ps_quote(s: str) -> str:
@@ -190,6 +201,31 @@ class WinRMTransport:
         if input is not None:
             raise GuestError("WinRMTransport.run does not support stdin input")
         return self.run_cmd(cmd, timeout=timeout)
+
+    def spawn(self, cmd: str) -> Spawned:
+        """Start a cmd.exe command line in the background; ``wait`` returns its exit code."""
+        rc_file = rf"{SPAWN_DIR}\hil-spawn-{uuid.uuid4().hex[:12]}.rc"
+        res = self.run_ps(PS_SPAWN.format(cmd=ps_quote(cmd), rc=rc_file)).check()
+        try:
+            pid = int(res.stdout.decode(errors="replace").strip().splitlines()[-1])
+        except (ValueError, IndexError):
+            raise GuestError(f"starting {cmd!r} on {self.endpoint}: no process id in {res.text!r}") from None
+        return Spawned(pid, cmd, lambda timeout: self._wait_spawned(cmd, rc_file, timeout))
+
+    def _wait_spawned(self, cmd: str, rc_file: str, timeout: float, interval: float = 1.0) -> int:
+        deadline = time.monotonic() + timeout
+        while True:
+            out = self.run_ps(PS_SPAWN_RC.format(rc=ps_quote(rc_file))).check().text.strip()
+            if out:
+                return int(out)
+            if time.monotonic() >= deadline:
+                raise GuestError(f"{cmd!r} still running on {self.endpoint} after {timeout:g} s")
+            time.sleep(interval)  # each poll is a WinRM round trip: once a second is plenty
+
+    def abort(self, reason: str) -> None:
+        """The guest bug-checked: drop the shell (the next call fails instead of hanging)."""
+        self._shell = None
+        self._protocol = None
 
     # ---- files -----------------------------------------------------------------------------
 

@@ -65,6 +65,11 @@ def kill_prefix(prefix: Path, timeout: float = 30.0) -> None:
     subprocess.run([ws, "-w"], env=env, capture_output=True, timeout=timeout)
 
 
+def run_dir() -> Path:
+    """Where per-test prefixes live: beside the templates (hard links need one filesystem)."""
+    return cache_root() / "wine" / "run"
+
+
 def template_dir() -> Path:
     safe = "".join(c if c.isalnum() or c in ".-" else "_" for c in wine_version())
     return cache_root() / "wine" / f"template-{safe}"
@@ -125,30 +130,3 @@ def clone_prefix(dest: Path) -> Path:
             else:
                 shutil.copy2(p, out / f)
     return dest
-
-
-def reap_stale_prefixes(run_dir: Path) -> list[Path]:
-    """Remove prefixes left by test processes that died (named ``<worker>-<pid>-<random>``):
-    kill their wineserver, delete the directory.  Prefixes of live processes are kept."""
-    removed = []
-    if not run_dir.is_dir():
-        return removed
-    for p in run_dir.iterdir():
-        parts = p.name.split("-")
-        if len(parts) < 3 or not parts[-2].isdigit():
-            continue
-        pid = int(parts[-2])
-        try:
-            os.kill(pid, 0)
-            continue  # still running
-        except ProcessLookupError:
-            pass
-        except PermissionError:
-            continue
-        try:
-            kill_prefix(p, timeout=15)
-        except (subprocess.SubprocessError, OSError):
-            pass
-        shutil.rmtree(p, ignore_errors=True)
-        removed.append(p)
-    return removed

@@ -41,6 +41,7 @@ import pytest
 from hil.deploy import windows_build
 from hil.deploy.artifacts import Deployed
 from hil.errors import EnvironmentProblem, GuestError, HilError
+from hil.guest.fixture import lend_guest
 
 WINE_TOOLS = ("hilsvc.exe", "hilagentctl.exe")
 
@@ -120,25 +121,18 @@ def wine_missing() -> str | None:
 
 
 @pytest.fixture
-def wine_guest(request, hil_artifacts):
-    """A fresh Wine prefix with hilsvc.exe/hilagentctl.exe in C:\\hil, destroyed after the test."""
+def wine_guest(request, hil_lab, hil_artifacts):
+    """A fresh Wine prefix with hilsvc.exe/hilagentctl.exe in C:\\hil, destroyed after the test.
+    A driver's unhandled exception fails the test with Wine's own crash report."""
     if reason := wine_missing():
         pytest.skip(reason)
-    from hil.wine import WineGuest
-
     build = request.getfixturevalue("win_build")
-    guest = WineGuest(hil_artifacts / "wine", tools={t: build[t] for t in WINE_TOOLS}, name="wine")
     try:
-        guest.boot()
-        yield guest
-    finally:
-        guest.destroy()
-        request.node.user_properties.append(("wine_debug_log", str(guest.debug_log)))
-    if guest.crashed():
-        # the excerpt goes into the failure itself: the log file is replaced by the next run
-        pytest.fail(
-            f"a driver crashed in the Wine prefix (log: {guest.debug_log}):\n{guest.crash_excerpt()}", pytrace=False
-        )
+        guest = hil_lab.wine_guest(hil_artifacts / "wine", tools={t: build[t] for t in WINE_TOOLS}, name="wine")
+    except HilError as exc:
+        pytest.fail(f"kernel-hil: no Wine guest: {exc}", pytrace=False)
+    request.node.user_properties.append(("wine_debug_log", str(guest.debug_log)))
+    yield from lend_guest(request, hil_lab, guest, hil_artifacts)
 
 
 class WineDriver:

@@ -84,3 +84,37 @@ def test_from_qemu_panic_event_info():
     )
     assert rep.title == "0x000000EF CRITICAL_PROCESS_DIED" and rep.parameters[0] == "0xffffc00012345080"
     assert bugcheck.from_panic_info({"type": "s390", "core": 0}) is None
+
+
+# --- the serial console (EMS) ---------------------------------------------------------------
+EMS = """\
+<?xml version="1.0"?>
+<BP>
+<INSTANCE CLASSNAME="BLUESCREEN">
+<PROPERTY NAME="STOPCODE" TYPE="string"><VALUE>"0xD1"</VALUE></PROPERTY><machine-info>
+<name>HIL-WIN</name>
+</machine-info>
+</INSTANCE>
+</BP>
+"""
+
+
+def test_console_stop_lines():
+    rep = bugcheck.parse_console_line("*** STOP: 0x000000D1 (0x00000000,0x00000002,0x00000000,0xF86B5A89)")
+    assert rep.title == "0x000000D1 DRIVER_IRQL_NOT_LESS_OR_EQUAL" and rep.kind == "BSOD"
+    assert rep.parameters == ("0x0", "0x2", "0x0", "0xf86b5a89")
+    ems = bugcheck.parse_console_line('<PROPERTY NAME="STOPCODE" TYPE="string"><VALUE>"0xE2"</VALUE></PROPERTY>')
+    assert ems.title == "0x000000E2 MANUALLY_INITIATED_CRASH" and ems.parameters == ("0x0",) * 4
+    assert bugcheck.parse_console_line("SAC>") is None
+    assert bugcheck.parse_console_line("STOP: nothing here") is None
+
+
+def test_console_watcher_streams_one_report_per_bug_check():
+    got = []
+    w = bugcheck.ConsoleWatcher(on_report=got.append)
+    text = "Computer is booting, SAC started and initialized.\r\n" + EMS + "*** STOP: 0x000000D1 (0x0,0x2,0x0,0x1)\r\n"
+    for i in range(0, len(text), 7):  # chunks cut lines anywhere
+        w.feed(text[i : i + 7].encode())
+    w.flush()
+    assert [r.title for r in got] == ["0x000000D1 DRIVER_IRQL_NOT_LESS_OR_EQUAL"] and not w.busy
+    assert text[got[0].start : got[0].end].startswith('<PROPERTY NAME="STOPCODE"')

@@ -52,9 +52,24 @@ def conn():
     c.close()
 
 
-def start_owner():
+# a Windows-kind guest made the way the windows_guest fixture makes it (Lab.windows_guest),
+# from an empty "image": the domain idles in firmware, WinRM is never waited for
+WINDOWS_OWNER_SCRIPT = textwrap.dedent("""
+    import json, sys, time
+    from pathlib import Path
+    from hil.config import load_config
+    from hil.lab import Lab
+    from hil.provision.owner import Owner
+    lab = Lab(load_config(), owner=Owner.current(worker="gwW")).start()
+    g = lab.windows_guest(Path(sys.argv[1]), user="hil", password="x", memory_mib=128, vcpus=1, wait=False)
+    print(json.dumps({"name": g.name, "dir": str(lab.dir), "kind": g.kind.value}), flush=True)
+    time.sleep(600)
+""")
+
+
+def start_owner(script: str = OWNER_SCRIPT, *args: str):
     proc = subprocess.Popen(
-        [sys.executable, "-c", OWNER_SCRIPT], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+        [sys.executable, "-c", script, *args], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
     )
     line = proc.stdout.readline()
     if not line:
@@ -77,6 +92,41 @@ def test_sweep_removes_a_sigkilled_owners_guest_and_spares_a_live_one(conn):
         assert dead_info["name"] not in domain_names(conn)
         assert not Path(dead_info["dir"]).exists()
         # the live session's guest and folder are untouched
+        assert live_info["name"] in domain_names(conn)
+        assert Path(live_info["dir"]).exists()
+    finally:
+        live.send_signal(signal.SIGKILL)
+        live.wait()
+        sweep(conn, runtime_dir())
+    assert live_info["name"] not in domain_names(conn)
+
+
+@pytest.fixture
+def empty_windows_image():
+    """A blank qcow2 where QEMU can read it (the runtime folder), standing in for a Windows
+    image: the sweep judges a domain by its owner record, not by what it boots."""
+    d = runtime_dir() / f"test-images-{os.getpid()}"
+    d.mkdir(parents=True, exist_ok=True)
+    image = d / "blank-windows.qcow2"
+    subprocess.run(["qemu-img", "create", "-q", "-f", "qcow2", str(image), "64M"], check=True)
+    yield image
+    image.unlink(missing_ok=True)
+    d.rmdir()
+
+
+def test_sweep_removes_a_sigkilled_sessions_windows_guest_and_spares_a_live_one(conn, empty_windows_image):
+    dead, dead_info = start_owner(WINDOWS_OWNER_SCRIPT, str(empty_windows_image))
+    live, live_info = start_owner(WINDOWS_OWNER_SCRIPT, str(empty_windows_image))
+    try:
+        assert dead_info["kind"] == live_info["kind"] == "windows"
+        assert {dead_info["name"], live_info["name"]} <= domain_names(conn)
+        xml = conn.lookupByName(dead_info["name"]).XMLDesc(0)
+        assert "<panic model='hyperv'" in xml or '<panic model="hyperv"' in xml  # really the Windows parts
+        dead.send_signal(signal.SIGKILL)
+        dead.wait()
+        sweep(conn, runtime_dir())
+        assert dead_info["name"] not in domain_names(conn)
+        assert not Path(dead_info["dir"]).exists()  # its overlay went with its folder
         assert live_info["name"] in domain_names(conn)
         assert Path(live_info["dir"]).exists()
     finally:

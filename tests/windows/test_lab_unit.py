@@ -1,43 +1,38 @@
-"""Lab-path pieces that need no Windows: domain XML and the Hyper-V bug-check parser."""
+"""The Windows lab guest without Windows: its bug-check naming and its spec's guards."""
 
 from __future__ import annotations
 
-import xml.etree.ElementTree as ET
+from pathlib import Path
 
 import pytest
 
-from hil.windows import guest as lab_guest
-from hil.windows.domain import QEMU_NS, windows_domain_xml
+from hil.guest import windows_lab
+from hil.provision.spec import GuestSpec
 
 pytestmark = pytest.mark.windows
 
 
-def test_domain_has_windows_pieces():
-    xml = windows_domain_xml("win-t", "/var/cache/kernel-hil/run/w.qcow2", winrm_port=55985, accel="kvm")
-    dom = ET.fromstring(xml)
-    assert dom.get("type") == "kvm"
-    hv = dom.find("features/hyperv")
-    assert {e.tag for e in hv} >= {"relaxed", "vapic", "spinlocks", "synic", "stimer", "vpindex"}
-    assert dom.find("devices/panic").get("model") == "hyperv"
-    assert dom.find("clock/timer[@name='hypervclock']").get("present") == "yes"
-    assert dom.find("on_crash").text == "preserve"
-    args = [a.get("value") for a in dom.find(f"{{{QEMU_NS}}}commandline")]
-    assert "user,id=hilnet,hostfwd=tcp:127.0.0.1:55985-:5985" in args
-    assert dom.find("devices/disk/target").get("bus") == "sata"
+def lab_spec(tmp_path: Path, **kw) -> GuestSpec:
+    base = dict(
+        name="hil-s-main-1",
+        os="windows",
+        disk=tmp_path / "w.qcow2",
+        console_log=tmp_path / "w.console.log",
+        forwards=[(55985, windows_lab.WINRM_GUEST_PORT)],
+    )
+    base.update(kw)
+    return GuestSpec(**base)
 
 
-def test_tcg_domain_type():
-    dom = ET.fromstring(windows_domain_xml("w", "/x.qcow2", winrm_port=1, accel="tcg"))
-    assert dom.get("type") == "qemu"
-    with pytest.raises(ValueError):
-        windows_domain_xml("w", "/x.qcow2", winrm_port=1, accel="auto")
+def test_a_windows_guest_without_a_winrm_forward_is_refused(tmp_path):
+    with pytest.raises(ValueError, match="WinRM"):
+        windows_lab.WindowsLabGuest(None, lab_spec(tmp_path, forwards=[]), user="hil", password="x")
 
 
 def test_lab_guest_names_the_bugcheck_from_its_domain_log(tmp_path, monkeypatch):
-    image = tmp_path / "win.qcow2"
-    image.write_bytes(b"")
-    monkeypatch.setattr(lab_guest, "LIBVIRT_QEMU_LOGS", tmp_path)
-    g = lab_guest.WindowsLabGuest(image, tmp_path, user="hil", password="x")
+    monkeypatch.setattr(windows_lab, "LIBVIRT_QEMU_LOGS", tmp_path)
+    g = windows_lab.WindowsLabGuest(None, lab_spec(tmp_path), user="hil", password="x")
+    assert g.winrm.port == 55985 and g.kind.value == "windows"
     assert g.bugcheck() is None  # no log yet
     g.domain_log.write_text("2026-11-23 23:40:01.123+0000: starting up\n")
     assert g.bugcheck() is None

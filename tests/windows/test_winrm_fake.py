@@ -6,10 +6,10 @@ from __future__ import annotations
 import os
 
 import pytest
+from fake_wsman import FakeWindowsHost, FakeWsman
 
 from hil.errors import GuestError
 from hil.windows import deploy
-from hil.windows.fake_wsman import FakeWindowsHost, FakeWsman
 from hil.windows.winrm import WinRMTransport
 
 pytestmark = pytest.mark.windows
@@ -153,3 +153,50 @@ def test_a_hung_command_times_out_and_is_terminated(winrm, fake_windows):
         winrm.run("hang", timeout=0.5)
     assert srv.actions[-1] == "Signal"  # the command was told to terminate
     assert winrm.run("echo still usable").stdout == b"still usable\r\n"
+
+
+def test_spawn_returns_a_handle_whose_wait_gives_the_exit_code(winrm, fake_windows):
+    _, host = fake_windows
+    job = winrm.spawn("sc query nosuch")
+    assert job.pid > 0 and job.command == "sc query nosuch"
+    assert job.wait(timeout=10) == 1060  # the code the command itself exited with
+    assert host.spawned == ["sc query nosuch"]
+    assert winrm.spawn("echo hi").wait(timeout=10) == 0
+
+
+def test_the_windows_lab_guests_deployer_over_winrm(winrm, fake_windows, tmp_path):
+    """The one deployer interface on the lab kind: install (copy, service, REG_DWORD settings),
+    start, is_loaded, stop, remove; a minifilter goes through fltmc."""
+    from hil.guest import windows_lab
+    from hil.guest.state import GuestState
+    from hil.provision.spec import GuestSpec
+
+    _, host = fake_windows
+    spec = GuestSpec(
+        name="hil-s-main-1",
+        os="windows",
+        disk=tmp_path / "w.qcow2",
+        console_log=tmp_path / "w.log",
+        forwards=[(winrm.port, windows_lab.WINRM_GUEST_PORT)],
+    )
+    g = windows_lab.WindowsLabGuest(None, spec, user="hil", password="x")
+    g.winrm = g.transport = winrm  # the fake's endpoint instead of a booted domain's
+    g._set_state(GuestState.BOOTED)
+    g._set_state(GuestState.READY)
+    sys_file = tmp_path / "hilagent.sys"
+    sys_file.write_bytes(b"MZ fake driver")
+
+    g.deployer.install(sys_file, "hilagent", CollectorPort=7000)
+    assert host.registry[r"HKLM\SYSTEM\CurrentControlSet\Services\hilagent\Parameters"] == {"CollectorPort": "7000"}
+    g.deployer.start("hilagent")
+    assert g.deployer.is_loaded("hilagent")
+    g.deployer.stop("hilagent")
+    assert not g.deployer.is_loaded("hilagent")
+    g.deployer.remove("hilagent")
+    assert "hilagent" not in host.services
+
+    g.deployer.install(sys_file, "hilflt", file_system=True)
+    g.deployer.start("hilflt")
+    assert "fltmc load hilflt" in host.cmd_lines
+    with pytest.raises(GuestError, match="not a number"):
+        g.deployer.install(sys_file, "hilx", Port="many")

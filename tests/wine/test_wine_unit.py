@@ -8,13 +8,14 @@ import shutil
 import pytest
 
 from hil.errors import GuestError
-from hil.wine.guest import WineGuest
+from hil.guest.wine import WineGuest
+from hil.provision.owner import Owner
 
 pytestmark = [pytest.mark.windows, pytest.mark.wine]
 
 
 def test_dbgprint_lines_are_extracted(tmp_path):
-    g = WineGuest(tmp_path)
+    g = WineGuest(tmp_path, Owner.current())
     g.debug_log.write_text(
         "0120:warn:debugstr:vDbgPrintExWithPrefix 0000004d:00000001: [hilsocks] listening on 127.0.0.1:5\n"
         "0124:fixme:ntoskrnl:something unrelated\n"
@@ -29,7 +30,7 @@ def test_dbgprint_lines_are_extracted(tmp_path):
 
 
 def test_unix_path_mapping_is_confined(tmp_path):
-    g = WineGuest(tmp_path)
+    g = WineGuest(tmp_path, Owner.current())
     assert g.unix_path(r"C:\hil\x.sys") == g.prefix / "drive_c" / "hil" / "x.sys"
     for bad in (r"D:\x", r"C:\..\..\etc\passwd", "relative\\x"):
         with pytest.raises(GuestError):
@@ -41,7 +42,7 @@ def test_clone_shares_dlls_and_put_never_touches_the_template(tmp_path):
     from hil.wine import prefix
 
     template = prefix.ensure_template()
-    g = WineGuest(tmp_path)
+    g = WineGuest(tmp_path, Owner.current())
     try:
         g.boot()
         dll = r"C:\windows\system32\kernel32.dll"
@@ -59,14 +60,18 @@ def test_clone_shares_dlls_and_put_never_touches_the_template(tmp_path):
     assert not g.prefix.exists()
 
 
-def test_stale_prefixes_of_dead_processes_are_reaped(tmp_path):
-    from hil.wine.prefix import reap_stale_prefixes
+def test_prefixes_of_dead_owners_are_swept_and_live_ones_spared(tmp_path):
+    import json
 
-    dead = tmp_path / "gw0-999999999-abc"  # no such pid
-    live = tmp_path / f"main-{os.getpid()}-def"
-    other = tmp_path / "unrelated"
-    for d in (dead, live, other):
+    from hil.provision.sweep import OWNER_FILE, sweep_wine_prefixes
+
+    me = Owner.current().as_dict()
+    dead = tmp_path / "hil-dead-gw0-wine-1"
+    live = tmp_path / "hil-live-main-wine-2"
+    cloning = tmp_path / "hil-new-main-wine-3"  # no owner record yet: a clone in progress
+    for d in (dead, live, cloning):
         (d / "drive_c").mkdir(parents=True)
-    removed = reap_stale_prefixes(tmp_path)
-    assert removed == [dead] and not dead.exists()
-    assert live.exists() and other.exists()
+    (dead / OWNER_FILE).write_text(json.dumps({**me, "pid": "999999999"}))
+    (live / OWNER_FILE).write_text(json.dumps(me))
+    assert sweep_wine_prefixes(tmp_path) == [str(dead)]
+    assert not dead.exists() and live.exists() and cloning.exists()

@@ -24,7 +24,7 @@ pytestmark = pytest.mark.hil_linux
 INNER = """
 import time
 import pytest
-from hil.deploy import kmod as kmods
+from hil.deploy import reference as kmods
 
 
 @pytest.fixture

@@ -71,13 +71,14 @@ class FakeTransport:
 
 
 class FakeGuest:
-    """What CrashMonitor needs from hil.provision.guest.Guest."""
+    """A hil.crash.monitor.MonitoredGuest: exactly the names CrashMonitor may use."""
 
     def __init__(self, tmp_path: Path, conn=None, name="g1", alive=True):
         self.name = name
         self.conn = conn or FakeConn()
-        self.spec = SimpleNamespace(console_log=tmp_path / f"{name}.console.log")
-        self.spec.console_log.write_bytes(b"")
+        self.folder = tmp_path
+        self.console_path = tmp_path / f"{name}.console.log"
+        self.console_path.write_bytes(b"")
         self.transport = FakeTransport(alive)
         self.domain = FakeDomain()
         self.dead = threading.Event()
@@ -85,13 +86,13 @@ class FakeGuest:
         self.monitor = None
 
     def console_text(self):
-        return self.spec.console_log.read_text()
+        return self.console_path.read_text()
 
-    def _crashed(self, crash):
+    def on_crash(self, crash):
         self.transport.abort(crash.title)
         self.dead.set()
 
-    def _tainted(self, crash):
+    def on_taint(self, crash):
         self.tainted.append(crash)
 
     def is_running(self):
@@ -102,7 +103,7 @@ class FakeGuest:
         return list(self.monitor.crashes)
 
     def console(self, text: str, chunk: int = 0) -> None:
-        with open(self.spec.console_log, "a") as f:
+        with open(self.console_path, "a") as f:
             if not chunk:
                 f.write(text)
                 return
@@ -193,7 +194,7 @@ def test_event_first_then_console_names_it(monitor_of):
     crash = m.wait_settled(WAIT)
     assert crash.final and crash.title == "kernel panic: sysrq triggered crash"
     assert [s.what for s in crash.signals] == ["panicked"]
-    evidence = crash.describe(g.spec.console_log.read_text())
+    evidence = crash.describe(g.console_path.read_text())
     assert "title: kernel panic: sysrq triggered crash" in evidence and "sysrq_handle_crash" in evidence
 
 
@@ -332,3 +333,19 @@ def test_qga_agent_error_on_a_crashed_guest_names_the_crash(monkeypatch):
     t.abort("kernel panic: sysrq triggered crash")
     with pytest.raises(GuestError, match="crashed while waiting for agent command guest-ping: kernel panic"):
         t.command("guest-ping")
+
+
+# --- the guest interface --------------------------------------------------------------------
+def test_no_hang_check_without_a_ping(monitor_of, tmp_path):
+    """A transport that cannot ping (WinRM) gets no hang check: no NMI on a silent guest."""
+    g = FakeGuest(tmp_path)
+    g.transport = SimpleNamespace(abort=lambda reason: None)
+    g, m = monitor_of(g, hang_timeout_s=0.05)
+    time.sleep(0.3)
+    assert m.crash is None and g.domain.nmis == 0
+
+
+def test_expect_crash_rejects_an_unknown_kind(monitor_of):
+    g, m = monitor_of()
+    with pytest.raises(ValueError, match="unknown crash kind 'PANC'.*PANIC"):
+        ExpectedCrash(g, kind="PANC")

@@ -8,7 +8,7 @@ import time
 import pytest
 
 from hil.crash.events import dispatcher_for
-from hil.deploy import kmod
+from hil.deploy import kmod, reference
 
 pytestmark = pytest.mark.hil_linux
 
@@ -45,7 +45,7 @@ def test_restored_guest_after_a_crash_gets_its_own_events(linux_guest):
 
 
 def test_frozen_guest_is_reported_hung_after_an_nmi(linux_guest):
-    kmod.load_module(linux_guest, kmod.build_crashmod(linux_guest.kbuild_dir), spin_s=120)
+    kmod.load_module(linux_guest, reference.build_crashmod(linux_guest.kbuild_dir), spin_s=120)
     # an unknown NMI then panics with the interrupted CPU's stack instead of "Dazed and confused"
     linux_guest.run("sysctl -w kernel.unknown_nmi_panic=1").check()
     linux_guest.monitor.hang_timeout_s = 3
