@@ -74,7 +74,7 @@ class Progress:
         self.stream = stream or sys.stderr
         self.tty = hasattr(self.stream, "isatty") and self.stream.isatty()
         self.t0 = time.monotonic()
-        self._last_phase = None
+        self._last_phase: str | None = None
         self._last_print = 0.0
 
     def update(self, phase: str, detail: str = "") -> None:

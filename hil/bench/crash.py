@@ -37,6 +37,7 @@ def run(args) -> int:
         for _ in range(args.runs):
             g = lab.linux_guest()
             mon = g.monitor
+            assert mon is not None  # a running libvirt guest is watched
             t0 = time.monotonic()
             g.spawn("echo c > /proc/sysrq-trigger")
             crash = mon.wait(args.timeout)
@@ -45,6 +46,7 @@ def run(args) -> int:
                 print(f"error: no crash report within {args.timeout:g}s")
                 lab.discard(g)
                 return 1
+            assert crash.final_at is not None  # crash.final
             to_report.append(crash.final_at - t0)
             first[crash.source] = first.get(crash.source, 0) + 1
             panicked = [s for s in crash.signals if s.what == "panicked"]

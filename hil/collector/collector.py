@@ -20,6 +20,7 @@ a shared secret.
 from __future__ import annotations
 
 import asyncio
+import enum
 import logging
 import threading
 import time
@@ -46,7 +47,14 @@ from hil.protocol.records import Record
 
 log = logging.getLogger("hil.collector")
 _TICK = 0.1
-_AUTO = object()
+
+
+class _Auto(enum.Enum):
+    """The default of ``max_agents``: 4096, or no cap when ``max_records`` is None."""
+
+    AUTO = enum.auto()
+
+
 _EVICTED_FIX = (
     "raise the collector's caps (max_records, max_bytes, agent_max_records, "
     "agent_max_bytes) or query before the agent floods it; stats(agent).evicted "
@@ -92,7 +100,7 @@ class Collector:
         agent_max_bytes: int | None = None,
         max_connections: int = 64,
         max_connections_per_peer: int = 32,
-        max_agents: int | None = _AUTO,
+        max_agents: int | None | _Auto = _Auto.AUTO,
         token: str | bytes | None = None,
         hello_timeout: float = 10.0,
         frame_timeout: float = 10.0,
@@ -100,7 +108,7 @@ class Collector:
     ):
         if interval <= 0:
             raise HilError(f"collector poll interval must be > 0, got {interval}", "pass interval in seconds, e.g. 0.5")
-        if max_agents is _AUTO:
+        if max_agents is _Auto.AUTO:
             max_agents = None if max_records is None else 4096
         for name, value in (
             ("max_connections", max_connections),
@@ -221,10 +229,12 @@ class Collector:
         return self._read_buffer
 
     async def _shutdown(self) -> None:
-        self._server.close()
+        server = self._server
+        assert server is not None  # the loop runs only once the server is up
+        server.close()
         for conn in list(self._conns):
             conn.close()
-        await self._server.wait_closed()
+        await server.wait_closed()
 
     async def _housekeeping(self) -> None:
         next_poll = time.monotonic() + self.interval

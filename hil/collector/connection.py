@@ -87,7 +87,7 @@ class AgentConnection(asyncio.BufferedProtocol):
         self.peer_host = "?"
         self.accepted = False  # within the connection caps (counted in c._peer_conns)
         self.agent: AgentId | None = None
-        self.stats = None  # AgentStats once identified
+        self.stats: AgentStats | None = None  # once identified
         self.nbytes = 0
         self.opened = time.monotonic()
         self.partial_since: float | None = None
@@ -219,6 +219,7 @@ class AgentConnection(asyncio.BufferedProtocol):
         self.batch_count += frame.count
 
     def _store(self, batches: list[Records]) -> None:
+        assert self.agent is not None  # RECORDS need a REQUEST outstanding, sent only after HELLO
         self.c._store.add_frames(self.agent, batches, time.monotonic(), time.time())
 
     def _on_frame(self, frame) -> None:
@@ -237,6 +238,7 @@ class AgentConnection(asyncio.BufferedProtocol):
                 raise UnexpectedFrame(f"END {rid} says {frame.count} records; {self.batch_count} were received")
             self.outstanding.popleft()
             self.batch_count = 0
+            assert self.stats is not None  # set with self.agent by the HELLO
             with self.c._store.cond:
                 self.stats.dropped_by_agent += frame.dropped
                 self.stats.batches += 1
@@ -382,18 +384,17 @@ class AgentConnection(asyncio.BufferedProtocol):
 
     def _capture(self, data: bytes | memoryview) -> None:
         c = self.c
+        capture = self.capture
         room = (
-            0
-            if self.capture is None
-            else min(c.max_capture_bytes - self.capture_bytes, c.capture_budget - c._capture_total)
+            0 if capture is None else min(c.max_capture_bytes - self.capture_bytes, c.capture_budget - c._capture_total)
         )
-        if room >= len(data):
-            self.capture.write(data)
+        if capture is not None and room >= len(data):
+            capture.write(data)
             self.capture_bytes += len(data)
             c._capture_total += len(data)
             return
-        if room > 0:
-            self.capture.write(data[:room])
+        if capture is not None and room > 0:
+            capture.write(data[:room])
             self.capture_bytes += room
             c._capture_total += room
             c._limited_log.warning(
@@ -433,6 +434,7 @@ class AgentConnection(asyncio.BufferedProtocol):
         store = self.c._store
         with store.cond:
             if self.stats is not None:
+                assert self.agent is not None  # set together by the HELLO
                 self.stats.connected = any(conn.agent == self.agent for conn in self.c._conns)
                 if not self.stats.connected:
                     store.disconnected(self.agent)

@@ -125,12 +125,14 @@ class _Batch:
 
     __slots__ = ("agent", "cost", "mono", "raws", "seq", "wall")
 
+    raws: Sequence[bytes] | None
+
     def __init__(self, agent: AgentId, mono: float, wall: float, raws: Sequence[bytes], seq: int, cost: int):
         self.agent, self.mono, self.wall, self.raws, self.seq, self.cost = (agent, mono, wall, raws, seq, cost)
 
 
 # the batch object, its two floats and its slots in two deques
-_BATCH_COST = sys.getsizeof(_Batch(None, 0.0, 0.0, (), 0, 0)) + 2 * sys.getsizeof(0.0) + 16
+_BATCH_COST = sys.getsizeof(_Batch(AgentId("", "", ""), 0.0, 0.0, (), 0, 0)) + 2 * sys.getsizeof(0.0) + 16
 
 
 def batch_cost(raws: Sequence[bytes]) -> int:
@@ -234,6 +236,7 @@ class RecordStore:
 
     def _evict_oldest(self, queue: deque[_Batch]) -> None:
         batch = queue.popleft()
+        assert batch.raws is not None  # a queue holds only batches not yet evicted
         n = len(batch.raws)
         st = self.stats[batch.agent]
         st.stored -= n
@@ -291,7 +294,7 @@ class RecordStore:
     ) -> Iterator[tuple[int, Record]]:
         """(batch sequence number, record) from ``start_batch`` on, optionally only from one
         agent / host (filtered per batch, before decoding). Call with cond held."""
-        source = self._by_agent.get(agent, ()) if agent is not None else self._order
+        source: Sequence[_Batch] = self._by_agent.get(agent, ()) if agent is not None else self._order
         if start_batch > 0 and source and source[0].seq < start_batch:
             tail = []  # the batches that came since: walk back from the newest
             for batch in reversed(source):

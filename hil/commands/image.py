@@ -20,8 +20,8 @@ def run(args) -> int:
 
     recipe = load_linux_recipe(Path(args.recipe) if args.recipe else None)
     if args.action == "build":
-        img = ensure_linux_image(recipe, rebuild=args.rebuild)
-        print(img.dir)
+        built = ensure_linux_image(recipe, rebuild=args.rebuild)
+        print(built.dir)
         return 0
     img = cached_image(recipe)
     if args.action == "path":

@@ -69,7 +69,8 @@ class KmodDeployer:
         if name not in self._installed:
             raise GuestError(f"module {name} is not installed in {self.guest.name}", "call install() first")
         artifact, params = self._installed[name]
-        kmod.load_module(self.guest, artifact, remote_dir=self.REMOTE_DIR, **params)
+        # params are the module's own: a module parameter named timeout must not become insmod's
+        kmod.load_module_with(self.guest, artifact, params, remote_dir=self.REMOTE_DIR)
 
     def stop(self, name: str) -> None:
         from hil.deploy import kmod
@@ -101,9 +102,13 @@ class WindowsServiceDeployer:
         self.guest = guest
         self._filters: set[str] = set()
 
-    def install(self, artifact: Path, name: str, file_system: bool = False, **params: int | str) -> str:
+    def install(self, artifact: Path, name: str, **params: int | str) -> str:
+        """As :meth:`Deployer.install`; the keyword ``file_system=True`` (not a registry value)
+        installs a minifilter.  It is taken out of ``params``, which keeps this method a
+        :class:`Deployer`'s (whose ``install`` takes settings only)."""
         from hil.windows import deploy
 
+        file_system = bool(params.pop("file_system", False))
         remote = deploy.install_driver(self.guest.winrm, Path(artifact), name, file_system=file_system)
         key = rf"HKLM\SYSTEM\CurrentControlSet\Services\{name}\Parameters"
         for k, v in params.items():

@@ -320,6 +320,14 @@ def load_module(
     Raises :class:`GuestError` with insmod's message and the new kernel log lines when
     loading fails or when the kernel logged an oops/BUG/WARNING while loading.
     """
+    return load_module_with(guest, ko_path, params, timeout=timeout, remote_dir=remote_dir)
+
+
+def load_module_with(
+    guest: Guest, ko_path: Path, params: dict, *, timeout: float = 120.0, remote_dir: str = "/tmp"
+) -> ModuleEvent:
+    """:func:`load_module` with the module parameters as a dict, so that any name is a module
+    parameter, ``timeout`` and ``remote_dir`` too."""
     ko_path = Path(ko_path)
     name = ko_path.stem
     remote = f"{remote_dir}/{ko_path.name}"

@@ -15,13 +15,15 @@ the test's JUnit properties (``hil_deployed_<name>``, ``..._sha256``, ``..._orig
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+
 import pytest
 
 from hil.deploy.module_session import ModuleSession
 
 
 @pytest.fixture
-def kmod(request, linux_guest, hil_artifacts) -> ModuleSession:
+def kmod(request, linux_guest, hil_artifacts) -> Iterator[ModuleSession]:
     session = ModuleSession(
         linux_guest, hil_artifacts, on_deploy=lambda d: request.node.user_properties.extend(d.properties())
     )

@@ -443,14 +443,26 @@ def _build_one(
     name: str | None,
     source_root: Path | None,
     force: bool,
-    **row: Iterable[str | Path],
+    *,
+    include_dirs: Iterable[str | Path],
+    defines: Iterable[str],
+    libs: Iterable[str],
+    ldflags: Iterable[str],
 ) -> Path:
     sources = tuple(sources)
     if not sources:
         raise BuildError(f"no sources given for a {kind}", "pass the .c files to compile")
     name = name or Path(sources[0]).stem + suffix
-    row = {k: tuple(v) for k, v in row.items()}
-    return build([Target(name, sources, kind, **row)], source_root, force=force)[name]
+    target = Target(
+        name,
+        sources,
+        kind,
+        libs=tuple(libs),
+        defines=tuple(defines),
+        ldflags=tuple(ldflags),
+        include_dirs=tuple(include_dirs),
+    )
+    return build([target], source_root, force=force)[name]
 
 
 def build_driver(

@@ -136,7 +136,9 @@ class WineGuest(Guest):
                 stderr=subprocess.DEVNULL,
                 timeout=30,
             )
-            env["WINEDEBUG"] = "-all,+debugstr,err+module,+loaddll" + (f",{self.debug_channels}" if self.debug_channels else "")
+            env["WINEDEBUG"] = "-all,+debugstr,err+module,+loaddll" + (
+                f",{self.debug_channels}" if self.debug_channels else ""
+            )
             # services.exe and winedevice.exe inherit this stderr: it is the DbgPrint log.
             proc = subprocess.run(
                 [wprefix.wine_binary(), "wineboot"],

@@ -509,7 +509,7 @@ class History:
             recent = conn.execute(_recent(runs, limit, profile)).mappings().all()
             ids = _recent(runs.c.run_id, limit, profile)
             counts = _outcome_counts(conn, ids)
-            crash_count = dict(
+            crash_count: dict[str, int] = dict(
                 conn.execute(
                     sa.select(crashes.c.run_id, sa.func.count())
                     .where(crashes.c.run_id.in_(ids), crashes.c.expected == sa.false())
@@ -555,16 +555,18 @@ class History:
                     where.append(
                         sa.or_(runs.c.started_utc < start, sa.and_(runs.c.started_utc == start, runs.c.run_id < before))
                     )
-            rows = []
-            for i in range(0, len(wanted), 500):  # bounded IN lists
-                rows += conn.execute(_sightings(crashes.c.title.in_(wanted[i : i + 500]), *where)).all()
+            rows = [
+                row
+                for i in range(0, len(wanted), 500)  # bounded IN lists
+                for row in conn.execute(_sightings(crashes.c.title.in_(wanted[i : i + 500]), *where)).all()
+            ]
         return {s.title: s for s in _signatures(rows)}
 
     def crashes(self, profile: str | None = None) -> list[CrashSignature]:
         """Every crash title of the history (of runs of ``profile``), most recently seen first."""
         with self._reading() as conn:
             rows = conn.execute(_sightings(*_of(profile))).all()
-        last_seen = {}
+        last_seen: dict[str, tuple[datetime, str]] = {}
         for title, run_id, started in rows:
             last_seen[title] = max(last_seen.get(title, (started, run_id)), (started, run_id))
         return sorted(_signatures(rows), key=lambda s: (last_seen[s.title], s.title), reverse=True)
@@ -623,7 +625,7 @@ class History:
             recent = conn.execute(_recent(sa.select(runs.c.run_id, runs.c.started), last, profile)).all()
             ids = _recent(runs.c.run_id, last, profile)
             counts = _outcome_counts(conn, ids)
-            titles = dict(
+            titles: dict[str, int] = dict(
                 conn.execute(
                     sa.select(crashes.c.run_id, sa.func.count(sa.distinct(crashes.c.title)))
                     .where(crashes.c.run_id.in_(ids), crashes.c.expected == sa.false())

@@ -407,6 +407,7 @@ def _latency(run: Run, latency: Path | None, links: _Links) -> str:
     by_folder = {str(Path(p).parent): r.nodeid for r in run.results for p in r.artifacts.values()}
     figures = []
     for svg in found:
+        assert folder is not None  # nothing is found without a folder
         text = svg.read_text(errors="replace")
         if not text.lstrip().startswith("<svg"):
             continue

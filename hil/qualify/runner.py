@@ -17,6 +17,7 @@ tests when the profile says so, or a run that could not select or run its tests.
 
 from __future__ import annotations
 
+import io
 import json
 import os
 import platform
@@ -108,8 +109,9 @@ def run_pytest(cmd: list[str], log: Path) -> int:
     """Run one attempt, its output both on this terminal (the progress) and in ``log``."""
     with open(log, "wb") as out:
         proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
-        assert proc.stdout is not None
-        for chunk in iter(lambda: proc.stdout.read1(65536), b""):
+        stdout = proc.stdout
+        assert isinstance(stdout, io.BufferedReader)  # a binary pipe, buffered (bufsize -1)
+        for chunk in iter(lambda: stdout.read1(65536), b""):
             out.write(chunk)
             sys.stdout.buffer.write(chunk)
             sys.stdout.flush()

@@ -12,6 +12,7 @@ import json
 import threading
 import time
 from pathlib import Path
+from typing import Any
 
 from hil.errors import GuestError
 from hil.transport.base import RunResult, Spawned
@@ -70,11 +71,12 @@ class QgaTransport:
     # --- raw agent access -------------------------------------------------------------
     def command(
         self, execute: str, arguments: dict | None = None, timeout: float | None = None, what: str | None = None
-    ) -> dict:
+    ) -> Any:
+        """The command's ``return`` member: a dict for most commands, an int handle for guest-file-open."""
         import libvirt
         import libvirt_qemu
 
-        msg = {"execute": execute}
+        msg: dict[str, object] = {"execute": execute}
         if arguments is not None:
             msg["arguments"] = arguments
         text = json.dumps(msg)

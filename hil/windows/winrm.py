@@ -91,7 +91,7 @@ class WinRMTransport:
         self.chunk_size = chunk_size
         self.operation_timeout = operation_timeout
         self._protocol = None
-        self._shell = None
+        self._shell: str | None = None
 
     # ---- connection ------------------------------------------------------------------------
 

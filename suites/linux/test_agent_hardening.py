@@ -284,6 +284,7 @@ class TrickleCollector:
         self._thread: threading.Thread | None = None
 
     def _read_exact(self, n: int) -> bytes:
+        assert self.conn is not None  # accepted by start_request
         data = b""
         while len(data) < n:
             chunk = self.conn.recv(n - len(data))
@@ -306,6 +307,7 @@ class TrickleCollector:
         self._thread.start()
 
     def _trickle(self) -> None:
+        assert self.conn is not None  # accepted by start_request
         period = 1.0 / self.rate
         next_at = time.monotonic()
         try:

@@ -96,7 +96,7 @@ def _junit(path: Path) -> list[ET.Element]:
 
 
 def _props(tc: ET.Element) -> dict[str, str]:
-    return {p.get("name"): p.get("value") for p in tc.iter("property")}
+    return {p.get("name", ""): p.get("value", "") for p in tc.iter("property")}
 
 
 def _outcome(tc: ET.Element) -> str:
@@ -155,6 +155,7 @@ def test_the_wsk_example_passes_from_a_copy(installed, tmp_path):
 def _team_kserver(folder: Path) -> Path:
     """kserver.ko as a team's own build produces it: its sources in a folder of its own, built
     with make against the guest kernel's headers."""
+    assert IMAGE is not None and IMAGE.kbuild_dir is not None  # skipped without the image; it has its headers
     src = _copy(REPO / "drivers" / "linux" / "kserver", folder)
     made = subprocess.run(
         ["make", *kmod.make_arguments(IMAGE.kbuild_dir), f"M={src}", "modules"],

@@ -51,7 +51,7 @@ class RawAgent:
 
     def __init__(self, address, host: str, kind: str = "raw", token: bytes = b"", source: str | None = None):
         self.sock = socket.create_connection(address, timeout=10, source_address=(source, 0) if source else None)
-        self.sock.sendall(encode_hello(kind, "linux", host, **({"token": token} if token else {})))
+        self.sock.sendall(encode_hello(kind, "linux", host, token=token))  # an empty token is left out
         self.next_id = 1
 
     def expect_request(self) -> int:

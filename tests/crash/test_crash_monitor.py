@@ -18,7 +18,7 @@ libvirt = pytest.importorskip("libvirt")
 
 from hil.crash import events  # noqa: E402
 from hil.crash.events import EventDispatcher, Signal, classify  # noqa: E402
-from hil.crash.monitor import CrashMonitor, ExpectedCrash  # noqa: E402
+from hil.crash.monitor import Crash, CrashMonitor, ExpectedCrash  # noqa: E402
 from hil.errors import GuestError  # noqa: E402
 
 DATA = Path(__file__).parent / "data"
@@ -82,7 +82,7 @@ class FakeGuest:
         self.transport = FakeTransport(alive)
         self.domain = FakeDomain()
         self.dead = threading.Event()
-        self.tainted = []
+        self.tainted: list[Crash] = []
         self.monitor = None
 
     def console_text(self):

@@ -23,7 +23,7 @@ libvirt = pytest.importorskip("libvirt")
 from hil.crash import events  # noqa: E402
 from hil.crash.detectors import WindowsDetector  # noqa: E402
 from hil.crash.kinds import CrashKind  # noqa: E402
-from hil.crash.monitor import CrashMonitor, ExpectedCrash, windows_monitor_options  # noqa: E402
+from hil.crash.monitor import Crash, CrashMonitor, ExpectedCrash, windows_monitor_options  # noqa: E402
 
 WAIT = 5.0
 
@@ -132,7 +132,7 @@ class FakeWindowsGuest:
         self.transport = SimpleNamespace(abort=lambda reason: None)
         self.monitor = None
         self.dead = threading.Event()
-        self.tainted = []
+        self.tainted: list[Crash] = []
 
     def console_text(self):
         return self.console_path.read_text()

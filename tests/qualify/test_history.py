@@ -14,6 +14,7 @@ import multiprocessing
 import os
 import sqlite3
 import threading
+from collections.abc import Iterator, Sequence
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
@@ -44,13 +45,16 @@ def _count_rows(url: str) -> dict[str, int]:
     engine = sa.create_engine(hist.engine_url(url))
     try:
         with engine.connect() as conn:
-            return {t.name: conn.scalar(sa.select(sa.func.count()).select_from(t)) for t in hist.metadata.sorted_tables}
+            return {
+                t.name: conn.execute(sa.select(sa.func.count()).select_from(t)).scalar_one()
+                for t in hist.metadata.sorted_tables
+            }
     finally:
         engine.dispose()
 
 
 @pytest.fixture(params=["sqlite", "postgresql"])
-def url(request, tmp_path) -> str:
+def url(request, tmp_path) -> Iterator[str]:
     """A history URL with no tables yet: a fresh SQLite file, or the module's PostgreSQL
     database whose tables are dropped after each test."""
     if request.param == "sqlite":
@@ -71,8 +75,8 @@ def make_run(
     at: int = 0,
     profile: str = "nightly",
     outcomes: dict[str, str] | None = None,
-    crashes: tuple = (),
-    figures: tuple = (),
+    crashes: Sequence[str | tuple[str, bool]] = (),
+    figures: Sequence[tuple] = (),
     host: str = "lab1",
 ) -> Run:
     """A run ``at`` hours after T0; ``crashes`` as titles (or (title, expected)), ``figures`` as

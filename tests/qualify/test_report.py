@@ -196,10 +196,12 @@ def sample_folder(folder: Path) -> tuple[Path, Path]:
         [0.1 + 0.01 * (i % 50) for i in range(500)] + [0.93, 4.0],
         "process storm: exec to sent",
     )
-    return (
+    pages = (
         timeline.render(sorted(folder.glob("timeline-*.json")), folder / "timeline.html"),
         histogram.render_index(folder, folder / "latency.html"),
     )
+    assert pages[0] is not None and pages[1] is not None, "the sample folder has lanes and histograms"
+    return pages[0], pages[1]
 
 
 def write_sample(folder: Path) -> Path:

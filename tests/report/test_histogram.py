@@ -14,7 +14,7 @@ SVG = "{http://www.w3.org/2000/svg}"
 
 def _bars(svg: str) -> list[int]:
     root = ET.fromstring(svg)
-    return [int(rect.find(f"{SVG}title").text.rsplit(": ", 1)[1]) for rect in root.iter(f"{SVG}rect")]
+    return [int((rect.findtext(f"{SVG}title") or "").rsplit(": ", 1)[1]) for rect in root.iter(f"{SVG}rect")]
 
 
 def test_every_sample_lands_in_a_bar_and_the_tail_is_marked():

@@ -38,7 +38,7 @@ ACTION_SIGNAL = "http://schemas.microsoft.com/wbem/wsman/1/windows/shell/Signal"
 DONE = "http://schemas.microsoft.com/wbem/wsman/1/windows/shell/CommandState/Done"
 RUNNING = "http://schemas.microsoft.com/wbem/wsman/1/windows/shell/CommandState/Running"
 
-Handler = Callable[[str, list[str]], tuple[bytes, bytes, int]]
+Handler = Callable[[str, list[str]], tuple[bytes, bytes, int | None]]  # exit code None: never finishes
 
 
 def _envelope(action: str, relates_to: str, body: str) -> bytes:
@@ -156,6 +156,7 @@ class FakeWsman:
             )
         if action == ACTION_COMMAND:
             line = root.find("s:Body/rsp:CommandLine", NS)
+            assert line is not None, "a Command request has a CommandLine"
             command = line.findtext("rsp:Command", namespaces=NS) or ""
             args_text = line.findtext("rsp:Arguments", namespaces=NS) or ""
             args = args_text.split(" ") if args_text else []
@@ -175,7 +176,7 @@ class FakeWsman:
             )
         if action == ACTION_RECEIVE:
             stream = root.find("s:Body/rsp:Receive/rsp:DesiredStream", NS)
-            cid = stream.get("CommandId") if stream is not None else None
+            cid = (stream.get("CommandId") if stream is not None else None) or ""
             with self._lock:
                 cmd = self._cmds.get(cid)
             if cmd is None:
@@ -214,7 +215,7 @@ class FakeWsman:
         if action == ACTION_SIGNAL:
             sig = root.find("s:Body/rsp:Signal", NS)
             with self._lock:
-                self._cmds.pop(sig.get("CommandId") if sig is not None else "", None)
+                self._cmds.pop((sig.get("CommandId") if sig is not None else None) or "", None)
             return 200, _envelope(ACTION_SIGNAL + "Response", msg_id, "<rsp:SignalResponse/>")
         if action == ACTION_DELETE:
             with self._lock:
@@ -264,7 +265,7 @@ class FakeWindowsHost:
     registry: dict[str, dict[str, str]] = field(default_factory=dict)
     spawned: list[str] = field(default_factory=list)
 
-    def __call__(self, command: str, args: list[str]) -> tuple[bytes, bytes, int]:
+    def __call__(self, command: str, args: list[str]) -> tuple[bytes, bytes, int | None]:
         if command.lower().startswith("powershell") and "-EncodedCommand" in args:
             script = base64.b64decode(args[args.index("-EncodedCommand") + 1]).decode("utf-16-le")
             self.ps_scripts.append(script)
@@ -280,8 +281,8 @@ class FakeWindowsHost:
     def powershell(self, script: str) -> tuple[bytes, bytes, int]:
         if m := _APPEND.match(script):
             key = self._unq(m["path"]).lower() + ".hilpart"
-            data = base64.b64decode(m["data"])
-            self.files[key] = data if m["mode"] == "Create" else self.files.get(key, b"") + data
+            chunk = base64.b64decode(m["data"])
+            self.files[key] = chunk if m["mode"] == "Create" else self.files.get(key, b"") + chunk
             return b"", b"", 0
         if m := _COMMIT.match(script):
             path = self._unq(m["path"]).lower()

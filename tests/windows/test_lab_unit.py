@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -13,7 +14,7 @@ pytestmark = pytest.mark.windows
 
 
 def lab_spec(tmp_path: Path, **kw) -> GuestSpec:
-    base = dict(
+    base: dict[str, Any] = dict(
         name="hil-s-main-1",
         os="windows",
         disk=tmp_path / "w.qcow2",
