@@ -18,6 +18,7 @@ Every key has a default, so no file at all means the embedded default guest.
     vcpus = 2
     boot_timeout_s = 300
     snapshot = true               # boot once, restore per test (false: cold boot per test)
+    ready_pool = 1                # copies restored (paused) ahead of need; bounded by free memory
     hang_timeout_s = 120          # silent console + silent agent this long = hung (NMI, HANG); 0: off
 
     [drivers]                     # your build's artifacts; unset: the in-repo reference build
@@ -52,6 +53,7 @@ class LinuxGuestConfig:
     vcpus: int = 2
     boot_timeout_s: float = 300.0
     snapshot: bool = True
+    ready_pool: int = 1  # restored copies kept paused ahead of need (0: restore when asked)
     hang_timeout_s: float = 120.0  # no console output and no agent answer this long: a hang (0: off)
 
 
@@ -122,7 +124,7 @@ class HilConfig:
 
 def _build(cls, data: dict, where: str, source: str):
     known = {f.name: f for f in dataclasses.fields(cls) if f.name != "source"}
-    kwargs = {}
+    kwargs: dict[str, object] = {}
     for key, value in data.items():
         if key not in known:
             raise ConfigError(

@@ -9,34 +9,40 @@ Usable from a script as well as from pytest::
         wine = lab.wine_guest(workdir, tools=tools)   # a Wine prefix (no libvirt needed)
 
 Every guest the lab makes carries this process's owner record, and :meth:`Lab.close` destroys
-them all (the leak sweep removes them when the process dies before it can).  The libvirt
+them all (the leak sweep removes them when the process dies before it can).
+
+Reset out of the test's way: a Linux guest is a restored copy of a cached snapshot
+(:mod:`hil.provision.snapshot_cache`: one cold boot per change of inputs, shared by sessions
+and workers).  While a test runs, the lab restores the next copy in the background and keeps
+it paused (``[linux] ready_pool``, bounded by memory); handing it out is a resume and a clock
+set.  A finished guest is destroyed by a reaper thread, off the next test's path.  The libvirt
 connection is opened when the first libvirt guest is asked for, so Wine-only runs need no
 libvirt daemon.
 
-Fast reset: the first Linux guest is booted cold, brought to ready, and its memory saved next
-to its (then frozen) overlay.  Every later guest gets a fresh overlay on top of that frozen
-one and is restored from the save file: a clean guest in about a second instead of a boot.
 """
 
 from __future__ import annotations
 
 import atexit
+import hashlib
+import inspect
 import itertools
 import json
 import logging
 import shutil
 import subprocess
-from dataclasses import dataclass
+import threading
+from collections import deque
+from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 
 from hil.config import HilConfig
 from hil.deploy.artifacts import check_kernel
 from hil.deploy.kmod import kernel_release
-from hil.errors import EnvironmentProblem, HilError
+from hil.errors import EnvironmentProblem, GuestError, HilError
 from hil.guest.base import Guest
 from hil.guest.libvirt_guest import LibvirtGuest
 from hil.guest.linux import LinuxGuest
-from hil.guest.state import GuestState
 from hil.guest.windows_lab import WINRM_GUEST_PORT, WindowsLabGuest
 from hil.guest.wine import WineGuest
 from hil.images.linux_image import LinuxImage, ensure_linux_image
@@ -45,21 +51,12 @@ from hil.provision import domain_xml as dx
 from hil.provision.accel import choose_accel
 from hil.provision.daemons import open_connection
 from hil.provision.owner import Owner
+from hil.provision.snapshot_cache import Snapshot, SnapshotCache, base_name, snapshot_key
 from hil.provision.spec import GuestSpec, free_local_port
 from hil.provision.sweep import OWNER_FILE, sweep
 from hil.steps import Progress, step
 
 log = logging.getLogger("hil.lab")
-
-
-@dataclass(frozen=True)
-class Snapshot:
-    """A ready guest's saved memory and its frozen disk: the source of every fast reset."""
-
-    name: str
-    save_file: Path
-    disk: Path
-    xml: str
 
 
 class Lab:
@@ -76,6 +73,11 @@ class Lab:
         self._snapshot: Snapshot | None = None
         self._snapshot_error: HilError | None = None
         self.cold_boot_s: float | None = None
+        self.snapshot_cache = SnapshotCache()
+        self._lock = threading.Lock()  # guests is touched by the filler and reaper threads too
+        self._ready: deque[Future[LinuxGuest]] = deque()  # paused copies, restored ahead of need
+        self._filler = ThreadPoolExecutor(1, thread_name_prefix="hil-ready")
+        self._reaper = ThreadPoolExecutor(1, thread_name_prefix="hil-reaper")
 
     # --- session ------------------------------------------------------------------------
     def start(self) -> Lab:
@@ -112,8 +114,15 @@ class Lab:
 
     def close(self) -> None:
         """Destroy every guest this lab made and remove its runtime folder (kept guests stay)."""
+        for fut in self._ready:
+            fut.cancel()
+        self._filler.shutdown(wait=True)  # a restore in flight finishes and is destroyed below
+        self._reaper.shutdown(wait=True)
+        self._ready.clear()
         kept = False
-        for g in self.guests:
+        with self._lock:
+            guests = list(self.guests)
+        for g in guests:
             if g.kept:
                 kept = True
                 continue
@@ -166,11 +175,20 @@ class Lab:
         return self._image
 
     # --- guests -------------------------------------------------------------------------
+    def _dir(self) -> Path:
+        """The runtime folder of a started lab (overlays, console logs, transcripts)."""
+        if self.dir is None:
+            raise HilError("the lab is not started: it has no runtime folder", "call Lab.start() first")
+        return self.dir
+
     def _new_name(self) -> str:
         return f"{self.owner.prefix()}{next(self._counter)}"
 
     def _overlay(self, backing: Path, name: str) -> Path:
-        path = self.dir / f"{name}.qcow2"
+        return self._overlay_at(backing, self._dir() / f"{name}.qcow2")
+
+    @staticmethod
+    def _overlay_at(backing: Path, path: Path) -> Path:
         try:
             subprocess.run(
                 ["qemu-img", "create", "-q", "-f", "qcow2", "-F", "qcow2", "-b", str(backing), str(path)],
@@ -194,7 +212,7 @@ class Lab:
             name=name,
             instance=instance or name,
             disk=disk,
-            console_log=self.dir / f"{instance or name}.console.log",
+            console_log=self._dir() / f"{instance or name}.console.log",
             accel=self.accel,
             memory_mib=self.config.linux.memory_mib,
             vcpus=self.config.linux.vcpus,
@@ -209,19 +227,21 @@ class Lab:
         g = LinuxGuest(
             self.conn,
             spec,
-            transcript=self.dir / f"{spec.instance}.agent.log",
+            transcript=self._dir() / f"{spec.instance}.agent.log",
             kernel_release=img.kernel_release,
             kbuild_dir=img.kbuild_dir,
         )
-        self.guests.append(g)
+        with self._lock:
+            self.guests.append(g)
         return g
 
-    def boot_linux_guest(self) -> LinuxGuest:
-        """A cold-booted guest on a fresh overlay of the base image."""
+    def boot_linux_guest(self, name: str | None = None, disk: Path | None = None) -> LinuxGuest:
+        """A cold-booted guest, on a fresh overlay of the base image unless ``disk`` is given."""
         img = self.linux_image()
-        name = self._new_name()
-        g = self._guest(self._linux_spec(name, self._overlay(img.disk, name)))
+        name = name or self._new_name()
+        g = self._guest(self._linux_spec(name, disk or self._overlay(img.disk, name)))
         g.boot()
+        assert g.transport is not None
         usual, g.transport.agent_timeout = g.transport.agent_timeout, 60.0  # booting: slow answers
         with step("cold-boot-ready", guest=name) as rec:
             g.wait_ready(self.config.linux.boot_timeout_s)
@@ -230,8 +250,32 @@ class Lab:
         self.cold_boot_s = rec.duration
         return g
 
+    # --- snapshots and ready copies -------------------------------------------------------------
+    def snapshot_inputs(self) -> dict[str, object]:
+        """Everything that changes what a restore gives: the snapshot cache's key."""
+        img = self.linux_image()
+
+        def identity(path: Path | None) -> list[object] | None:
+            if path is None:
+                return None
+            st = Path(path).stat()
+            return [str(path), st.st_size, st.st_mtime_ns]
+
+        template = self._linux_spec(base_name("0" * 16), Path("/disk.qcow2"))
+        template.console_log, template.owner = Path("/console.log"), {}
+        return {
+            "image": identity(img.disk),
+            "kernel": identity(img.kernel),
+            "initrd": identity(img.initrd),
+            "domain": dx.domain_xml(template),  # spec, accel, memory, vcpus, cmdline, XML builder
+            "libvirt": self.conn.getLibVersion(),
+            "qemu": self.conn.getVersion(),
+            "settle": hashlib.sha256(inspect.getsource(_settle).encode()).hexdigest(),
+        }
+
     def snapshot(self) -> Snapshot:
-        """Boot once and save; later guests restore from it.
+        """The ready-guest snapshot for this lab's inputs: from the cache, or made once (a cold
+        boot, settled and saved) under the cache's lock.
 
         A failure is remembered: every later test gets the same error at once instead of
         another doomed boot.
@@ -239,20 +283,87 @@ class Lab:
         if self._snapshot_error is not None:
             raise self._snapshot_error
         if self._snapshot is None:
+            key = snapshot_key(self.snapshot_inputs())
             try:
-                g = self.boot_linux_guest()
+                with self.snapshot_cache.locked(key), step("snapshot", key=key) as rec:
+                    snap = self.snapshot_cache.load(key)
+                    rec.args["cached"] = str(snap is not None)
+                    if snap is None:
+                        snap = self._make_snapshot(key)
             except HilError as exc:
                 self._snapshot_error = exc
                 raise
-            save_file = self.dir / "template.save"
-            xml = g.save(save_file)
-            self.guests.remove(g)
-            self._snapshot = Snapshot(name=g.name, save_file=save_file, disk=g.spec.disk, xml=xml)
+            self._snapshot = snap
+            self.snapshot_cache.prune(keep=key)
         return self._snapshot
 
+    def _make_snapshot(self, key: str) -> Snapshot:
+        entry = self.snapshot_cache.prepare(key)
+        disk = entry / "disk.qcow2"
+        self._overlay_at(self.linux_image().disk, disk)
+        g = self.boot_linux_guest(name=base_name(key), disk=disk)
+        xml = g.save(entry / "save.00")
+        with self._lock:
+            self.guests.remove(g)
+        return self.snapshot_cache.store(key, xml)
+
+    def _restore_copy(self, paused: bool) -> LinuxGuest:
+        """A restored copy of the snapshot on a fresh overlay, under a variant identity this
+        process holds (so several copies, and other workers' copies, can live at once)."""
+        import libvirt
+
+        snap = self.snapshot()
+        skip: set[int] = set()
+        while True:
+            lease = self.snapshot_cache.lease(snap, skip)
+            instance = self._new_name()
+            disk = self._overlay(snap.disk, instance)
+            spec = self._linux_spec(lease.name, disk, instance=instance)
+            xml = dx.with_changes(
+                snap.xml,
+                name=lease.name,
+                uuid=lease.uuid,
+                disk=str(disk),
+                console_log=str(spec.console_log),
+                owner=self.owner.as_dict(),
+            )
+            g = self._guest(spec)
+            g.lease = lease
+            try:
+                g.restore(lease.save_file, xml, paused=paused)
+                return g
+            except GuestError:
+                self._forget(g)
+                g.lease = None
+                lease.release()
+                # a domain of that identity still runs (a kept guest of an ended session): next
+                if not _domain_exists(self.conn, lease.name, libvirt):
+                    raise
+                skip.add(lease.index)
+
+    def ready_pool_size(self) -> int:
+        """How many paused copies to keep ahead of need: ``[linux] ready_pool``, fewer when the
+        host's available memory would not hold them next to the running guest."""
+        want = self.config.linux.ready_pool
+        if want <= 0:
+            return 0
+        try:
+            meminfo = dict(line.split(":", 1) for line in open("/proc/meminfo"))
+            available_mib = int(meminfo["MemAvailable"].split()[0]) // 1024
+        except (OSError, KeyError, ValueError):
+            return want
+        fits = max(0, available_mib // self.config.linux.memory_mib - 2)  # the running guest, a margin
+        if fits < want:
+            log.warning("ready_pool %d reduced to %d: %d MiB available", want, fits, available_mib)
+        return min(want, fits)
+
+    def _fill_ready(self) -> None:
+        while len(self._ready) < self.ready_pool_size():
+            self._ready.append(self._filler.submit(self._restore_copy, True))
+
     def linux_guest(self, label: str = "") -> LinuxGuest:
-        """A clean, ready Linux guest (restored from the snapshot, or cold-booted), watched for
-        hangs from now on (not while it boots: a slow boot is not a hang)."""
+        """A clean, ready Linux guest (a restored copy, or cold-booted without snapshots),
+        watched for hangs from now on (not while it boots: a slow boot is not a hang)."""
         g = self._fresh_linux_guest()
         g.hang_timeout_s = self.config.linux.hang_timeout_s or None
         if g.monitor is not None:
@@ -262,17 +373,18 @@ class Lab:
     def _fresh_linux_guest(self) -> LinuxGuest:
         if not self.config.linux.snapshot:
             return self.boot_linux_guest()
-        snap = self.snapshot()
-        if any(isinstance(g, LinuxGuest) and g.restored and g.state is not GuestState.DESTROYED for g in self.guests):
-            # a restored copy carries the snapshot's UUID: a second one at once must boot cold
-            return self.boot_linux_guest()
-        # libvirt insists that a restored domain keeps its saved name (and UUID): instances
-        # of one snapshot share the domain name and differ in overlay and log files
-        instance = self._new_name()
-        disk = self._overlay(snap.disk, instance)
-        spec = self._linux_spec(snap.name, disk, instance=instance)
-        g = self._guest(spec)
-        g.restore(snap.save_file, dx.with_changes(snap.xml, disk=str(disk), console_log=str(spec.console_log)))
+        self.snapshot()
+        g = None
+        while self._ready and g is None:
+            fut = self._ready.popleft()
+            try:
+                g = fut.result()
+            except HilError as exc:  # a background restore failed: say so, restore here instead
+                log.warning("a ready copy could not be restored: %s", exc)
+        if g is None:
+            g = self._restore_copy(paused=True)
+        self._fill_ready()  # the next copy restores while this one's test runs
+        g.resume()
         g.wait_ready(30)
         g.sync_clock()
         return g
@@ -302,7 +414,7 @@ class Lab:
             instance=name,
             os="windows",
             disk=self._overlay(image.resolve(), name),
-            console_log=self.dir / f"{name}.console.log",
+            console_log=self._dir() / f"{name}.console.log",
             accel=self.accel,
             memory_mib=memory_mib,
             vcpus=vcpus,
@@ -310,7 +422,8 @@ class Lab:
             owner=self.owner.as_dict(),
         )
         g = WindowsLabGuest(self.conn, spec, user=user, password=password, boot_timeout=boot_timeout)
-        self.guests.append(g)
+        with self._lock:
+            self.guests.append(g)
         if wait:
             g.boot()
         else:
@@ -321,20 +434,41 @@ class Lab:
         """A fresh Wine prefix (cloned from the cached template) with ``tools`` in ``C:\\hil``,
         booted; its DbgPrint log goes to ``workdir``.  Needs no libvirt."""
         g = WineGuest(workdir, self.owner, tools=tools, **kw)
-        self.guests.append(g)
+        with self._lock:
+            self.guests.append(g)
         g.boot()
         return g
 
     def discard(self, guest: Guest, keep: bool = False) -> None:
-        """End a guest's life: destroy it and delete its overlay, or keep it for debugging."""
+        """End a guest's life: destroy it and delete its overlay in the background (off the
+        next test's path; :meth:`close` waits for it), or keep it for debugging."""
         if keep:
             guest.keep()
             return
-        guest.destroy()
-        if guest in self.guests:
-            self.guests.remove(guest)
+        self._reaper.submit(self._destroy, guest)
+
+    def _destroy(self, guest: Guest) -> None:
+        try:
+            guest.destroy()
+        except Exception as exc:  # the reaper keeps going; close() retries what is left
+            log.error("could not destroy %s: %s", guest.name, exc)
+            return
+        self._forget(guest)
+
+    def _forget(self, guest: Guest) -> None:
+        with self._lock:
+            if guest in self.guests:
+                self.guests.remove(guest)
         if isinstance(guest, LibvirtGuest):
             guest.spec.disk.unlink(missing_ok=True)
+
+
+def _domain_exists(conn, name: str, libvirt) -> bool:
+    try:
+        conn.lookupByName(name)
+        return True
+    except libvirt.libvirtError:
+        return False
 
 
 def _settle(g: LinuxGuest) -> None:

@@ -289,10 +289,12 @@ def _unexpected_crashes(item) -> list:
     out = []
     for g in item.stash.get(GUESTS_KEY, []):
         if g.monitor is not None and g.is_running():
+            g.console_barrier()  # what the guest printed during this phase is in the log now
             g.monitor.quiesce()  # waits only while a report is half printed
         for c in g.unexpected_crashes():
-            if id(c) not in reported:
-                reported.add(id(c))
+            # by title: the monitor may hand out a new Crash object for one it finalised
+            if (id(g), c.title) not in reported:
+                reported.add((id(g), c.title))
                 out.append((g, c))
     return out
 

@@ -26,3 +26,49 @@ def test_user_supplied_image_with_direct_kernel_boot(tmp_path):
         assert guest.kernel_release == img.kernel_release
         # the user's image is never written: the guest runs on an overlay of it
         assert guest.spec.disk != img.disk and guest.spec.disk.parent == lab.dir
+
+
+def _domains(conn) -> dict[str, object]:
+    return {d.UUIDString(): d for d in conn.listAllDomains()}
+
+
+def test_ready_copies_live_side_by_side_and_reset_is_off_the_tests_path():
+    """Several restored copies of one snapshot at once (each under its own identity), a paused
+    copy waiting for the next test, background destroy, and 0 domains after close."""
+    import libvirt
+
+    from hil.provision.domain_xml import read_owner
+
+    with Lab(load_config()) as lab:
+        a, b = lab.linux_guest(), lab.linux_guest()
+        assert a.restored and b.restored and a.name != b.name
+        assert a.domain.UUIDString() != b.domain.UUIDString()
+        assert a.run("echo a").check().text == "a\n" and b.run("echo b").check().text == "b\n"
+        for g in (a, b):  # the restoring session owns them, whoever saved the snapshot
+            assert read_owner(g.domain.XMLDesc(0))["session"] == lab.owner.session
+        waiting = lab._ready[0].result(timeout=120)
+        assert waiting.state.value == "paused"
+        assert waiting.domain.state()[0] == libvirt.VIR_DOMAIN_PAUSED  # costs no CPU until handed out
+        uuid_a = a.domain.UUIDString()
+        lab.discard(a)  # returns at once; the reaper destroys it
+        lab._reaper.submit(lambda: None).result(timeout=60)
+        assert uuid_a not in _domains(lab.conn)
+        c = lab.linux_guest()
+        assert c.name == waiting.name and c.run("true").exit_code == 0
+        ours = {g.domain.UUIDString() for g in lab.guests if getattr(g, "domain", None) is not None}
+        conn = libvirt.open(lab.config.libvirt_uri)
+    try:
+        assert not ours & set(_domains(conn)), "the lab left domains behind"
+    finally:
+        conn.close()
+
+
+def test_the_snapshot_outlives_the_session():
+    """A second lab (the next session, or another worker) restores from the cached snapshot:
+    no cold boot."""
+    with Lab(load_config()) as first:
+        first.snapshot()
+    with Lab(load_config()) as second:
+        g = second.linux_guest()
+        assert second.cold_boot_s is None and g.restored
+        assert g.run("uname -r").exit_code == 0

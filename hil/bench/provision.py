@@ -1,61 +1,147 @@
-"""``hil bench provision``: cold boot versus restore-from-snapshot, medians over several runs.
+"""``hil bench provision``: what a test waits for its clean guest, medians over several runs.
 
-Prints ``cold_boot_s``, ``restore_s`` and ``restore_over_cold`` (one ``key: value`` per line).
-Cold boot = domain create until the guest agent answers and boot-time services settled;
-restore = a fresh overlay, domain restore, the guest agent answering and the clock set: the
-whole wait of a test for its clean guest.  Its parts are printed too.
+One ``key: value`` per line, all measured side by side in one run:
+
+- ``cold_boot_s``: domain create until the agent answers and boot-time services settled;
+- ``restore_s``: a restored copy on demand (no ready pool): overlay, restore, agent, clock;
+- ``destroy_s``: destroying a used guest;
+- ``visible_reset_s``: on one worker, the gap between the end of one test's body and the start
+  of the next one's, over ``--reset-tests`` consecutive tests using ``linux_guest`` (a real
+  pytest run, so it counts everything the plugin and the lab do between two tests);
+- ``one_test_run_s``: wall time of a fresh ``pytest <smoke file> -k boot_and_run`` process
+  with the snapshot cache warm (a developer running one test);
+- the ratios ``restore_over_cold`` and ``visible_reset_over_cold``.
 """
 
 from __future__ import annotations
 
+import os
 import statistics
+import subprocess
+import sys
+import tempfile
+import textwrap
 import time
+from pathlib import Path
+from typing import Any
 
-HELP = "measure cold boot vs snapshot restore of the Linux guest (medians)"
+HELP = "measure cold boot, restore, destroy, the reset a test sees, and a one-test run (medians)"
+
+RESET_TEST = textwrap.dedent("""
+    import os, time
+    import pytest
+
+    @pytest.mark.parametrize("i", range(int(os.environ["HIL_BENCH_TESTS"])))
+    def test_body(linux_guest, i):
+        with open(os.environ["HIL_BENCH_TIMES"], "a") as f:
+            f.write(f"start {time.monotonic()}\\n")
+        linux_guest.run("true").check()
+        with open(os.environ["HIL_BENCH_TIMES"], "a") as f:
+            f.write(f"end {time.monotonic()}\\n")
+""")
 
 
-def add_arguments(parser) -> None:
+def add_arguments(parser: Any) -> None:
     parser.add_argument("--cold-runs", type=int, default=3, help="cold boots to time (default 3)")
     parser.add_argument("--restore-runs", type=int, default=7, help="restores to time (default 7)")
+    parser.add_argument("--reset-tests", type=int, default=21, help="consecutive tests for visible_reset_s")
+    parser.add_argument("--one-test-runs", type=int, default=3, help="one-test pytest runs to time")
     parser.add_argument("--accel", choices=["auto", "kvm", "tcg"], default=None)
 
 
-def run(args) -> int:
+def _pytest(args: list[str], cwd: Path, env: dict[str, str]) -> tuple[float, subprocess.CompletedProcess[str]]:
+    t0 = time.monotonic()
+    proc = subprocess.run(
+        [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", *args],
+        cwd=cwd,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=3600,
+    )
+    elapsed = time.monotonic() - t0
+    if proc.returncode != 0:
+        raise SystemExit(f"bench: pytest {' '.join(args)} failed:\n{proc.stdout[-3000:]}{proc.stderr[-2000:]}")
+    return elapsed, proc
+
+
+def visible_resets(tests: int, work: Path) -> list[float]:
+    """Gaps between consecutive test bodies of one real pytest run on one worker."""
+    (work / "test_reset_bench.py").write_text(RESET_TEST)
+    times = work / "times.txt"
+    env = {**os.environ, "HIL_BENCH_TESTS": str(tests), "HIL_BENCH_TIMES": str(times)}
+    _pytest([f"--basetemp={work / 'bt'}", "test_reset_bench.py"], work, env)
+    marks = [line.split() for line in times.read_text().splitlines()]
+    ends = [float(t) for kind, t in marks if kind == "end"]
+    starts = [float(t) for kind, t in marks if kind == "start"]
+    return [s - e for e, s in zip(ends[:-1], starts[1:], strict=True)]
+
+
+def one_test_runs(runs: int, work: Path) -> list[float]:
+    from hil.paths import bundled
+
+    smoke = bundled("suites") / "linux" / "test_smoke.py"
+    out = []
+    for i in range(runs):
+        elapsed, _ = _pytest(
+            [f"--basetemp={work / f'one{i}'}", str(smoke), "-k", "boot_and_run"], work, dict(os.environ)
+        )
+        out.append(elapsed)
+    return out
+
+
+def run(args: Any) -> int:
     from hil.config import load_config
     from hil.lab import Lab
     from hil.steps import TIMELINE
 
     config = load_config()
     config.linux.snapshot = True
+    config.linux.ready_pool = 0  # restore_s: a copy restored when asked, nothing ahead
+    mark = time.time()
     with Lab(config, accel=args.accel) as lab:
         lab.linux_image()  # a build is not part of the measurement
-        colds = []
+        colds: list[float] = []
+        destroys: list[float] = []
         for _ in range(args.cold_runs):
             g = lab.boot_linux_guest()
+            assert lab.cold_boot_s is not None  # set by the boot
             colds.append(lab.cold_boot_s)
-            lab.discard(g)
+            t0 = time.monotonic()
+            g.destroy()
+            destroys.append(time.monotonic() - t0)
         lab.snapshot()
-        mark = time.time()
         restores = []
         for _ in range(args.restore_runs):
             t0 = time.monotonic()
             g = lab.linux_guest()
             restores.append(time.monotonic() - t0)
-            g.run("true").check()
-            lab.discard(g)
+            t0 = time.monotonic()
+            g.destroy()
+            destroys.append(time.monotonic() - t0)
+        accel = lab.accel
     steps = TIMELINE.since(mark)
+    with tempfile.TemporaryDirectory(prefix="hil-bench-") as tmp:
+        resets = visible_resets(args.reset_tests, Path(tmp))
+        ones = one_test_runs(args.one_test_runs, Path(tmp))
 
     def median_of(name: str) -> float:
-        return statistics.median([r.duration for r in steps if r.name == name] or [float("nan")])
+        durations = [r.duration for r in steps if r.name == name and r.duration is not None]
+        return statistics.median(durations or [float("nan")])
 
-    cold, restore = statistics.median(colds), statistics.median(restores)
-    print(f"accel: {lab.accel}")
+    cold, restore, reset = statistics.median(colds), statistics.median(restores), statistics.median(resets)
+    print(f"accel: {accel}")
     print(f"cold_boot_runs: {len(colds)}")
     print(f"restore_runs: {len(restores)}")
+    print(f"reset_tests: {args.reset_tests}")
     print(f"cold_boot_s: {cold:.3f}")
     print(f"restore_s: {restore:.3f}")
+    print(f"destroy_s: {statistics.median(destroys):.3f}")
+    print(f"visible_reset_s: {reset:.3f}")
+    print(f"visible_reset_s_max: {max(resets):.3f}")
+    print(f"one_test_run_s: {statistics.median(ones):.3f}")
     print(f"restore_over_cold: {restore / cold:.3f}")
-    print(f"restore_s_max: {max(restores):.3f}")
+    print(f"visible_reset_over_cold: {reset / cold:.3f}")
     print(f"restore_libvirt_s: {median_of('restore'):.3f}")
     print(f"restore_agent_ready_s: {median_of('wait-ready'):.3f}")
     return 0

@@ -31,12 +31,10 @@ def lend_guest(request: Any, lab: Any, guest: Guest, artifacts: Path) -> Iterato
             guest.monitor.quiesce()  # a report still being printed belongs to this test
         failed = any(r.failed for r in request.node.stash.get(REPORTS_KEY, {}).values())
         keep = failed and request.config.getoption("--hil-keep-failed")
-        if not keep:
-            lab.discard(guest)  # first: a Wine guest reads its last crash lines as it goes
         _collect_guest_artifacts(request, guest, artifacts)
         _collect_crash_evidence(request, guest, artifacts)
+        lab.discard(guest, keep=keep)  # destroyed off the next test's path (the lab's reaper)
         if keep:
-            lab.discard(guest, keep=True)
             tr = request.config.pluginmanager.get_plugin("terminalreporter")
             if tr:
                 tr.write_line(_kept_message(request, lab, guest))

@@ -3,9 +3,10 @@
 ::
 
     DEFINED ──boot/restore──> BOOTED ──agent answers──> READY ──save──> SAVED
-                                 ^  │                    │  │
-                                 └──┼────── reboot ──────┘  │
-                                    └──> CRASHED <──────────┘
+       │                      ^  ^  │                    │  │
+       └─restore paused─> PAUSED─┘  └──> CRASHED <───────┘  │
+                 (ready ahead of need)  ^                   │
+                                 └──────┴──── reboot ───────┘
     any state ──destroy──> DESTROYED (final)
 
 Like labgrid's strategies, a guest knows its state and refuses what the state forbids (no
@@ -22,6 +23,7 @@ from hil.errors import GuestError
 
 class GuestState(enum.Enum):
     DEFINED = "defined"
+    PAUSED = "paused"  # restored but not running: costs no CPU until it is handed out
     BOOTED = "booted"
     READY = "ready"
     SAVED = "saved"
@@ -30,7 +32,8 @@ class GuestState(enum.Enum):
 
 
 TRANSITIONS: dict[GuestState, frozenset[GuestState]] = {
-    GuestState.DEFINED: frozenset({GuestState.BOOTED, GuestState.DESTROYED}),
+    GuestState.DEFINED: frozenset({GuestState.BOOTED, GuestState.PAUSED, GuestState.DESTROYED}),
+    GuestState.PAUSED: frozenset({GuestState.BOOTED, GuestState.DESTROYED}),
     GuestState.BOOTED: frozenset({GuestState.READY, GuestState.CRASHED, GuestState.DESTROYED}),
     GuestState.READY: frozenset({GuestState.BOOTED, GuestState.SAVED, GuestState.CRASHED, GuestState.DESTROYED}),
     GuestState.SAVED: frozenset({GuestState.DESTROYED}),

@@ -163,16 +163,42 @@ def read_owner(xml: str) -> dict[str, str] | None:
     return dict(el.attrib) if el is not None else None
 
 
-def with_changes(xml: str, *, name: str | None = None, disk: str | None = None, console_log: str | None = None) -> str:
-    """Rewrite a saved domain's XML for a restore on a fresh overlay under a new name."""
+def _find(root: ET.Element, path: str) -> ET.Element:
+    el = root.find(path)
+    if el is None:
+        raise ValueError(f"domain XML has no <{path}>")
+    return el
+
+
+def with_changes(
+    xml: str,
+    *,
+    name: str | None = None,
+    uuid: str | None = None,
+    disk: str | None = None,
+    console_log: str | None = None,
+    owner: dict[str, str] | None = None,
+) -> str:
+    """Rewrite a saved domain's XML for a restore: another identity (one of the save image's
+    variants), a fresh overlay, its own console log, and the restoring session as owner."""
     root = ET.fromstring(xml)
     if name:
-        root.find("name").text = name
+        _find(root, "name").text = name
+    if uuid:
+        _find(root, "uuid").text = uuid
     if disk:
-        root.find("devices/disk/source").set("file", disk)
+        _find(root, "devices/disk/source").set("file", disk)
     if console_log:
         for source in root.findall("devices/serial/source"):
             source.set("path", console_log)
         for source in root.findall("devices/console/source"):
             source.set("path", console_log)
+    if owner is not None:
+        meta = root.find("metadata")
+        if meta is None:
+            meta = ET.SubElement(root, "metadata")
+        for old in meta.findall(f"{{{HIL_NS}}}owner"):
+            meta.remove(old)
+        kind = (read_owner(xml) or {}).get("kind", "linux")
+        ET.SubElement(meta, f"{{{HIL_NS}}}owner", {**owner, "kind": kind})
     return ET.tostring(root, encoding="unicode")

@@ -71,6 +71,7 @@ def start_owner(script: str = OWNER_SCRIPT, *args: str):
     proc = subprocess.Popen(
         [sys.executable, "-c", script, *args], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
     )
+    assert proc.stdout is not None and proc.stderr is not None
     line = proc.stdout.readline()
     if not line:
         pytest.fail(f"the owner process could not start its guest:\n{proc.stderr.read()}")
@@ -79,6 +80,22 @@ def start_owner(script: str = OWNER_SCRIPT, *args: str):
 
 def domain_names(conn):
     return {d.name() for d in conn.listAllDomains()}
+
+
+def sessions_domains(conn, session: str) -> list[str]:
+    """Domains whose owner record names ``session`` (restored copies are named after the
+    snapshot variant they restored from, not after their session)."""
+    from hil.provision.domain_xml import read_owner
+
+    out = []
+    for d in conn.listAllDomains():
+        try:
+            owner = read_owner(d.XMLDesc(0)) or {}
+        except libvirt.libvirtError:
+            continue  # gone meanwhile
+        if owner.get("session") == session:
+            out.append(d.name())
+    return out
 
 
 def test_sweep_removes_a_sigkilled_owners_guest_and_spares_a_live_one(conn):
@@ -139,7 +156,7 @@ def test_sweep_removes_a_sigkilled_sessions_windows_guest_and_spares_a_live_one(
 INTERRUPTED_TEST = textwrap.dedent("""
     import os, pathlib
     def test_waits_to_be_interrupted(linux_guest):
-        pathlib.Path(os.environ["HIL_TEST_READY"]).write_text(linux_guest.name)
+        pathlib.Path(os.environ["HIL_TEST_READY"]).write_text(linux_guest.name + " " + linux_guest.instance)
         linux_guest.run("sleep 600", timeout=700)
 """)
 
@@ -162,20 +179,21 @@ def test_sigint_during_a_guest_test_leaves_no_guest_and_no_files(conn, tmp_path)
         assert proc.poll() is None, proc.stdout.read()
         assert time.monotonic() < deadline, "the guest never became ready"
         time.sleep(0.2)
-    name = ready.read_text()
+    name, instance = ready.read_text().split()
     assert name in domain_names(conn)
+    session_worker = instance.removeprefix("hil-").rsplit("-", 1)[0]
+    assert sessions_domains(conn, session_worker.split("-")[0])  # its guest and its ready copy
     proc.send_signal(signal.SIGINT)
     out, _ = proc.communicate(timeout=120)
     assert "KeyboardInterrupt" in out or "Interrupted" in out, out
-    session_worker = name.removeprefix("hil-").rsplit("-", 1)[0]
-    assert not any(n.startswith(f"hil-{session_worker}-") for n in domain_names(conn)), out
+    assert sessions_domains(conn, session_worker.split("-")[0]) == [], out
     assert not (runtime_dir() / session_worker).exists(), out
 
 
 KILLED_WORKER_TEST = textwrap.dedent("""
     import os, pathlib, signal
     def test_worker_dies_holding_a_guest(linux_guest):
-        pathlib.Path(os.environ["HIL_TEST_READY"]).write_text(linux_guest.name)
+        pathlib.Path(os.environ["HIL_TEST_READY"]).write_text(linux_guest.name + " " + linux_guest.instance)
         os.kill(os.getpid(), signal.SIGKILL)  # as the OOM killer or a kill -9 would
 """)
 
@@ -210,10 +228,10 @@ def test_a_killed_xdist_worker_leaves_no_guest_when_the_session_ends(conn, tmp_p
     )
     out = proc.stdout + proc.stderr
     assert ready.exists(), out
-    name = ready.read_text()
+    name, instance = ready.read_text().split()
     assert "crashed" in out and proc.returncode != 0, out
     # the controller swept (another session's start-up sweep on this machine may have been quicker)
     assert "kernel-hil: worker gw0 died; removed its guests" in out, out
-    session_worker = name.removeprefix("hil-").rsplit("-", 1)[0]
-    assert not any(n.startswith(f"hil-{session_worker}-") for n in domain_names(conn)), out
+    session_worker = instance.removeprefix("hil-").rsplit("-", 1)[0]
+    assert sessions_domains(conn, session_worker.split("-")[0]) == [], out
     assert not (runtime_dir() / session_worker).exists(), out
