@@ -4,13 +4,14 @@ from __future__ import annotations
 
 import xml.etree.ElementTree as ET
 from pathlib import Path
+from typing import Any
 
 from hil.provision.domain_xml import QEMU_NS, domain_xml, read_owner, with_changes
 from hil.provision.spec import GuestSpec
 
 
 def spec(**kw) -> GuestSpec:
-    base = dict(
+    base: dict[str, Any] = dict(
         name="hil-s-gw0-1",
         disk=Path("/c/d.qcow2"),
         console_log=Path("/c/d.log"),
@@ -100,3 +101,17 @@ def test_windows_under_tcg_has_no_hyperv_enlightenments():
     assert root.find("features/hyperv") is None
     assert root.find("clock/timer[@name='hypervclock']") is None
     assert root.find("devices/panic").get("model") == "hyperv"
+
+
+def test_a_restored_copy_gets_its_variants_identity_and_its_restorers_owner():
+    xml = with_changes(
+        domain_xml(spec(uuid="00000000-0000-0000-0000-000000000000")),
+        name="hil-snap-0123456789ab-07",
+        uuid="11111111-2222-3333-4444-555555555555",
+        owner={"session": "new", "worker": "gw1", "pid": "42", "start": "7"},
+    )
+    root = ET.fromstring(xml)
+    assert root.find("name").text == "hil-snap-0123456789ab-07"
+    assert root.find("uuid").text == "11111111-2222-3333-4444-555555555555"
+    assert read_owner(xml) == {"session": "new", "worker": "gw1", "pid": "42", "start": "7", "kind": "linux"}
+    assert len(root.findall("metadata/*")) == 1  # replaced, not added
