@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import socket
 import threading
+import time
 
 import pytest
 
@@ -102,8 +103,9 @@ def test_demo_client_reports_refused_connection(wine_guest, win_build, free_port
 
 def test_demo_client_times_out_on_a_silent_server(wine_guest, win_build):
     """A server that never answers: the receive times out, the IRP is cancelled (or, where the
-    provider ignores cancellation as Wine's netio does, the socket is shut down to complete it),
-    and the driver finishes and unloads cleanly."""
+    provider ignores IoCancelIrp as Wine's netio does, the socket is shut down: its issuer
+    thread ends, which makes Wine cancel the receive, then it is closed), and the driver
+    finishes and unloads cleanly."""
     srv = socket.socket()
     srv.bind(("127.0.0.1", 0))
     srv.listen(1)
@@ -120,3 +122,68 @@ def test_demo_client_times_out_on_a_silent_server(wine_guest, win_build):
         assert_no_ksock_leaks(wine_guest)
     finally:
         srv.close()
+
+
+class _SilentServer:
+    """Accepts every connection on 127.0.0.1 and never answers nor closes (until stop())."""
+
+    def __init__(self):
+        self.srv = socket.socket()
+        self.srv.bind(("127.0.0.1", 0))
+        self.srv.listen(16)
+        self.srv.settimeout(0.2)
+        self.port = self.srv.getsockname()[1]
+        self.conns: list[socket.socket] = []
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._serve, daemon=True)
+        self._thread.start()
+
+    def _serve(self):
+        while not self._stop.is_set():
+            try:
+                conn, _ = self.srv.accept()
+            except OSError:  # the accept timeout: check _stop again
+                continue
+            self.conns.append(conn)
+
+    def stop(self):
+        self._stop.set()
+        self._thread.join(5)
+        for conn in self.conns:
+            conn.close()
+        self.srv.close()
+
+
+def test_demo_client_survives_many_receive_timeouts(wine_guest, win_build):
+    """200 rounds of connect, send, receive timeout, close in one load, the server silent and
+    the connection open.  Wine's netio ignores IoCancelIrp, so each timed-out receive is still
+    pending when ksock shuts the socket down.  Closing a WSK socket with a receive pending makes
+    Wine 8.0's netio run the receive's threadpool callback on the freed socket: winedevice.exe
+    crashed (NULL read in send_receive_callback) in 12 of 19 such runs before ksock started a
+    socket's requests from a thread of its own and ended it before closing (Wine then cancels
+    the receive, so the close finds nothing pending)."""
+    rounds = 200
+    srv = _SilentServer()
+    try:
+        # CancelGraceMs=0: shut down as soon as the receive times out (the grace is for
+        # IoCancelIrp, which Wine ignores anyway).
+        wine_guest.install_driver(
+            win_build["hilsockc.sys"], "hilsockc", Port=srv.port, TimeoutMs=50, CancelGraceMs=0, Repeat=rounds
+        )
+        wine_guest.start_driver("hilsockc")
+        deadline = time.monotonic() + 90
+        finished = f"[hilsockc] finished {rounds} of {rounds} rounds"
+        while not any(dl.text == finished for dl in wine_guest.dbgprint_lines()):
+            assert not wine_guest.crashed(), wine_guest.crash_excerpt()
+            assert time.monotonic() < deadline, wine_guest.dbgprint_lines()[-5:]
+            time.sleep(0.2)  # polling the log file, with a deadline
+        texts = [dl.text for dl in wine_guest.dbgprint_lines()]
+        assert texts.count("[hilsockc] receive failed 0xc00000b5") == rounds
+        assert texts.count("[hilsockc] done 0xc00000b5") == rounds
+        # every close found the cancelled receive completed (none had to be closed pending)
+        assert not [t for t in texts if t.startswith("[ksock] closing a socket with")]
+        assert wine_guest.stop_driver("hilsockc").exit_code == 0
+        wine_guest.wait_for_log(r"\[hilsockc\] unloaded", timeout=15)
+        assert_no_ksock_leaks(wine_guest)
+    finally:
+        srv.stop()

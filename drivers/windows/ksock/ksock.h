@@ -9,9 +9,12 @@
  *  - Each request gets its own IRP (allocated, completed into an event, freed here); an IRP
  *    or MDL never outlives the call that made it.
  *  - timeout_ms == KSOCK_WAIT_FOREVER waits forever.  When a wait times out, the IRP is
- *    cancelled; if the provider does not honour cancellation (Wine's netio does not), the
+ *    cancelled; if the provider does not honour IoCancelIrp (Wine's netio does not), the
  *    socket is shut down, which completes every pending request.  A timed-out request returns
  *    STATUS_IO_TIMEOUT and the socket must be considered broken.
+ *  - Each socket has a system thread (its issuer) that makes the provider calls for it, so
+ *    that shutting down can cancel pending requests by ending that thread where IoCancelIrp
+ *    does not work (Wine); a socket is closed only once its requests completed (see ksock.c).
  *  - KsockShutdown may be called from any thread at any time (for example from DriverUnload
  *    to unblock a thread waiting in KsockReceive).  KsockClose is for the owner only, once no
  *    other thread uses the socket.
@@ -53,10 +56,15 @@ NTSTATUS KsockReceive(PKSOCK sock, PVOID buf, SIZE_T len, SIZE_T *received, ULON
 /* Receives exactly len bytes; STATUS_CONNECTION_DISCONNECTED if the peer closes first.
  * The timeout applies to the whole call. */
 NTSTATUS KsockReceiveAll(PKSOCK sock, PVOID buf, SIZE_T len, ULONG timeout_ms);
-/* Closes the WSK socket (pending requests complete with an error); any thread, idempotent. */
+/* Cancels the pending requests (they complete with an error), waits for them (bounded) and
+ * closes the WSK socket; any thread, idempotent. */
 VOID KsockShutdown(PKSOCK sock);
 /* Shutdown + free the wrapper.  Owner only. */
 VOID KsockClose(PKSOCK sock);
+
+/* How long a timed-out request may take to honour IoCancelIrp before the socket is shut down
+ * to complete it (default 2000 ms).  For tests; set it before any request starts. */
+VOID KsockSetCancelGraceMs(ULONG ms);
 
 /* 127.0.0.1 style helper for host-order addresses. */
 #define KSOCK_IPV4(a, b, c, d) \

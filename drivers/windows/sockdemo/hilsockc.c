@@ -3,8 +3,13 @@
  *
  * At load it starts a system thread that connects to 127.0.0.1:<Parameters\Port>
  * (default 50008), sends "hello from hilsockc\n", reads the reply (up to 256 bytes, 10 s) and
- * logs it as "[hilsockc] reply: <text>", then closes.  Parameters\TimeoutMs bounds each step.  Unload shuts the socket down and joins
- * the thread, so a hung server never keeps the driver from unloading.
+ * logs it as "[hilsockc] reply: <text>", then closes ("[hilsockc] done <status>").
+ * Parameters\TimeoutMs bounds each step.  Unload shuts the socket down and joins the thread,
+ * so a hung server never keeps the driver from unloading.
+ *
+ * Test knobs: Parameters\Repeat (default 1) runs the whole round that many times in one load
+ * (then logs "[hilsockc] finished <n> of <Repeat> rounds"); Parameters\CancelGraceMs
+ * overrides ksock's cancel grace (KsockSetCancelGraceMs).
  */
 #include <ntddk.h>
 #include "../ksock/ksock.h"
@@ -19,8 +24,10 @@ static PETHREAD g_thread;
 static volatile LONG g_stop;
 static USHORT g_port;
 static ULONG g_timeout_ms;
+static ULONG g_repeat;
 
-static VOID NTAPI ClientThread(PVOID context)
+/* One round: connect, send the greeting, log the reply, close ("done <status>"). */
+static VOID ClientRound(VOID)
 {
     static const char hello[] = "hello from hilsockc\n";
     char reply[257];
@@ -28,7 +35,6 @@ static VOID NTAPI ClientThread(PVOID context)
     PKSOCK sock = NULL;
     NTSTATUS status;
 
-    UNREFERENCED_PARAMETER(context);
     status = KsockCreate(&sock, KsockConnectionSocket);
     if (!NT_SUCCESS(status)) {
         HIL_LOG(TAG, "socket failed 0x%08lx", (unsigned long)status);
@@ -37,8 +43,10 @@ static VOID NTAPI ClientThread(PVOID context)
     HilLock(&g_lock);
     g_sock = sock;
     HilUnlock(&g_lock);
-    if (g_stop)
+    if (g_stop) {
+        status = STATUS_CANCELLED;
         goto out;
+    }
 
     status = KsockConnect(sock, KSOCK_IPV4(127, 0, 0, 1), g_port, g_timeout_ms);
     if (!NT_SUCCESS(status)) {
@@ -64,9 +72,19 @@ out:
     HilLock(&g_lock);
     g_sock = NULL;
     HilUnlock(&g_lock);
-    if (sock)
-        KsockClose(sock);
+    KsockClose(sock);
     HIL_LOG(TAG, "done 0x%08lx", (unsigned long)status);
+}
+
+static VOID NTAPI ClientThread(PVOID context)
+{
+    ULONG round;
+
+    UNREFERENCED_PARAMETER(context);
+    for (round = 0; round < g_repeat && !g_stop; round++)
+        ClientRound();
+    if (g_repeat > 1)
+        HIL_LOG(TAG, "finished %lu of %lu rounds", (unsigned long)round, (unsigned long)g_repeat);
     PsTerminateSystemThread(STATUS_SUCCESS);
 }
 
@@ -92,6 +110,8 @@ NTSTATUS NTAPI DriverEntry(PDRIVER_OBJECT driver, PUNICODE_STRING registry_path)
     HilLockInit(&g_lock);
     g_port = (USHORT)HilReadParamDword(registry_path, L"Port", 50008);
     g_timeout_ms = HilReadParamDword(registry_path, L"TimeoutMs", CLIENT_TIMEOUT_MS);
+    g_repeat = HilReadParamDword(registry_path, L"Repeat", 1);
+    KsockSetCancelGraceMs(HilReadParamDword(registry_path, L"CancelGraceMs", 2000));
     status = KsockStartup();
     if (!NT_SUCCESS(status)) {
         HIL_LOG(TAG, "WSK startup failed 0x%08lx", (unsigned long)status);
