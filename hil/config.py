@@ -18,7 +18,7 @@ Every key has a default, so no file at all means the embedded default guest.
     vcpus = 2
     boot_timeout_s = 300
     snapshot = true               # boot once, restore per test (false: cold boot per test)
-    ready_pool = 1                # copies restored (paused) ahead of need; bounded by free memory
+    ready_pool = 1                # copies made ready ahead of need; bounded by free memory
     hang_timeout_s = 120          # silent console + silent agent this long = hung (NMI, HANG); 0: off
 
     [drivers]                     # your build's artifacts; unset: the in-repo reference build
@@ -53,7 +53,7 @@ class LinuxGuestConfig:
     vcpus: int = 2
     boot_timeout_s: float = 300.0
     snapshot: bool = True
-    ready_pool: int = 1  # restored copies kept paused ahead of need (0: restore when asked)
+    ready_pool: int = 1  # copies made ready ahead of need (0: restore when asked)
     hang_timeout_s: float = 120.0  # no console output and no agent answer this long: a hang (0: off)
 
 

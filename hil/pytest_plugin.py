@@ -283,13 +283,14 @@ class CrashRepr:
         return self.text
 
 
-def _unexpected_crashes(item) -> list:
+def _unexpected_crashes(item, when: str) -> list:
     """Crashes on this test's guests nobody expected and no phase has reported yet."""
     reported = item.stash.setdefault(_REPORTED_KEY, set())
     out = []
     for g in item.stash.get(GUESTS_KEY, []):
         if g.monitor is not None and g.is_running():
-            g.console_barrier()  # what the guest printed during this phase is in the log now
+            if when == "call":  # what the body made the guest print is in the log now
+                g.console_barrier()
             g.monitor.quiesce()  # waits only while a report is half printed
         for c in g.unexpected_crashes():
             # by title: the monitor may hand out a new Crash object for one it finalised
@@ -320,7 +321,7 @@ def _fail_for_crashes(report, crashes) -> None:
 def pytest_runtest_makereport(item, call):
     report = yield
     if report.when in ("setup", "call") or (report.when == "teardown" and item.stash.get(GUESTS_KEY, None)):
-        crashes = _unexpected_crashes(item)
+        crashes = _unexpected_crashes(item, report.when)
         if crashes and not report.skipped:
             _fail_for_crashes(report, crashes)
     item.stash.setdefault(REPORTS_KEY, {})[report.when] = report
