@@ -270,9 +270,10 @@ class CrashMonitor:
         self._wake.set()
         if self._thread is not None and self._thread is not threading.current_thread():
             self._thread.join(timeout=5 if self._evidence_idle.is_set() else EVIDENCE_TIMEOUT_S)
-        if self._file is not None:
-            self._file.close()
-            self._file = None
+        with self._lock:  # a poll() on another thread may be reading it right now
+            if self._file is not None:
+                self._file.close()
+                self._file = None
 
     @property
     def crash(self) -> Crash | None:
@@ -289,7 +290,8 @@ class CrashMonitor:
     def poll(self) -> Crash | None:
         """Read what the console has now (on the caller's thread) and return the crash."""
         with self._lock:
-            self._read_console()
+            if not self._stop.is_set():  # stopped: the guest is gone, what was read is all
+                self._read_console()
             self._handle_signals()
             self._check_grace()
         return self.crash

@@ -349,3 +349,28 @@ def test_expect_crash_rejects_an_unknown_kind(monitor_of):
     g, m = monitor_of()
     with pytest.raises(ValueError, match="unknown crash kind 'PANC'.*PANIC"):
         ExpectedCrash(g, kind="PANC")
+
+
+def test_polling_while_another_thread_stops_the_monitor(monitor_of):
+    """The lab's reaper stops a guest's monitor while the plugin may be polling it for the
+    test's teardown report (seen in CI: "ValueError: read of closed file")."""
+    import threading
+
+    for _ in range(50):
+        g, m = monitor_of()
+        g.console("[    1.0] booting\n")
+        errors: list[BaseException] = []
+
+        def poll_hard(m=m, errors=errors):
+            try:
+                for _ in range(200):
+                    m.poll()
+            except BaseException as exc:  # the failure under test
+                errors.append(exc)
+
+        t = threading.Thread(target=poll_hard)
+        t.start()
+        m.stop()
+        t.join()
+        assert errors == []
+        assert m.poll() is None  # a stopped monitor answers from what it read
