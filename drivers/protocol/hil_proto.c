@@ -195,16 +195,19 @@ int hil_next_record(const hil_u8 *payload, size_t len, size_t *off, struct hil_r
     return 1;
 }
 
-long hil_index_process_records(const hil_u8 *payload, size_t len, hil_u32 *starts, size_t cap)
+/* hil_index_process_records without the argument checks, each start plus `bias`;
+ * HIL_E_NO_SPACE when there are more than cap */
+static long index_records(const hil_u8 *payload, size_t len, hil_u32 *starts, size_t cap,
+                          hil_u32 bias)
 {
     size_t off = 0, n = 0;
-    if (payload == NULL || starts == NULL || len > HIL_MAX_PAYLOAD)
-        return HIL_E_INVALID_ARG;
     while (off < len) {
         const hil_u8 *r = payload + off;
         hil_u16 type, path_len;
-        if (len - off < HIL_PROCESS_PREFIX_LEN || n == cap)
+        if (len - off < HIL_PROCESS_PREFIX_LEN)
             return HIL_E_MALFORMED_RECORD;
+        if (n == cap)
+            return HIL_E_NO_SPACE;
         type = get16(r);
         path_len = get16(r + 54);
         if ((type != HIL_REC_PROCESS_CREATED && type != HIL_REC_PROCESS_EXITED)
@@ -212,10 +215,56 @@ long hil_index_process_records(const hil_u8 *payload, size_t len, hil_u32 *start
             || get16(r + 10) != 8 || get16(r + 20) != HIL_SHA256_LEN || path_len > HIL_MAX_PATH
             || len - off - HIL_PROCESS_PREFIX_LEN < path_len)
             return HIL_E_MALFORMED_RECORD;
-        starts[n++] = (hil_u32)off;
+        starts[n++] = bias + (hil_u32)off;
         off += HIL_PROCESS_PREFIX_LEN + path_len;
     }
     return (long)n;
+}
+
+long hil_index_process_records(const hil_u8 *payload, size_t len, hil_u32 *starts, size_t cap)
+{
+    long n;
+    if (payload == NULL || starts == NULL || len > HIL_MAX_PAYLOAD)
+        return HIL_E_INVALID_ARG;
+    n = index_records(payload, len, starts, cap, 0);
+    return n == HIL_E_NO_SPACE ? HIL_E_MALFORMED_RECORD : n;
+}
+
+long hil_split_frames(const hil_u8 *buf, size_t len, hil_u32 *frames, size_t frames_cap,
+                      hil_u32 *starts, size_t starts_cap)
+{
+    size_t off = 0, nf = 0, ns = 0;
+    if (buf == NULL || frames == NULL || starts == NULL)
+        return HIL_E_INVALID_ARG;
+    if (len > HIL_SPLIT_MAX_LEN)
+        len = HIL_SPLIT_MAX_LEN; /* offsets are 32-bit: the caller splits the rest next */
+    while (nf < frames_cap && len - off >= HIL_HEADER_LEN) {
+        const hil_u8 *f = buf + off;
+        hil_u32 length = get32(f + 4);
+        hil_u32 count = HIL_SPLIT_UNINDEXED;
+        if (f[0] != HIL_MAGIC0 || f[1] != HIL_MAGIC1 || f[2] != HIL_VERSION
+            || f[3] < HIL_FRAME_HELLO || f[3] > HIL_FRAME_END || length > HIL_MAX_PAYLOAD)
+            break; /* the caller decides and names the error */
+        if (len - off - HIL_HEADER_LEN < length)
+            break; /* incomplete */
+        if (f[3] == HIL_FRAME_RECORDS) {
+            long n = index_records(f + HIL_HEADER_LEN, length, starts + ns, starts_cap - ns,
+                                   (hil_u32)(off + HIL_HEADER_LEN));
+            if (n == HIL_E_NO_SPACE)
+                break; /* the caller calls again with the room emptied */
+            if (n >= 0) {
+                count = (hil_u32)n;
+                ns += (size_t)n;
+            }
+        }
+        frames[4 * nf] = (hil_u32)off;
+        frames[4 * nf + 1] = f[3];
+        frames[4 * nf + 2] = length;
+        frames[4 * nf + 3] = count;
+        nf++;
+        off += HIL_HEADER_LEN + length;
+    }
+    return (long)nf;
 }
 
 /* ---- encoding ---- */

@@ -155,6 +155,23 @@ int hil_next_record(const hil_u8 *payload, size_t len, size_t *off, struct hil_r
  */
 long hil_index_process_records(const hil_u8 *payload, size_t len, hil_u32 *starts, size_t cap);
 
+/*
+ * For a host that reads the stream in large chunks (the collector): split buf[0..len) into
+ * whole frames in one pass, indexing RECORDS payloads as hil_index_process_records does. For
+ * each whole frame with a valid header, writes four u32 to frames[]: its offset in buf, its
+ * type, its payload length, and, for a RECORDS frame that hil_index_process_records accepts,
+ * the number of records, whose offsets *in buf* it appends to starts[] (frame after frame),
+ * else HIL_SPLIT_UNINDEXED (any other frame, or a payload the caller must walk with
+ * hil_next_record). Stops before an incomplete frame, before a header that hil_decode_header
+ * refuses (the caller decides and names the error), when frames_cap frames are written, when
+ * starts[] has no room for a payload's records, and at HIL_SPLIT_MAX_LEN bytes. Returns the
+ * number of frames (>= 0; the bytes consumed end where the last frame does).
+ */
+#define HIL_SPLIT_UNINDEXED 0xFFFFFFFFu
+#define HIL_SPLIT_MAX_LEN 0x7FFFFFFFu
+long hil_split_frames(const hil_u8 *buf, size_t len, hil_u32 *frames, size_t frames_cap,
+                      hil_u32 *starts, size_t starts_cap);
+
 /* ---- encoding ---- */
 
 int hil_encode_header(hil_u8 *buf, size_t cap, hil_u8 type, hil_u32 length);

@@ -1,7 +1,8 @@
 /*
  * Host unit test for hil_proto.c beyond the golden vectors: the agent's send path (saved
- * buffer -> RECORDS frames -> END) decoded back, encoder bounds, and every truncation of a
- * valid stream (run under AddressSanitizer by the pytest test: no read past the given length).
+ * buffer -> RECORDS frames -> END) decoded back, the collector's one-pass split of a read,
+ * encoder bounds, and every truncation of a valid stream (run under AddressSanitizer by the
+ * pytest test: no read past the given length).
  * Prints "ok" and exits 0, or names the failed check and exits 1. Uses libc (host only).
  */
 #include <stdio.h>
@@ -139,6 +140,60 @@ int main(void)
         CHECK(hil_index_process_records(frame, h.length, starts, 1u << 20) ==
               HIL_E_MALFORMED_RECORD);
         CHECK(hil_index_process_records(payload, 0, starts, 1u << 20) == 0);
+    }
+
+    /* the collector's one-pass split of a read: whole frames, RECORDS payloads indexed */
+    {
+        static hil_u32 table[4 * 64], starts[4096];
+        static hil_u8 bad[HIL_MAX_FRAME + 16];
+        size_t cut, k, at = 0, s = 0, first;
+        long nf = hil_split_frames(stream, stream_len, table, 64, starts, 4096);
+        CHECK(nf == frames + 1);
+        for (k = 0; k < (size_t)nf; k++) {
+            struct hil_frame_header h;
+            CHECK(table[4 * k] == at);
+            CHECK(hil_decode_header(stream + at, stream_len - at, &h) == HIL_OK);
+            CHECK(table[4 * k + 1] == h.type && table[4 * k + 2] == h.length);
+            if (h.type == HIL_FRAME_RECORDS) {
+                struct hil_record r;
+                size_t roff = 0;
+                hil_u32 c = 0;
+                while (hil_next_record(stream + at + HIL_HEADER_LEN, h.length, &roff, &r) == 1) {
+                    CHECK(s + c < 4096 && stream + starts[s + c] == r.raw); /* offsets in the read */
+                    c++;
+                }
+                CHECK(table[4 * k + 3] == c);
+                s += c;
+            } else {
+                CHECK(table[4 * k + 3] == HIL_SPLIT_UNINDEXED);
+            }
+            at += HIL_HEADER_LEN + h.length;
+        }
+        CHECK(s == n_records && at == stream_len);
+        for (cut = 0; cut < stream_len; cut += 997) { /* a read cut anywhere: the whole frames */
+            size_t whole = 0;
+            long expect = 0;
+            int size;
+            while ((size = hil_frame_size(stream + whole, cut - whole)) > 0) {
+                whole += (size_t)size;
+                expect++;
+            }
+            CHECK(hil_split_frames(stream, cut, table, 64, starts, 4096) == expect);
+        }
+        /* out of room: frames, then starts for the next payload's records */
+        CHECK(hil_split_frames(stream, stream_len, table, 1, starts, 4096) == 1);
+        CHECK(hil_split_frames(stream, stream_len, table, 64, starts, table[3]) == 1);
+        CHECK(hil_split_frames(stream, stream_len, table, 64, starts, 0) == 0);
+        CHECK(hil_split_frames(NULL, 0, table, 64, starts, 4096) == HIL_E_INVALID_ARG);
+        /* a bad header after a whole frame: that frame, then the caller decides */
+        first = HIL_HEADER_LEN + table[2];
+        memcpy(bad, stream, first);
+        memcpy(bad + first, "XXXXXXXXXXXX", 12);
+        CHECK(hil_split_frames(bad, first + 12, table, 64, starts, 4096) == 1);
+        /* a record the index refuses (an unknown type): the frame, unindexed */
+        bad[HIL_HEADER_LEN] = 9;
+        CHECK(hil_split_frames(bad, first, table, 64, starts, 4096) == 1);
+        CHECK(table[3] == HIL_SPLIT_UNINDEXED && table[2] == first - HIL_HEADER_LEN);
     }
 
     /* encoders respect their capacity and the protocol bounds */

@@ -24,11 +24,12 @@ import enum
 import logging
 import threading
 import time
+from collections import deque
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
-from hil.collector.connection import READ_BUFFER, AgentConnection, LogLimiter
+from hil.collector.connection import ARENA_POOL, READ_BUFFER, AgentConnection, LogLimiter, ReadArena
 from hil.collector.store import (
     AgentId,
     AgentStats,
@@ -43,7 +44,7 @@ from hil.collector.store import (
 )
 from hil.errors import EnvironmentProblem, HilError
 from hil.protocol import MAX_TOKEN
-from hil.protocol.records import Record
+from hil.protocol.records import PROCESS_PREFIX_LEN, Record
 
 log = logging.getLogger("hil.collector")
 _TICK = 0.1
@@ -144,7 +145,18 @@ class Collector:
         self._capture_files: list[Path] = []
         self._capture_total = 0  # bytes written to every capture file
         self._capture_full = False  # said once that new connections go uncaptured
-        self._read_buffer: memoryview | None = None  # one for all connections (one thread)
+        self._arena: ReadArena | None = None  # the read buffer of all connections (one thread)
+        self._arena_pool: deque[bytearray] = deque(maxlen=ARENA_POOL)
+        # records kept in read buffers (ReadArena): a batch of up to a whole read, charged up
+        # to a whole buffer; only where the caps are large against that (eviction stays
+        # fine-grained), else each frame is copied out and a batch of its own
+        store = self._store
+        self._keep_reads = all(
+            cap is None or cap >= 8 * READ_BUFFER for cap in (store.max_bytes, store.agent_max_bytes)
+        ) and all(
+            cap is None or cap >= 8 * (READ_BUFFER // PROCESS_PREFIX_LEN)
+            for cap in (store.max_records, store.agent_max_records)
+        )
         self._limited_log = LogLimiter(log)
         self._error_count = 0
         self._frames_decoded = 0  # by connections that have ended
@@ -223,10 +235,20 @@ class Collector:
 
     def read_buffer(self) -> memoryview:
         """The buffer every connection reads into: the event loop reads one socket at a time
-        and each connection takes what it keeps out of it before the next read."""
-        if self._read_buffer is None:
-            self._read_buffer = memoryview(bytearray(READ_BUFFER))
-        return self._read_buffer
+        and each connection takes what it keeps out of it before the next read (or keeps the
+        buffer: see :class:`~hil.collector.connection.ReadArena`)."""
+        return self.read_arena().write
+
+    def read_arena(self) -> ReadArena:
+        """The shared read buffer: one from the pool, or a new one, once the last was kept."""
+        arena = self._arena
+        if arena is None:
+            try:
+                buf = self._arena_pool.pop()  # a kept read whose records are all gone
+            except IndexError:
+                buf = bytearray(READ_BUFFER)
+            arena = self._arena = ReadArena(buf, self._arena_pool)
+        return arena
 
     async def _shutdown(self) -> None:
         server = self._server

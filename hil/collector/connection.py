@@ -8,6 +8,7 @@ import asyncio
 import hmac
 import logging
 import re
+import sys
 import time
 from collections import deque
 from pathlib import Path
@@ -36,6 +37,38 @@ _UNSAFE = re.compile(r"[^A-Za-z0-9._-]+")
 
 
 READ_BUFFER = 1 << 20  # one socket read takes up to this much (fewer loop iterations)
+ARENA_POOL = 4  # read buffers kept for reuse once the records kept in them are gone
+MIN_TAIL = READ_BUFFER // 4  # a connection reads on into its buffer while this much is free
+MIN_READ = 1 << 16  # and while its reads bring a frame's worth (each replays an incomplete
+# frame, of up to 64 KiB: a peer trickling bytes must not make every read copy one)
+
+
+class ReadArena:
+    """One read buffer of :data:`READ_BUFFER` bytes, where records may stay (a
+    :class:`~hil.protocol.codec.Arena`).
+
+    The event loop reads into ``write``. The RECORDS frames of a read come to the store as one
+    batch per run of frames (a :class:`~hil.protocol.codec.RunRecords`: no per-frame work), in
+    one copy of the run or, when the run fills at least a quarter of the buffer, in the buffer
+    itself, which is then charged in full to that batch (``used``). The connection that read
+    it reads on into the rest of it (while :data:`MIN_TAIL` is free: its runs stay there too,
+    at no further charge and no copy at all), the other connections into another buffer. Once
+    the last batch in it is evicted and nothing else refers to it, the buffer goes back to the
+    pool for a later read."""
+
+    __slots__ = ("buf", "write", "view", "start", "nbytes", "used", "_pool")
+
+    def __init__(self, buf: bytearray, pool: deque[bytearray]):
+        self.buf = buf
+        self.write = memoryview(buf)
+        self.view = self.write.toreadonly()
+        self.start = 0  # where the data being decoded starts in it
+        self.nbytes = sys.getsizeof(buf)  # what the first batch kept in it is charged
+        self.used = False  # records are kept in it (set by the decoder, cleared by the store)
+        self._pool = pool
+
+    def __del__(self) -> None:
+        self._pool.append(self.buf)  # nothing refers to it any more: its bytes may be overwritten
 
 
 class LogLimiter:
@@ -75,7 +108,8 @@ class AgentConnection(asyncio.BufferedProtocol):
     Buffered: the event loop reads into the collector's one read buffer (up to
     :data:`READ_BUFFER` per read, shared by every connection: the loop reads one socket at a
     time) and the decoder takes out of it what it keeps: an incomplete frame, each RECORDS
-    frame's own bytes (the records' storage), the other frames decoded.
+    frame's own bytes (the records' storage), the other frames decoded; where the caps are
+    large, a copy of each run of RECORDS frames instead, or the read itself (:class:`ReadArena`).
     """
 
     def __init__(self, collector: Collector, seq: int):
@@ -99,6 +133,10 @@ class AgentConnection(asyncio.BufferedProtocol):
         self.capture_path: Path | None = None
         self.capture_bytes = 0
         self.capture_dropped = 0
+        self.arena: ReadArena | None = None  # where this connection's reads go on (see ReadArena)
+        self.arena_end = 0  # how much of it they filled
+        self.bulk = False  # the last read brought MIN_READ bytes or more: carry, read on
+        self.carried = 0  # bytes of an incomplete frame laid before this read in the shared buffer
 
     # ------------------------------------------------------------------ asyncio callbacks
 
@@ -156,28 +194,64 @@ class AgentConnection(asyncio.BufferedProtocol):
         )
 
     def get_buffer(self, sizehint: int) -> memoryview:
-        return self.c.read_buffer()
+        arena = self.arena
+        if arena is not None:
+            if arena.used and len(arena.write) - self.arena_end >= MIN_TAIL:
+                return arena.write[self.arena_end :]  # read on after the last read
+            self.arena = None  # full, or its records all evicted: back to the shared buffer
+        shared = self.c.read_arena()
+        # A bulk sender's incomplete frame goes first: completed in place, its frame is part
+        # of the run that follows (no copy to reassemble it, no batch of its own).
+        self.carried = self.decoder.copy_pending(shared.write) if self.bulk and self.c._keep_reads else 0
+        return shared.write[self.carried :]
 
     def buffer_updated(self, nbytes: int) -> None:
-        self.data_received(self.c.read_buffer()[:nbytes])
+        c = self.c
+        arena = self.arena
+        self.bulk = nbytes >= MIN_READ
+        if arena is not None:  # read on after this connection's last read
+            replay = self.decoder.pending  # (an incomplete frame: the end of that read)
+            arena.start = self.arena_end - replay
+            self.arena_end += nbytes
+            if not self.bulk:
+                self.arena = None
+            self.data_received(arena.write[arena.start : self.arena_end], arena, replay)
+            return
+        arena = c.read_arena()
+        if not c._keep_reads:  # small caps: a copy of each frame, one batch each
+            self.data_received(arena.write[:nbytes])
+            return
+        replay, self.carried = self.carried, 0  # (laid there by get_buffer)
+        arena.start = 0
+        try:
+            self.data_received(arena.write[: replay + nbytes], arena, replay)
+        finally:
+            if arena.used:  # records live in it now: its rest is this connection's
+                c._arena = None
+                if not self.closed:
+                    self.arena, self.arena_end = arena, replay + nbytes
 
-    def data_received(self, data: bytes | memoryview) -> None:
-        """``data`` may be the shared read buffer: nothing may keep a reference to it."""
+    def data_received(self, data: bytes | memoryview, arena: ReadArena | None = None, replay: int = 0) -> None:
+        """``data`` may be the shared read buffer: nothing may keep a reference to it, but
+        records kept in ``arena`` (see :class:`ReadArena`). ``replay``: ``data`` starts with
+        the incomplete frame the decoder holds, bytes already counted and captured."""
         if self.closed:
             return
-        n = len(data)
+        n = len(data) - replay
         self.nbytes += n
         if self.c.capture_dir is not None:
-            self._capture(data)
+            self._capture(data[replay:] if replay else data)
         if self.stats is not None:
             self.stats.bytes += n
         decoder = self.decoder
         before = decoder.frames
         batches: list[Records] = []  # the RECORDS frames of this read go to the store at once
         try:
-            for frame in decoder.feed(data):
+            for frame in decoder.feed(data, arena, replay):
                 if type(frame) is Records:
-                    self._on_records(frame)
+                    if not self.outstanding:
+                        self._unsolicited()
+                    self.batch_count += len(frame.records) + len(frame.skipped)
                     batches.append(frame)
                 else:
                     if batches:  # an END must find its records stored
@@ -209,14 +283,13 @@ class AgentConnection(asyncio.BufferedProtocol):
 
     # ------------------------------------------------------------------ frames
 
-    def _on_records(self, frame: Records) -> None:
-        if not self.outstanding:
-            raise UnexpectedFrame(
-                "RECORDS frame with no REQUEST outstanding: agents send records only when asked"
-                if self.agent is not None
-                else "RECORDS frame before HELLO: an agent must say HELLO first"
-            )
-        self.batch_count += frame.count
+    def _unsolicited(self) -> None:
+        """A RECORDS frame with no REQUEST outstanding."""
+        raise UnexpectedFrame(
+            "RECORDS frame with no REQUEST outstanding: agents send records only when asked"
+            if self.agent is not None
+            else "RECORDS frame before HELLO: an agent must say HELLO first"
+        )
 
     def _store(self, batches: list[Records]) -> None:
         assert self.agent is not None  # RECORDS need a REQUEST outstanding, sent only after HELLO
@@ -415,6 +488,7 @@ class AgentConnection(asyncio.BufferedProtocol):
         if self.closed:
             return
         self.closed = True
+        self.arena = None
         if not self.accepted:
             return
         left = self.c._peer_conns.pop(self.peer_host) - 1

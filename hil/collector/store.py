@@ -1,9 +1,11 @@
 """Thread-safe store of the records a collector received, and the queries tests run on it.
 
 The asyncio thread appends whole RECORDS frames (a batch of raw records with one receive
-time); test threads query. Records stay raw until a query looks at them (a sequence of
-``bytes``: a :class:`~hil.protocol.codec.RawRecords` view into the frame's own bytes when the C
-codec indexed it), which keeps the receive path fast and memory compact.
+time), or a run of frames of one socket read as one batch; test threads query. Records stay
+raw until a query looks at them (a sequence of ``bytes``: a
+:class:`~hil.protocol.codec.RawRecords` view into the frame's own bytes when the C codec indexed
+it, a :class:`~hil.protocol.codec.RunRecords` view into a copy of the run or into the read
+buffer itself), which keeps the receive path fast and memory compact.
 
 Memory is bounded by records and by bytes (what each batch really holds), per agent and over
 all agents. Any peer that reaches the collector can send records, so one agent's flood must
@@ -17,13 +19,13 @@ from __future__ import annotations
 import sys
 import threading
 from collections import OrderedDict, deque
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, NamedTuple
 
 from hil.errors import HilError
-from hil.protocol.codec import RawRecords
+from hil.protocol.codec import RawRecords, Records, RunRecords
 from hil.protocol.records import Record, decode_record
 
 
@@ -121,14 +123,17 @@ def describe_query(fields: dict[str, Any], predicate: Callable | None) -> str:
 
 
 class _Batch:
-    """One stored RECORDS frame; ``raws`` is None once evicted."""
+    """One stored RECORDS frame, or a run of them (one read's); ``raws`` is None once evicted.
+    ``shared``: the part of ``cost`` that is a read buffer other batches live in too (see
+    :meth:`RecordStore._evict_oldest`)."""
 
-    __slots__ = ("agent", "cost", "mono", "raws", "seq", "wall")
+    __slots__ = ("agent", "cost", "mono", "raws", "seq", "shared", "wall")
 
     raws: Sequence[bytes] | None
 
     def __init__(self, agent: AgentId, mono: float, wall: float, raws: Sequence[bytes], seq: int, cost: int):
         self.agent, self.mono, self.wall, self.raws, self.seq, self.cost = (agent, mono, wall, raws, seq, cost)
+        self.shared = 0
 
 
 # the batch object, its two floats and its slots in two deques
@@ -137,7 +142,7 @@ _BATCH_COST = sys.getsizeof(_Batch(AgentId("", "", ""), 0.0, 0.0, (), 0, 0)) + 2
 
 def batch_cost(raws: Sequence[bytes]) -> int:
     """Bytes of memory one batch holds: what ``max_bytes`` and ``agent_max_bytes`` count."""
-    if type(raws) is RawRecords:
+    if isinstance(raws, RawRecords):  # (a RunRecords counts the read buffer it is charged)
         return raws.nbytes + _BATCH_COST
     return sys.getsizeof(raws) + sum(map(sys.getsizeof, raws)) + _BATCH_COST
 
@@ -165,6 +170,9 @@ class RecordStore:
         self._order: deque[_Batch] = deque()
         self._by_agent: dict[AgentId, deque[_Batch]] = {}
         self._tombstones = 0  # evicted batches still in _order
+        # read buffers holding records of several batches (RunRecords owners): those batches,
+        # oldest first; the oldest carries the buffer's cost (``shared``)
+        self._owned: dict[object, deque[_Batch]] = {}
         self._next_seq = 0
         self._stored = 0
         self._bytes = 0
@@ -178,38 +186,50 @@ class RecordStore:
 
     # --- writer side (collector thread) ---
 
-    def add_frames(self, agent: AgentId, frames, mono: float, wall: float) -> None:
+    def add_frames(self, agent: AgentId, frames: Iterable[Records], mono: float, wall: float) -> None:
         """The RECORDS frames of one read (each a batch of raw records received at
         ``mono``/``wall``): one lock and one wake-up for all of them."""
         with self.cond:
+            st = self.stats[agent]
+            queue = self._by_agent.get(agent)
+            cap_n, cap_b = self.agent_max_records, self.agent_max_bytes
             for frame in frames:
-                self._add(agent, frame.records, len(frame.skipped), mono, wall)
+                raws = frame.records
+                n = len(raws)
+                st.records += n
+                if frame.skipped:
+                    st.skipped += len(frame.skipped)
+                if not n:
+                    continue
+                cost = batch_cost(raws)
+                batch = _Batch(agent, mono, wall, raws, self._next_seq, cost)
+                self._next_seq += 1
+                if type(raws) is RunRecords and raws.owner is not None:  # lives in a read buffer
+                    batch.shared = raws.size
+                    owned = self._owned.get(raws.owner)
+                    if owned is None:
+                        owned = self._owned[raws.owner] = deque()
+                    owned.append(batch)
+                self._order.append(batch)
+                if queue is None:
+                    queue = self._by_agent[agent] = deque()
+                queue.append(batch)  # (eviction spares it: the queue never empties here)
+                st.stored += n
+                st.stored_bytes += cost
+                self._stored += n
+                self._bytes += cost
+                while len(queue) > 1 and (
+                    (cap_n is not None and st.stored > cap_n) or (cap_b is not None and st.stored_bytes > cap_b)
+                ):
+                    self._evict_oldest(queue)
+                if (self.max_bytes is not None and self._bytes > self.max_bytes) or (
+                    self.max_records is not None and self._stored > self.max_records
+                ):
+                    self._evict_over_global_caps()
             self.version += 1
             self.cond.notify_all()
 
-    def _add(self, agent: AgentId, raws: Sequence[bytes], skipped: int, mono: float, wall: float) -> None:
-        st = self.stats[agent]
-        n = len(raws)
-        st.records += n
-        st.skipped += skipped
-        if not n:
-            return
-        batch = _Batch(agent, mono, wall, raws, self._next_seq, batch_cost(raws))
-        self._next_seq += 1
-        self._order.append(batch)
-        queue = self._by_agent.get(agent)
-        if queue is None:
-            queue = self._by_agent[agent] = deque()
-        queue.append(batch)
-        st.stored += n
-        st.stored_bytes += batch.cost
-        self._stored += n
-        self._bytes += batch.cost
-        cap_n, cap_b = self.agent_max_records, self.agent_max_bytes
-        while len(queue) > 1 and (
-            (cap_n is not None and st.stored > cap_n) or (cap_b is not None and st.stored_bytes > cap_b)
-        ):
-            self._evict_oldest(queue)
+    def _evict_over_global_caps(self) -> None:
         cap_n, cap_b = self.max_records, self.max_bytes
         while True:
             over_b = cap_b is not None and self._bytes > cap_b
@@ -236,14 +256,32 @@ class RecordStore:
 
     def _evict_oldest(self, queue: deque[_Batch]) -> None:
         batch = queue.popleft()
-        assert batch.raws is not None  # a queue holds only batches not yet evicted
-        n = len(batch.raws)
+        raws = batch.raws
+        assert raws is not None  # a queue holds only batches not yet evicted
+        n = len(raws)
+        freed = batch.cost
+        if type(raws) is RunRecords and raws.owner is not None:
+            # A read buffer is freed with the last batch living in it: until then the next
+            # one carries its cost (the batches of one buffer are one agent's, in order).
+            owned = self._owned[raws.owner]
+            if owned[0] is batch:
+                owned.popleft()
+            else:
+                owned.remove(batch)
+            if owned:
+                heir = owned[0]
+                heir.cost += batch.shared
+                heir.shared += batch.shared
+                freed -= batch.shared
+            else:
+                del self._owned[raws.owner]
+                raws.owner.used = False  # charged to no batch: records kept in it again pay again
         st = self.stats[batch.agent]
         st.stored -= n
-        st.stored_bytes -= batch.cost
+        st.stored_bytes -= freed
         st.evicted += n
         self._stored -= n
-        self._bytes -= batch.cost
+        self._bytes -= freed
         batch.raws = None
         if not queue:
             del self._by_agent[batch.agent]

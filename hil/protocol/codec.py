@@ -14,7 +14,7 @@ from __future__ import annotations
 import struct
 import sys
 from collections.abc import Iterable, Iterator, Sequence
-from typing import NamedTuple, cast, overload
+from typing import TYPE_CHECKING, NamedTuple, Protocol, cast, overload
 
 from hil.protocol.errors import (
     BadMagic,
@@ -26,6 +26,11 @@ from hil.protocol.errors import (
     UnsupportedVersion,
 )
 from hil.protocol.records import MAX_PATH, PROCESS_CREATED, PROCESS_EXITED
+
+if TYPE_CHECKING:
+    from hil.protocol.native import FrameSplitter, RecordIndexer
+
+UNINDEXED = 0xFFFFFFFF  # hil_split_frames: a frame the Python codec decodes
 
 MAGIC = b"KH"
 VERSION = 1
@@ -82,10 +87,10 @@ class Request(NamedTuple):
 
 class RawRecords(Sequence[bytes]):
     """The raw process records of one RECORDS payload without a ``bytes`` object per record:
-    a buffer holding the payload, where the payload starts and ends in it, and each record's
-    start (payload-relative). Items are ``bytes``, as in the list the Python codec makes; equal
+    a buffer, each record's start in it (counted from ``base``: ``data[base + starts[i]]``) and
+    where the last one ends. Items are ``bytes``, as in the list the Python codec makes; equal
     to an equal list. The decoder gives it the frame's own bytes (never a larger read, which
-    the view would keep alive)."""
+    the view would keep alive; :class:`RunRecords` is the exception)."""
 
     __slots__ = ("_data", "_base", "_end", "_starts")
 
@@ -104,12 +109,16 @@ class RawRecords(Sequence[bytes]):
     def __getitem__(self, i: int | slice) -> bytes | list[bytes]:
         if isinstance(i, slice):
             return [self[k] for k in range(*i.indices(len(self)))]
-        starts, n = self._starts, len(self._starts)
+        n = len(self._starts)
         if i < 0:
             i += n
         if not 0 <= i < n:
             raise IndexError("record index out of range")
-        stop = self._base + starts[i + 1] if i + 1 < n else self._end
+        return self._item(i)
+
+    def _item(self, i: int) -> bytes:
+        starts = self._starts
+        stop = self._base + starts[i + 1] if i + 1 < len(starts) else self._end
         return self._data[self._base + starts[i] : stop]
 
     def __iter__(self) -> Iterator[bytes]:
@@ -125,12 +134,70 @@ class RawRecords(Sequence[bytes]):
         return NotImplemented
 
     def __repr__(self) -> str:
-        return f"RawRecords({len(self)} records, {self._end - self._base} bytes)"
+        return f"{type(self).__name__}({len(self)} records, {sum(map(len, self))} bytes)"
 
     @property
     def nbytes(self) -> int:
         """Memory this view holds: itself, its buffer and its offsets."""
         return sys.getsizeof(self) + sys.getsizeof(self._data) + sys.getsizeof(self._starts)
+
+
+class Arena(Protocol):
+    """A read buffer the collector may keep as the storage of the records read into it
+    (``hil.collector.connection.ReadArena``): ``view`` is all of it, read-only, and the data
+    fed starts at ``view[start]``; ``nbytes`` is the memory it takes. The decoder sets ``used``
+    when it keeps records in it: the first records kept are charged the whole buffer, later
+    ones (in later reads laid after them) nothing, until the store, evicting the last of
+    them, clears ``used``."""
+
+    view: memoryview
+    start: int
+    nbytes: int
+    used: bool
+
+
+class RunRecords(RawRecords):
+    """The records of a run of consecutive RECORDS frames in one buffer, for the collector
+    (``StreamDecoder.feed`` with an :class:`Arena`): the read buffer itself (no copy; ``owner``
+    is the arena, which the collector reuses once its last view is gone), or one copy of the
+    run. One store batch for many frames. Each record ends where its ``body_len`` says (all
+    are v1 process records of exactly their size, checked in C), so the frame headers between
+    them do not matter. ``nbytes`` counts ``size``: the copy, the whole arena for the first
+    records kept in it, nothing for later ones (see ``hil.collector.store``)."""
+
+    __slots__ = ("_owner", "_size")
+
+    def __init__(
+        self, data: bytes | memoryview, base: int, starts: Sequence[int], owner: Arena | None, size: int
+    ) -> None:
+        super().__init__(cast(bytes, data), base, 0, starts)
+        self._owner, self._size = owner, size
+
+    def _item(self, i: int) -> bytes:
+        data = self._data
+        start = self._base + self._starts[i]
+        return bytes(data[start : start + 4 + (data[start + 2] | data[start + 3] << 8)])
+
+    def __iter__(self) -> Iterator[bytes]:
+        data, base = self._data, self._base
+        for start in self._starts:
+            start += base
+            yield bytes(data[start : start + 4 + (data[start + 2] | data[start + 3] << 8)])
+
+    @property
+    def owner(self) -> Arena | None:
+        """The arena the records are in, or None (a copy)."""
+        return self._owner
+
+    @property
+    def size(self) -> int:
+        """The part of :attr:`nbytes` that is the buffer."""
+        return self._size
+
+    @property
+    def nbytes(self) -> int:
+        """Memory this view is charged: itself, its offsets and ``size``."""
+        return sys.getsizeof(self) + sys.getsizeof(self._starts) + self._size
 
 
 class Records(NamedTuple):
@@ -233,6 +300,7 @@ def decode_records(buf: bytes, off: int, end: int, out: list[bytes], skipped: li
     """
     unpack = _FAST.unpack_from
     append = out.append
+    start = off  # errors name offsets in the payload
     while off < end:
         try:
             while off < end:
@@ -245,40 +313,44 @@ def decode_records(buf: bytes, off: int, end: int, out: list[bytes], skipped: li
         except struct.error:  # fewer than 56 bytes left in buf
             pass
         if off > end:  # the last record overran the payload: let the slow path say how
-            off -= len(out.pop())
+            out.pop()  # (a slice, cut short where buf ends: its length says nothing)
+            off -= 56 + ln
         if off < end:
-            off = _decode_record_slow(buf, off, end, out, skipped)
+            off = _decode_record_slow(buf, off, end, out, skipped, start)
 
 
-def _decode_record_slow(buf: bytes, off: int, end: int, out: list[bytes], skipped: list[tuple[int, int]]) -> int:
+def _decode_record_slow(
+    buf: bytes, off: int, end: int, out: list[bytes], skipped: list[tuple[int, int]], start: int
+) -> int:
     left = end - off
+    at = off - start  # in the payload
     if left < 4:
-        raise MalformedRecord(f"record header at payload offset {off} needs 4 bytes, only {left} left")
+        raise MalformedRecord(f"record header at payload offset {at} needs 4 bytes, only {left} left")
     rtype, blen = _REC_HDR.unpack_from(buf, off)
     nxt: int = off + 4 + blen
     if nxt > end:
         raise MalformedRecord(
-            f"record of type {rtype} at payload offset {off} has body_len {blen}, "
+            f"record of type {rtype} at payload offset {at} has body_len {blen}, "
             f"only {left - 4} bytes left in the payload"
         )
     if rtype != PROCESS_CREATED and rtype != PROCESS_EXITED:
         skipped.append((rtype, blen))
         return nxt
     if blen < 52:
-        raise MalformedRecord(f"process record at payload offset {off} has body_len {blen}; at least 52 needed")
+        raise MalformedRecord(f"process record at payload offset {at} has body_len {blen}; at least 52 needed")
     _, _, lp, _, ls, _, lh, _, ln = _FULL.unpack_from(buf, off)
     if (lp, ls, lh) != (4, 8, 32):
         raise MalformedRecord(
-            f"process record at payload offset {off}: field lengths pid={lp} image_size={ls} "
+            f"process record at payload offset {at}: field lengths pid={lp} image_size={ls} "
             f"sha256={lh}; protocol v1 requires 4, 8 and 32"
         )
     if ln > MAX_PATH:
         raise MalformedRecord(
-            f"process record at payload offset {off}: image path of {ln} bytes exceeds the {MAX_PATH}-byte limit"
+            f"process record at payload offset {at}: image path of {ln} bytes exceeds the {MAX_PATH}-byte limit"
         )
     if 52 + ln > blen:
         raise MalformedRecord(
-            f"process record at payload offset {off}: image path of {ln} bytes overruns body_len {blen}"
+            f"process record at payload offset {at}: image path of {ln} bytes overruns body_len {blen}"
         )
     out.append(buf[off:nxt])
     return nxt
@@ -366,29 +438,51 @@ class StreamDecoder:
     earlier frame has been yielded; the decoder is unusable afterwards.
     """
 
-    __slots__ = ("_buf", "offset", "frames", "_indexer")
+    __slots__ = ("_buf", "offset", "frames", "_indexer", "_splitter")
 
     def __init__(self, native: bool = False) -> None:
         self._buf = bytearray()
         self.offset = 0  # stream offset of the first byte not yet consumed
         self.frames = 0
-        self._indexer = None
+        self._indexer: RecordIndexer | None = None
+        self._splitter: FrameSplitter | None = None
         if native:
-            from hil.protocol.native import indexer
+            from hil.protocol.native import indexer, splitter
 
             self._indexer = indexer()
+            self._splitter = splitter()
 
     @property
     def pending(self) -> int:
         """Bytes of an incomplete frame held in the buffer."""
         return len(self._buf)
 
-    def feed(self, data: bytes | memoryview) -> Iterator[Frame]:
+    def copy_pending(self, into: memoryview) -> int:
+        """Copy the incomplete frame held (:attr:`pending`) to the start of ``into`` (to be
+        fed back with ``replay``); how many bytes."""
+        n = len(self._buf)
+        if n:
+            into[:n] = self._buf
+        return n
+
+    def feed(self, data: bytes | memoryview, arena: Arena | None = None, replay: int = 0) -> Iterator[Frame]:
         """Frames completed by ``data``. ``data`` may be a view of a buffer the caller reuses
-        after the iteration: nothing yielded or kept refers to it."""
+        after the iteration: nothing yielded or kept refers to it.
+
+        Unless ``arena`` is given (the collector's; a native decoder only): then each run of
+        consecutive RECORDS frames of v1 process records comes as one :class:`Records` whose
+        records are a :class:`RunRecords` in the arena itself (``arena.used`` is set) when the
+        arena is already used or the run fills at least a quarter of it, else in one copy of
+        the run. ``replay``: ``data`` starts with the incomplete frame this decoder holds (all of
+        :attr:`pending`, laid in the arena right before the new bytes): it is walked in place.
+        Records and errors are the same either way; ``frames`` still counts every frame."""
         buf = self._buf
         start = 0
-        if buf:
+        if replay:
+            if replay != len(buf):
+                raise ValueError(f"replay of {replay} bytes; {len(buf)} are pending")
+            buf.clear()  # they are data[:replay]
+        elif buf:
             # Complete the buffered frame with just the bytes it lacks, then walk the rest of
             # ``data`` in place: a peer trickling bytes costs O(1) per byte, and a frame split
             # across two reads costs one copy of that frame, not of the whole read.
@@ -405,55 +499,75 @@ class StreamDecoder:
             if len(data) - start < need:
                 buf += memoryview(data)[start:]
                 return
-            buf += memoryview(data)[start : start + need]
+            whole = b"".join((buf, memoryview(data)[start : start + need]))  # one copy of each part
             start += need
-            frame = bytes(buf)
             buf.clear()
-            yield from self._walk(frame, 0)
-        yield from self._walk(data, start)
+            frame = self._decode(whole, HEADER_LEN, len(whole), ftype)  # (its records: views of it)
+            self.frames += 1
+            self.offset += len(whole)
+            yield frame
+        yield from self._walk(data, start, arena)
 
-    def _walk(self, data: bytes | memoryview, off: int) -> Iterator[Frame]:
-        """Yield the whole frames in ``data[off:]``; keep an incomplete last one in the buffer."""
+    def _walk(self, data: bytes | memoryview, off: int, arena: Arena | None = None) -> Iterator[Frame]:
+        """Yield the whole frames in ``data[off:]``; keep an incomplete last one in the buffer.
+        ``self.offset`` is the stream offset of ``data[off]`` throughout."""
         buf = self._buf
         unpack_header = HEADER.unpack_from
-        indexer = self._indexer
+        splitter = self._splitter
         end = len(data)
         try:
             while end - off >= HEADER_LEN:
+                if splitter is not None:
+                    # the C codec splits what it can in one call: every whole frame up to an
+                    # incomplete one or a bad header, RECORDS payloads indexed
+                    table, starts = splitter.split(data, off, end)
+                    base, i, n, s = off, 0, len(table), 0  # (offsets in table and starts: from base)
+                    while i < n:
+                        p = base + table[i] + HEADER_LEN
+                        nxt = p + table[i + 2]
+                        count = table[i + 3]
+                        if count == UNINDEXED:  # (not a payload the C index takes: no second try)
+                            frame: Frame = self._decode(data, p, nxt, table[i + 1], index=False)
+                            i += 4
+                        elif arena is not None:  # the run of indexed frames from here: one batch
+                            j, total = i, 0
+                            while j < n and table[j + 3] != UNINDEXED:
+                                total += table[j + 3]
+                                j += 4
+                            run_end = base + table[j - 4] + HEADER_LEN + table[j - 2]
+                            run = starts[s : s + total]
+                            if total and (arena.used or 4 * (run_end - p) >= arena.nbytes):
+                                size = 0 if arena.used else arena.nbytes  # charged once
+                                arena.used = True  # kept where it was read: no copy
+                                view, at = arena.view, arena.start + base
+                                frame = Records(RunRecords(view, at, run, arena, size), [])
+                            else:  # one copy of the run: its own bytes
+                                copy = bytes(data[p:run_end])
+                                frame = Records(RunRecords(copy, base - p, run, None, sys.getsizeof(copy)), [])
+                            self.frames += (j - i) // 4 - 1
+                            s += total
+                            i = j
+                            nxt = run_end
+                        else:
+                            frame = self._raw_records(data, p, nxt, starts[s : s + count], base)
+                            s += count
+                            i += 4
+                        self.frames += 1
+                        self.offset += nxt - off
+                        off = nxt
+                        yield frame
+                    if n and end - off < HEADER_LEN:
+                        break
+                # one frame in Python: the only path without the C codec; with it, what it
+                # leaves (an incomplete frame, a bad header, or a whole frame beyond its caps)
                 magic, version, ftype, length = unpack_header(data, off)
                 if magic != MAGIC or version != VERSION or length > MAX_PAYLOAD or ftype not in FRAME_NAMES:
-                    _check_header(magic, version, ftype, length, self.offset + off)
+                    _check_header(magic, version, ftype, length, self.offset)
                 p = off + HEADER_LEN
                 nxt = p + length
                 if nxt > end:
                     break
-                if ftype == RECORDS:
-                    starts = indexer.index(data, p, nxt) if indexer is not None else None
-                    if starts is not None:  # all v1 process records, checked in C
-                        if len(starts) <= SMALL_FRAME:  # a view costs ~150 bytes: copies
-                            # (over a reused read buffer the items are views: bytes() copies them)
-                            view = RawRecords(cast(bytes, data), p, nxt, starts)
-                            frame: Frame = Records([bytes(r) for r in view], [])
-                        elif p == HEADER_LEN and nxt == end and type(data) is bytes:
-                            # data is this one frame (reassembled): its bytes are its own
-                            frame = Records(RawRecords(data, p, nxt, starts), [])
-                        else:  # copied out: a view would keep the whole read alive
-                            frame = Records(RawRecords(bytes(data[p:nxt]), 0, length, starts), [])
-                    else:
-                        out: list[bytes] = []
-                        skipped: list[tuple[int, int]] = []
-                        try:
-                            if type(data) is bytes:  # slices of bytes are copies
-                                decode_records(data, p, nxt, out, skipped)
-                            else:  # a reused read buffer: slices would be views of it
-                                decode_records(bytes(data[p:nxt]), 0, length, out, skipped)
-                        except MalformedRecord as exc:
-                            exc.problem = f"{exc.problem} (RECORDS frame at stream offset {self.offset + off})"
-                            exc.args = (exc.problem,)
-                            raise
-                        frame = Records(out, skipped)
-                else:
-                    frame = decode_payload(ftype, bytes(data[p:nxt]))
+                frame = self._decode(data, p, nxt, ftype)
                 self.frames += 1
                 self.offset += nxt - off
                 off = nxt
@@ -463,6 +577,42 @@ class StreamDecoder:
         finally:
             if off < end:
                 buf += memoryview(data)[off:]
+
+    def _raw_records(self, data: bytes | memoryview, p: int, nxt: int, starts: Sequence[int], base: int) -> Records:
+        """The RECORDS frame ``data[p:nxt]`` the C codec indexed (all v1 process records; the
+        records start at ``data[base + starts[i]]``)."""
+        if len(starts) <= SMALL_FRAME:  # a view costs ~150 bytes: copies
+            # (over a reused read buffer the items are views: bytes() copies them)
+            view = RawRecords(cast(bytes, data), base, nxt, starts)
+            return Records([bytes(r) for r in view], [])
+        if p == HEADER_LEN and nxt == len(data) and type(data) is bytes:
+            # data is this one frame (reassembled): its bytes are its own
+            return Records(RawRecords(data, base, nxt, starts), [])
+        # copied out: a view would keep the whole read alive
+        return Records(RawRecords(bytes(data[p:nxt]), base - p, nxt - p, starts), [])
+
+    def _decode(self, data: bytes | memoryview, p: int, nxt: int, ftype: int, index: bool = True) -> Frame:
+        """The frame whose payload is ``data[p:nxt]``, decoded in Python (RECORDS indexed in C
+        when the codec is loaded and ``index``); ``self.offset`` is where the frame starts in
+        the stream."""
+        if ftype != RECORDS:
+            return decode_payload(ftype, bytes(data[p:nxt]))
+        indexer = self._indexer if index else None
+        starts = indexer.index(data, p, nxt) if indexer is not None else None
+        if starts is not None:  # all v1 process records, checked in C
+            return self._raw_records(data, p, nxt, starts, p)
+        out: list[bytes] = []
+        skipped: list[tuple[int, int]] = []
+        try:
+            if type(data) is bytes:  # slices of bytes are copies
+                decode_records(data, p, nxt, out, skipped)
+            else:  # a reused read buffer: slices would be views of it
+                decode_records(bytes(data[p:nxt]), 0, nxt - p, out, skipped)
+        except MalformedRecord as exc:
+            exc.problem = f"{exc.problem} (RECORDS frame at stream offset {self.offset})"
+            exc.args = (exc.problem,)
+            raise
+        return Records(out, skipped)
 
     def feed_all(self, data: bytes) -> list[Frame]:
         return list(self.feed(data))

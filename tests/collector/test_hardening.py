@@ -15,6 +15,8 @@ import pytest
 
 from hil.collector import Collector, RecordsEvicted
 from hil.collector.agent_client import ReferenceAgent
+from hil.collector.connection import ARENA_POOL, READ_BUFFER, AgentConnection
+from hil.collector.store import AgentId, AgentStats, RecordStore
 from hil.protocol import (
     MAX_PAYLOAD,
     Records,
@@ -25,7 +27,7 @@ from hil.protocol import (
     encode_process_record,
     encode_raw_record,
 )
-from hil.protocol.codec import RECORDS
+from hil.protocol.codec import RECORDS, RunRecords
 
 MiB = 1 << 20
 
@@ -187,6 +189,193 @@ def test_store_is_capped_by_bytes_and_the_cap_is_what_memory_shows():
         assert 0 < st.stored_bytes <= cap
         agent.close()
     assert grown < cap + 2 * MiB, f"{grown / MiB:.1f} MiB held with a {cap / MiB:.0f} MiB cap"
+
+
+# ------------------------------------------------------------------------ reads kept whole
+
+
+class HandTransport:
+    """What an AgentConnection needs of its asyncio transport, for a connection fed by hand."""
+
+    def get_extra_info(self, key):
+        return ("127.0.0.1", 40000)
+
+    def write(self, data):
+        pass
+
+    def abort(self):
+        pass
+
+    def close(self):
+        pass
+
+
+def read_into(conn: AgentConnection, data: bytes, most: int = READ_BUFFER) -> list[object]:
+    """Bytes arriving the way the event loop reads them: each read fills the buffer it is
+    given, up to ``most`` bytes (what the socket holds). The buffers read into."""
+    view = memoryview(data)
+    buffers: list[object] = []
+    while view:
+        buf = conn.get_buffer(-1)
+        n = min(len(buf), len(view), most)
+        buf[:n] = view[:n]
+        conn.buffer_updated(n)
+        view = view[n:]
+        buffers.append(buf.obj)
+    return buffers
+
+
+def test_dense_reads_are_kept_whole_charged_in_full_and_their_buffers_reused():
+    c = Collector(interval=3600, max_records=150_000)  # not started: one connection fed by hand
+    conn = AgentConnection(c, 1)
+    conn.connection_made(HandTransport())
+    read_into(conn, encode_hello("k", "linux", "dense") + encode_end(1, 0))  # the REQUEST after HELLO
+    recs = [encode_process_record("created", pid, "") for pid in range(300_000)]  # 56 bytes each
+    stream = b"".join(encode_frame(RECORDS, b"".join(recs[i : i + 1000])) for i in range(0, len(recs), 1000))
+    rid = conn.request()
+    gc.collect()
+    tracemalloc.start()
+    try:
+        base = tracemalloc.get_traced_memory()[0]
+        buffers = read_into(conn, stream[: 4 * READ_BUFFER])  # (alive: their ids are theirs)
+        held = c._store.batches()[0][3]  # a reader holds an early batch while it is evicted
+        early = list(held)
+        buffers += read_into(conn, stream[4 * READ_BUFFER :] + encode_end(rid, len(recs)))
+        gc.collect()
+        grown = tracemalloc.get_traced_memory()[0] - base
+    finally:
+        tracemalloc.stop()
+    st = c._store.stats[conn.agent]
+    assert not conn.closed and st.records == len(recs) and st.batches == 2 and st.evicted > 0
+    batches = c._store.batches()
+    # no copies: every batch lives in a read buffer (a frame cut by the end of one read goes
+    # first in the next buffer), each buffer charged in full
+    assert all(isinstance(b[3], RunRecords) and b[3].owner is not None for b in batches)
+    owners = {id(b[3].owner) for b in batches}
+    assert len(owners) == len(batches)  # full reads: one batch each
+    assert [r for b in batches for r in b[3]] == recs[-st.stored :]  # every record, in order
+    assert st.stored <= 150_000 and st.stored + st.evicted == len(recs)
+    assert c._store.stored_bytes >= len(owners) * READ_BUFFER > 7 * READ_BUFFER
+    assert isinstance(held, RunRecords) and list(held) == early  # its buffer not reused while held
+    # the buffers of evicted reads are reused: no more than the store, the held one and one more
+    assert len({id(b) for b in buffers}) <= len(owners) + 3 < len(buffers)
+    pooled = len(c._arena_pool)
+    del held  # the last view of that read: its buffer goes to the pool for a later read
+    assert len(c._arena_pool) == pooled + 1 <= ARENA_POOL
+    limit = c._store.stored_bytes + (ARENA_POOL + 2) * READ_BUFFER + MiB
+    assert grown < limit, f"{grown / MiB:.1f} MiB held; the store says {c._store.stored_bytes / MiB:.1f} MiB"
+
+
+def test_reads_go_on_into_a_kept_buffer_which_is_charged_once():
+    c = Collector(interval=3600, max_records=150_000)
+    conn = AgentConnection(c, 1)
+    conn.connection_made(HandTransport())
+    read_into(conn, encode_hello("k", "linux", "medium") + encode_end(1, 0))
+    recs = [encode_process_record("exited", pid, "/x") for pid in range(400_000)]  # 58 bytes each
+    stream = b"".join(encode_frame(RECORDS, b"".join(recs[i : i + 999])) for i in range(0, len(recs), 999))
+    rid = conn.request()
+    for at in range(0, len(stream), 300_000):  # a quarter of the buffer and more: kept, then read on
+        read_into(conn, stream[at : at + 300_000], most=300_000)
+        live = [b for b in c._store._order if b.raws is not None]
+        owners = {id(b.raws.owner): b.raws.owner for b in live if isinstance(b.raws, RunRecords) and b.raws.owner}
+        # every buffer holding records is charged once, to the oldest batch in it
+        assert sum(b.shared for b in live) == sum(o.nbytes for o in owners.values())
+        assert sum(b.cost for b in live) == c._store.stored_bytes
+    read_into(conn, encode_end(rid, len(recs)))
+    st = c._store.stats[conn.agent]
+    assert not conn.closed and st.records == len(recs) and st.evicted > 0
+    batches = c._store.batches()
+    assert [r for b in batches for r in b[3]] == recs[-st.stored :]
+    owners = {id(b[3].owner) for b in batches if isinstance(b[3], RunRecords) and b[3].owner is not None}
+    assert len(batches) > 2 * len(owners) > 10  # several reads in each buffer: no copies
+
+
+def test_a_trickle_after_a_kept_read_is_not_replayed_read_after_read():
+    c = Collector(interval=3600, max_records=150_000)
+    conn = AgentConnection(c, 1)
+    conn.connection_made(HandTransport())
+    read_into(conn, encode_hello("k", "linux", "trickle") + encode_end(1, 0))
+    recs = [encode_process_record("exited", pid, "/x") for pid in range(20_000)]
+    stream = b"".join(encode_frame(RECORDS, b"".join(recs[i : i + 999])) for i in range(0, len(recs), 999))
+    rid = conn.request()
+    read_into(conn, stream[:300_000], most=300_000)  # kept: the connection reads on into it
+    assert conn.arena is not None and conn.decoder.pending
+    replays = []
+    data_received = conn.data_received
+
+    def spy(data, arena=None, replay=0):
+        replays.append(replay)
+        data_received(data, arena, replay)
+
+    conn.data_received = spy
+    for at in range(300_000, 330_000, 100):  # then 100 bytes a read
+        read_into(conn, stream[at : at + 100])
+    assert len(replays) == 300 and sum(map(bool, replays)) <= 1  # an incomplete frame replayed once at most
+    read_into(conn, stream[330_000:] + encode_end(rid, len(recs)))
+    assert not conn.closed and [r for b in c._store.batches() for r in b[3]] == recs
+
+
+def test_a_buffer_is_charged_to_the_oldest_batch_in_it_until_the_last_goes():
+    class Owner:  # a read buffer, as the store sees it
+        nbytes, used = 10_000, True
+
+    store = RecordStore(max_records=None)
+    agent = AgentId("k", "linux", "h")
+    store.stats[agent] = AgentStats(agent)
+    owner, rec = Owner(), encode_process_record("created", 1, "/x")
+    data = rec * 30
+    runs = [RunRecords(data, 0, [k * len(rec) for k in range(10)], owner, 10_000 if i == 0 else 0) for i in range(3)]
+    store.add_frames(agent, [Records(r, []) for r in runs], 0.0, 0.0)
+    costs = [b.cost for b in store._order]
+    assert costs[0] > 10_000 > costs[1] == costs[2] and store.stored_bytes == sum(costs)
+    queue = store._by_agent[agent]
+    store._evict_oldest(queue)  # the buffer stays: the next batch in it carries it
+    assert store.stored_bytes == costs[1] + costs[2] + 10_000 and queue[0].shared == 10_000 and owner.used
+    store._evict_oldest(queue)
+    store._evict_oldest(queue)  # the last one: the buffer is charged to no one, and free
+    assert store.stored_bytes == 0 and not store._owned and not owner.used
+
+
+def test_a_stream_over_tcp_keeps_every_byte_and_record(tmp_path):
+    """However the event loop's reads cut it (kept, read on, carried or copied), every byte is
+    captured and every record stored once, in order."""
+    with Collector(interval=3600, reply_timeout=3600, capture_dir=tmp_path, max_records=400_000) as c:
+        agent = RawAgent(c.address, "bulk")
+        c.wait_for_agent(host="bulk")
+        agent.answer(b"", 0)
+        recs = [encode_process_record("created", pid, f"/usr/bin/p{pid}") for pid in range(150_000)]
+        sizes = [1, 7, 300, 900]  # records per frame (up to 64 KiB)
+        frames, i = [], 0
+        while i < len(recs):
+            n = sizes[len(frames) % 4]
+            frames.append(encode_frame(RECORDS, b"".join(recs[i : i + n])))
+            i += n
+        rid = next_request(c, agent, "bulk")
+        sent = b"".join(frames) + encode_end(rid, len(recs))
+        for at in range(0, len(sent), 3 * MiB):
+            agent.sock.sendall(sent[at : at + 3 * MiB])
+        wait_until(lambda: c.stats("bulk").batches == 2, timeout=60, what="the batch")
+        st = c.stats("bulk")
+        assert st.records == len(recs) and st.protocol_errors == 0 and st.evicted == 0
+        assert [r for b in c._store.batches() for r in b[3]] == recs
+        agent.close()
+        wait_until(lambda: not c.stats("bulk").connected, what="disconnect")
+        (path,) = c.stats("bulk").capture_files
+    assert path.read_bytes() == encode_hello("raw", "linux", "bulk") + encode_end(1, 0) + sent
+
+
+def test_small_caps_keep_copies_not_whole_reads():
+    c = Collector(interval=3600, max_bytes=4 * MiB)  # a read kept whole would be a quarter of it
+    conn = AgentConnection(c, 1)
+    conn.connection_made(HandTransport())
+    read_into(conn, encode_hello("k", "linux", "small") + encode_end(1, 0))
+    rid = conn.request()
+    recs = [encode_process_record("created", pid, "") for pid in range(20_000)]
+    read_into(conn, b"".join(encode_frame(RECORDS, b"".join(recs[i : i + 1000])) for i in range(0, 20_000, 1000)))
+    read_into(conn, encode_end(rid, 20_000))
+    batches = c._store.batches()
+    assert not conn.closed and not any(isinstance(b[3], RunRecords) for b in batches)
+    assert [r for b in batches for r in b[3]] == recs
 
 
 # ------------------------------------------------------------------------ one agent's flood

@@ -13,8 +13,10 @@ from hypothesis import strategies as st
 
 from hil.protocol import (
     MAX_PATH,
+    End,
     ProtocolError,
     Records,
+    Request,
     StreamDecoder,
     encode_batch,
     encode_hello,
@@ -23,7 +25,7 @@ from hil.protocol import (
     encode_request,
     native,
 )
-from hil.protocol.codec import SMALL_FRAME, RawRecords
+from hil.protocol.codec import SMALL_FRAME, RawRecords, RunRecords
 
 VECTOR_DIR = Path(__file__).resolve().parents[2] / "drivers" / "protocol" / "vectors"
 VECTORS = sorted(p.stem for p in VECTOR_DIR.glob("*.bin"))
@@ -37,6 +39,9 @@ process = st.tuples(
     st.binary(max_size=8) | st.just(b""),
 )  # last: future fields after the path
 unknown = st.tuples(st.integers(3, 0xFFFF), st.binary(max_size=60))
+plain = st.tuples(  # a v1 process record of exactly its size: the C codec indexes these
+    st.sampled_from(["created", "exited"]), u32, st.binary(max_size=40), st.just(7), st.just(bytes(32)), st.just(b"")
+)
 
 
 def outcome(data: bytes, cuts: list[int], native_codec: bool):
@@ -95,6 +100,109 @@ def test_mutated_frames_fail_the_same_way(items, data):
         raw[data.draw(st.integers(0, len(raw) - 1))] = data.draw(st.integers(0, 255))
     cuts = data.draw(st.lists(st.integers(1, 5000), max_size=4))
     assert outcome(bytes(raw), cuts, True) == outcome(bytes(raw), cuts, False)
+
+
+class Arena:
+    """A read buffer as the collector's ReadArena is: what the decoder is fed starts it."""
+
+    def __init__(self, size: int):
+        self.write = memoryview(bytearray(size))
+        self.view = self.write.toreadonly()
+        self.start = 0
+        self.nbytes = sys.getsizeof(self.write.obj)
+        self.used = False
+
+
+def flattened(frames) -> list:
+    """Records one by one, skipped records, other frames: the same whatever frames were merged."""
+    out: list = []
+    for f in frames:
+        if isinstance(f, Records):
+            out += [("record", bytes(r)) for r in f.records] + [("skipped", s) for s in f.skipped]
+        else:
+            out.append(f)
+    return out
+
+
+def arena_outcome(data: bytes, cuts: list[int], size: int):
+    """What the collector's decoder keeps reading ``data`` in pieces of ``cuts`` bytes into
+    read buffers of ``size`` bytes: a fresh buffer once one is kept, a buffer not kept
+    scribbled over before the next read (a record viewing it would change)."""
+    dec = StreamDecoder(native=True)
+    frames: list = []
+    kept = pos = 0
+    arena = Arena(size)
+    error = None
+    try:
+        for cut in [*cuts, len(data)]:
+            while pos < len(data) and cut:
+                piece = data[pos : pos + min(cut, size)]
+                arena.write[: len(piece)] = piece
+                frames += dec.feed(arena.write[: len(piece)], arena)
+                pos += len(piece)
+                cut -= len(piece)
+                if arena.used:
+                    kept += 1
+                    arena = Arena(size)
+                else:
+                    arena.write[:] = b"\xee" * size
+        dec.close()
+    except ProtocolError as exc:
+        error = (type(exc).__name__, str(exc))
+    return flattened(frames), error, dec.frames, kept, frames
+
+
+@settings(max_examples=200, deadline=None)
+@given(
+    st.lists(
+        st.lists(plain, min_size=2, max_size=40) | st.lists(st.one_of(process, unknown), max_size=10),
+        min_size=1,
+        max_size=8,
+    ),
+    st.lists(st.integers(1, 4096), max_size=6),
+    st.sampled_from([1, 2, 3]),
+)
+def test_reads_kept_whole_decode_the_same(batches, cuts, reads):
+    data = encode_hello("k", "linux", "h") + encode_request(1)
+    for items in batches:
+        data += encode_batch(1, [encode_process_record(*i) if len(i) == 6 else encode_raw_record(*i) for i in items])
+    records, error, n_frames, _, _ = arena_outcome(data, cuts, max(256, len(data) // reads))  # ~reads reads
+    frames, python_error = outcome(data, cuts, False)
+    assert (records, error) == (flattened(frames), python_error)
+    assert n_frames == len(frames)  # frames merged into one batch still count one by one
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.lists(plain | process, min_size=1, max_size=60), st.data())
+def test_mutated_reads_kept_whole_fail_the_same_way(items, data):
+    raw = bytearray(encode_request(1) + encode_batch(1, [encode_process_record(*i) for i in items]) * 3)
+    for _ in range(data.draw(st.integers(0, 3))):
+        raw[data.draw(st.integers(0, len(raw) - 1))] = data.draw(st.integers(0, 255))
+    cuts = data.draw(st.lists(st.integers(1, 5000), max_size=4))
+    size = max(256, len(raw) // data.draw(st.sampled_from([1, 2, 3])))
+    records, error, n_frames, _, _ = arena_outcome(bytes(raw), cuts, size)
+    frames, python_error = outcome(bytes(raw), cuts, False)
+    assert (records, error, n_frames) == (flattened(frames), python_error, len(frames))
+
+
+def test_a_read_mostly_records_is_kept_whole_as_one_batch():
+    recs = [encode_process_record("created", pid, f"/p/{pid:05d}" + "x" * 50) for pid in range(250)]
+    data = encode_request(1) + encode_batch(1, recs[:200]) + encode_batch(2, recs[200:])
+    assert len(data) < 32768  # one read
+    records, error, n_frames, kept, frames = arena_outcome(data, [], 32768)
+    assert error is None and n_frames == 5
+    assert records == [
+        Request(1),
+        *(("record", r) for r in recs[:200]),
+        End(1, 200),
+        *(("record", r) for r in recs[200:]),
+        End(2, 50),
+    ]
+    first, second = [f.records for f in frames if isinstance(f, Records)]
+    assert kept == 1 and isinstance(first, RunRecords) and isinstance(second, RunRecords)
+    assert first._data.obj is not second._data  # over half the read: kept in it; the next run: copied
+    assert list(first) == recs[:200] and first[-1] == recs[199] and first[1:3] == recs[1:3]
+    assert first.nbytes > 32768 and second.nbytes < 5700 + 512  # charged what they hold
 
 
 def test_raw_records_behave_like_the_list_they_stand_for():

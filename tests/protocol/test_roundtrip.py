@@ -99,3 +99,22 @@ def test_mutated_frames_raise_only_protocol_errors(items, data):
         decode_stream(bytes(raw))
     except ProtocolError:
         pass
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.lists(process, min_size=2, max_size=6), st.integers(1, 60), st.binary(max_size=100))
+def test_a_record_cut_by_its_frame_is_named_the_same_whatever_follows(items, cut, after):
+    """The payload alone or followed by more bytes (the rest of a read): the same error, at
+    the cut record's own offset."""
+    from hil.protocol.codec import decode_records
+
+    payload = b"".join(encode_process_record(*i) for i in items)
+    payload = payload[: max(0, len(payload) - cut)]
+    problems = []
+    for buf, off in ((payload, 0), (b"\0" * 9 + payload + after, 9)):
+        try:
+            decode_records(buf, off, off + len(payload), [], [])
+            problems.append(None)
+        except ProtocolError as exc:
+            problems.append(exc.problem)
+    assert problems[0] == problems[1]
