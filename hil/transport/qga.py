@@ -49,6 +49,7 @@ class QgaTransport:
         self.guest_name = guest_name
         self.transcript = AgentTranscript(transcript)
         self.aborted: str | None = None  # set by the crash monitor: why every call fails now
+        self._aborted = threading.Event()  # wakes a caller whose agent exchange is in flight
         self.last_reply = 0.0  # time.monotonic() of the last agent answer (a sign of life)
         # How long one agent exchange may take by default.  A crashed guest's call ends at once
         # anyway (the crash monitor aborts the transport), so this only bounds a silent agent;
@@ -58,8 +59,10 @@ class QgaTransport:
         self.agent_timeout = 30.0
 
     def abort(self, reason: str) -> None:
-        """The guest crashed: make waits end now and errors name ``reason``."""
+        """The guest crashed: make waits end now (an exchange in flight too) and errors name
+        ``reason``."""
         self.aborted = reason
+        self._aborted.set()
 
     def _check_aborted(self, what: str) -> None:
         if self.aborted:
@@ -81,12 +84,34 @@ class QgaTransport:
             msg["arguments"] = arguments
         text = json.dumps(msg)
         self.transcript.write(">", text)
+        doing = f"waiting for agent command {execute}" + (f" for {what!r}" if what else "")
+        self._check_aborted(doing)
+        timeout = self.agent_timeout if timeout is None else timeout
+        # The exchange runs on a helper thread so that a crash ends the wait at once: a dead
+        # guest's agent never answers, and libvirt would hold the caller for the whole timeout.
+        outcome: dict[str, Any] = {}
+        finished = threading.Event()
+
+        def exchange() -> None:
+            try:
+                outcome["reply"] = libvirt_qemu.qemuAgentCommand(self.domain, text, max(1, int(timeout + 0.999)), 0)
+            except libvirt.libvirtError as exc:
+                outcome["error"] = exc
+            finally:
+                finished.set()
+
+        threading.Thread(target=exchange, name=f"qga-{self.guest_name}", daemon=True).start()
+        while not finished.wait(0.05):
+            if self._aborted.is_set():
+                self.transcript.write("!", f"abandoned: {self.aborted}")
+                self._check_aborted(doing)
         try:
-            timeout = self.agent_timeout if timeout is None else timeout
-            reply = libvirt_qemu.qemuAgentCommand(self.domain, text, max(1, int(timeout + 0.999)), 0)
+            if "error" in outcome:
+                raise outcome["error"]
+            reply = outcome["reply"]
         except libvirt.libvirtError as exc:
             self.transcript.write("!", exc.get_error_message())
-            self._check_aborted(f"waiting for agent command {execute}" + (f" for {what!r}" if what else ""))
+            self._check_aborted(doing)
             raise GuestError(
                 f"guest {self.guest_name}: agent command {execute}"
                 + (f" for {what!r}" if what else "")

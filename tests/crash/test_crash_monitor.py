@@ -335,6 +335,33 @@ def test_qga_agent_error_on_a_crashed_guest_names_the_crash(monkeypatch):
         t.command("guest-ping")
 
 
+def test_a_crash_ends_an_agent_exchange_in_flight_at_once(monkeypatch):
+    """A dead guest's agent never answers: the exchange in flight when the crash is declared
+    must end then, not at the agent timeout (seen in CI: a panicked test blocked 30 s)."""
+    import threading
+
+    import libvirt_qemu
+
+    from hil.transport.qga import QgaTransport
+
+    release = threading.Event()
+
+    def agent(dom, text, timeout, flags):
+        release.wait(30)  # the agent of a panicked guest: silent until libvirt gives up
+        raise libvirt.libvirtError("Guest agent is not responding")
+
+    monkeypatch.setattr(libvirt_qemu, "qemuAgentCommand", agent)
+    t = QgaTransport(object(), "g1")
+    threading.Timer(0.3, t.abort, args=("kernel panic: sysrq triggered crash",)).start()
+    t0 = time.monotonic()
+    try:
+        with pytest.raises(GuestError, match="crashed while waiting for agent command guest-exec-status: kernel panic"):
+            t.command("guest-exec-status", {"pid": 1})
+        assert time.monotonic() - t0 < 2
+    finally:
+        release.set()
+
+
 # --- the guest interface --------------------------------------------------------------------
 def test_no_hang_check_without_a_ping(monitor_of, tmp_path):
     """A transport that cannot ping (WinRM) gets no hang check: no NMI on a silent guest."""
