@@ -21,12 +21,12 @@ feeds it the guest's serial log), :func:`parse_console_line` in one line.
 
 from __future__ import annotations
 
-import codecs
 import re
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 
 from hil.crash.kinds import CrashKind
 from hil.crash.report import Report
+from hil.crash.stream import LineWatcher
 
 KIND = CrashKind.BSOD
 
@@ -463,51 +463,16 @@ def parse_console_line(line: str) -> Report | None:
     return None
 
 
-class ConsoleWatcher:
+class ConsoleWatcher(LineWatcher):
     """The Windows counterpart of :class:`hil.crash.stream.ConsoleWatcher`: feed serial console
     chunks, get a BSOD :class:`Report` per bug check named on it (the same stop code printed
     twice, as EMS's XML and its text, is one report).  Offsets count characters since the first
     :meth:`feed`."""
 
-    def __init__(self, on_report: Callable[[Report], None] | None = None) -> None:
-        self.on_report = on_report
-        self.reports: list[Report] = []
-        self._tail = ""
-        self._offset = 0
-        self._decoder = codecs.getincrementaldecoder("utf-8")("replace")
-
-    @property
-    def first(self) -> Report | None:
-        return self.reports[0] if self.reports else None
-
     @property
     def busy(self) -> bool:
         """Never: a bug check is named by one line."""
         return False
-
-    def feed(self, chunk: str | bytes) -> Report | None:
-        if isinstance(chunk, bytes):
-            chunk = self._decoder.decode(chunk)
-        data = self._tail + chunk
-        pos = 0
-        while True:
-            nl = data.find("\n", pos)
-            if nl < 0:
-                break
-            self._line(self._offset + pos, self._offset + nl + 1, data[pos:nl])
-            pos = nl + 1
-        self._tail = data[pos:]
-        self._offset += pos
-        return self.first
-
-    def flush(self) -> Report | None:
-        self._tail += self._decoder.decode(b"", final=True)
-        if self._tail:
-            tail, self._tail = self._tail, ""
-            start = self._offset
-            self._offset += len(tail)
-            self._line(start, self._offset, tail)
-        return self.first
 
     def _line(self, start: int, end: int, line: str) -> None:
         rep = parse_console_line(line)

@@ -121,37 +121,26 @@ class _Candidate:
         )
 
 
-class ConsoleWatcher:
-    """Watch a guest's console output for crash reports.
-
-    Feed it text with :meth:`feed` as it arrives; ``on_report`` (if given) is called with each
-    :class:`~hil.crash.report.Report` as soon as it is complete.  :attr:`first` is the first
-    report, :attr:`reports` all of them.  Call :meth:`flush` at the end of the stream to name
-    a report that was still being collected.  Offsets in reports count characters since the
-    first :meth:`feed`.
-    """
+class LineWatcher:
+    """What every console watcher shares: decode chunks as they come (a character cut between
+    chunks waits), cut them into lines with their character offsets since the first
+    :meth:`feed`, and hand each to :meth:`_line`; :meth:`_end` names what is open at the end."""
 
     def __init__(self, on_report: Callable[[Report], None] | None = None) -> None:
         self.on_report = on_report
         self.reports: list[Report] = []
         self._tail = ""
         self._offset = 0  # offset of self._tail's first character
-        self._cand: _Candidate | None = None
         self._decoder = codecs.getincrementaldecoder("utf-8")("replace")
 
     @property
     def first(self) -> Report | None:
         return self.reports[0] if self.reports else None
 
-    @property
-    def busy(self) -> bool:
-        """A crash header was seen and its report is still being collected."""
-        return self._cand is not None
-
     def feed(self, chunk: str | bytes) -> Report | None:
         """Take a chunk of console output; return the first report once there is one."""
         if isinstance(chunk, bytes):
-            chunk = self._decoder.decode(chunk)  # a character cut between chunks waits
+            chunk = self._decoder.decode(chunk)
         data = self._tail + chunk
         pos = 0
         while True:
@@ -172,9 +161,38 @@ class ConsoleWatcher:
             start = self._offset
             self._offset += len(tail)
             self._line(start, self._offset, tail)
+        self._end()
+        return self.first
+
+    def _line(self, start: int, end: int, raw: str) -> None:
+        raise NotImplementedError
+
+    def _end(self) -> None:
+        """Called by :meth:`flush` after the last line."""
+
+
+class ConsoleWatcher(LineWatcher):
+    """Watch a guest's console output for crash reports.
+
+    Feed it text with :meth:`feed` as it arrives; ``on_report`` (if given) is called with each
+    :class:`~hil.crash.report.Report` as soon as it is complete.  :attr:`first` is the first
+    report, :attr:`reports` all of them.  Call :meth:`flush` at the end of the stream to name
+    a report that was still being collected.  Offsets in reports count characters since the
+    first :meth:`feed`.
+    """
+
+    def __init__(self, on_report: Callable[[Report], None] | None = None) -> None:
+        super().__init__(on_report)
+        self._cand: _Candidate | None = None
+
+    @property
+    def busy(self) -> bool:
+        """A crash header was seen and its report is still being collected."""
+        return self._cand is not None
+
+    def _end(self) -> None:
         while self._cand is not None:
             self._finish(None)
-        return self.first
 
     def _line(self, start: int, end: int, raw: str) -> None:
         ctx, msg = split_prefix(raw)
