@@ -397,12 +397,8 @@ class Lab:
                 self._fill_ready()  # the next copy gets ready while this one's test runs
                 return g
             self.discard(g)  # it crashed while it waited: never the next test's problem
-        g = self._restore_copy(paused=True)
-        self._fill_ready()
-        g.resume()
-        g.wait_ready(30)
-        g.sync_clock()
-        return g
+        self._fill_ready()  # no copy was ready: the next one starts while this one is made
+        return self._prepare_ready_copy()
 
     def windows_guest(
         self,
