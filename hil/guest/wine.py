@@ -11,7 +11,7 @@
 DbgPrint output: Wine prints it on the ``debugstr`` channel of the process that calls it
 (winedevice.exe).  That process is started by services.exe, which inherits stderr and
 WINEDEBUG from the command that started the prefix, so :meth:`WineGuest.boot` starts the
-prefix with ``WINEDEBUG=-all,+debugstr,err+module`` and stderr appended to ``wine-debug.log``
+prefix with ``WINEDEBUG=-all,err+all,+debugstr,+loaddll`` and stderr appended to ``wine-debug.log``
 (the guest's console); :meth:`WineGuest.dbgprint_lines` extracts the DbgPrint texts from it.
 
 Crashes: a driver's unhandled exception is in that log too; :mod:`hil.crash.wine` names it and
@@ -29,6 +29,7 @@ the first StartService after a boot may fail with 1053 (ERROR_SERVICE_REQUEST_TI
 from __future__ import annotations
 
 import json
+import logging
 import ntpath
 import re
 import shutil
@@ -47,6 +48,8 @@ from hil.steps import step
 from hil.transport.base import RunResult
 from hil.wine import prefix as wprefix
 from hil.wine.transport import Command, WineTransport
+
+log = logging.getLogger(__name__)
 
 ERROR_SERVICE_REQUEST_TIMEOUT = 1053
 ERROR_SERVICE_ALREADY_RUNNING = 1056
@@ -124,31 +127,63 @@ class WineGuest(Guest):
         self._set_state(GuestState.READY)
 
     def _start_prefix(self) -> None:
-        with step("wine-boot", guest=self.name):
+        """Start the prefix's persistent wineserver and boot it (services.exe, winedevice.exe).
+
+        A boot that fails is retried once on a fresh wineserver, with the reason logged: 1 in
+        about 300 suite boots here ended ``wineboot`` with exit 1 before any output, a different
+        prefix's next boot then succeeding.  Wine's own ``err`` lines (all channels) go to the
+        log, so such a failure names its cause there."""
+        with step("wine-boot", guest=self.name) as rec:
             self._log_fh = open(self.debug_log, "ab")
-            env = self.env
-            # A persistent wineserver: by default it shuts the prefix down (services, drivers
-            # included) about 3 s after the last user process exits, unloading our drivers.
-            subprocess.run(
-                [wprefix.wineserver_binary(), "-p"],
-                env=env,
-                stdout=subprocess.DEVNULL,
-                stderr=subprocess.DEVNULL,
-                timeout=30,
+            for attempt in (1, 2):
+                start = self.debug_log.stat().st_size
+                code = self._boot_once()
+                if code == 0:
+                    rec.args["attempts"] = str(attempt)
+                    return
+                said = self._log_since(start).strip()[-1500:] or "(nothing on its stderr)"
+                if attempt == 1:
+                    log.warning(
+                        "wineboot exited %d in %s; restarting the prefix once. Its output: %s", code, self.prefix, said
+                    )
+                    wprefix.kill_prefix(self.prefix)
+            raise GuestError(
+                f"wineboot failed twice in {self.prefix} (exit {code}): {said.splitlines()[-1]}",
+                f"see {self.debug_log}; check that Wine runs: WINEPREFIX=/tmp/x wine wineboot -i",
             )
-            env["WINEDEBUG"] = "-all,+debugstr,err+module,+loaddll" + (
-                f",{self.debug_channels}" if self.debug_channels else ""
-            )
-            # services.exe and winedevice.exe inherit this stderr: it is the DbgPrint log.
-            proc = subprocess.run(
-                [wprefix.wine_binary(), "wineboot"],
-                env=env,
-                stdout=subprocess.DEVNULL,
-                stderr=self._log_fh,
-                timeout=120,
-            )
-            if proc.returncode != 0:
-                raise GuestError(f"wineboot failed in {self.prefix} (exit {proc.returncode}); see {self.debug_log}")
+
+    def _boot_once(self) -> int:
+        env = self.env
+        # A persistent wineserver: by default it shuts the prefix down (services, drivers
+        # included) about 3 s after the last user process exits, unloading our drivers.
+        subprocess.run(
+            [wprefix.wineserver_binary(), "-p"],
+            env=env,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+            timeout=30,
+        )
+        env["WINEDEBUG"] = "-all,err+all,+debugstr,+loaddll" + (
+            f",{self.debug_channels}" if self.debug_channels else ""
+        )
+        # services.exe and winedevice.exe inherit this stderr: it is the DbgPrint log.
+        assert self._log_fh is not None
+        proc = subprocess.run(
+            [wprefix.wine_binary(), "wineboot"],
+            env=env,
+            stdout=subprocess.DEVNULL,
+            stderr=self._log_fh,
+            timeout=120,
+        )
+        return proc.returncode
+
+    def _log_since(self, offset: int) -> str:
+        try:
+            with open(self.debug_log, "rb") as f:
+                f.seek(offset)
+                return f.read().decode(errors="replace")
+        except OSError:
+            return ""
 
     def restart(self) -> None:
         """Kill every process of the prefix and start it again (drivers are not restarted)."""

@@ -75,3 +75,50 @@ def test_prefixes_of_dead_owners_are_swept_and_live_ones_spared(tmp_path):
     (live / OWNER_FILE).write_text(json.dumps(me))
     assert sweep_wine_prefixes(tmp_path) == [str(dead)]
     assert not dead.exists() and live.exists() and cloning.exists()
+
+
+def _failing_wine(folder, real: str, say: str, times: int):
+    """A ``wine`` whose first ``times`` calls with ``wineboot`` fail as the flake did (exit 1,
+    saying ``say``); every other call is the real Wine."""
+    count = folder / "wineboot-calls"
+    script = folder / "wine"
+    script.write_text(
+        "#!/bin/sh\n"
+        'if [ "$1" = wineboot ]; then\n'
+        f"  echo x >> {count}\n"
+        f'  if [ "$(wc -l < {count})" -le {times} ]; then echo "{say}" >&2; exit 1; fi\n'
+        "fi\n"
+        f'exec {real} "$@"\n'
+    )
+    script.chmod(0o755)
+    return script
+
+
+def test_a_failed_wineboot_is_retried_once_with_its_reason_logged(tmp_path, monkeypatch, caplog):
+    """A prefix whose first ``wineboot`` fails boots on a fresh wineserver, and the log says why."""
+    from hil.wine import prefix
+
+    wine = _failing_wine(tmp_path, prefix.wine_binary(), "wine: simulated boot failure", times=1)
+    monkeypatch.setattr(prefix, "wine_binary", lambda: str(wine))
+    g = WineGuest(tmp_path / "w", Owner.current())
+    try:
+        with caplog.at_level("WARNING", logger="hil.guest.wine"):
+            g.boot()
+        assert g.run("echo booted").exit_code == 0
+    finally:
+        g.destroy()
+    said = [r.getMessage() for r in caplog.records if "wineboot exited 1" in r.getMessage()]
+    assert len(said) == 1 and "simulated boot failure" in said[0], caplog.text
+
+
+def test_a_wineboot_that_keeps_failing_names_its_last_words(tmp_path, monkeypatch):
+    from hil.wine import prefix
+
+    wine = _failing_wine(tmp_path, prefix.wine_binary(), "wine: could not load kernel32.dll", times=2)
+    monkeypatch.setattr(prefix, "wine_binary", lambda: str(wine))
+    g = WineGuest(tmp_path / "w", Owner.current())
+    try:
+        with pytest.raises(GuestError, match=r"wineboot failed twice .*exit 1.*could not load kernel32\.dll"):
+            g.boot()
+    finally:
+        g.destroy()
