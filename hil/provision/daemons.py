@@ -7,6 +7,7 @@ import os
 import shutil
 import socket
 import subprocess
+import sys
 import time
 from pathlib import Path
 
@@ -43,7 +44,9 @@ def ensure_daemons(uri: str, timeout: float = 15.0, sockets: dict[str, Path] | N
     """Start the system daemons behind ``qemu:///system`` when nobody answers on their sockets.
 
     Only for the local system URI and only as root: anything else is the user's libvirt to run.
-    A stale socket file of a dead daemon is removed first, so the new daemon can bind.
+    A stale socket file of a dead daemon is removed first, so the new daemon can bind.  The
+    daemons run under :mod:`hil.provision.subreaper`, so a destroyed guest's QEMU is reaped at
+    once even where PID 1 reaps late (libvirt otherwise waits for the zombie: 1.6 s a destroy).
     """
     if uri != "qemu:///system":
         return
@@ -56,6 +59,7 @@ def ensure_daemons(uri: str, timeout: float = 15.0, sockets: dict[str, Path] | N
             f"libvirt daemons not running ({', '.join(missing)}) and we are not root to start them",
             "start them as root: `virtlogd -d && libvirtd -d` (or `systemctl start libvirtd`)",
         )
+    commands: list[str] = []
     for name in missing:  # virtlogd first: serial consoles to a file need it
         binary = _daemon_binary(name)
         if binary is None:
@@ -63,9 +67,16 @@ def ensure_daemons(uri: str, timeout: float = 15.0, sockets: dict[str, Path] | N
                 f"{name} is not installed", "apt-get install libvirt-daemon-system qemu-system-x86"
             )
         sockets[name].unlink(missing_ok=True)  # stale: nobody answered on it
-        subprocess.run(
-            [binary, "-d"], check=False, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
-        )
+        commands += ["--", binary, "-d"] if commands else [binary, "-d"]
+    # under a subreaper of ours, detached from this session: see hil.provision.subreaper
+    subprocess.Popen(
+        [sys.executable, "-m", "hil.provision.subreaper", *commands],
+        stdin=subprocess.DEVNULL,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        start_new_session=True,
+        close_fds=True,
+    )
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if all(socket_answers(sockets[n]) for n in missing):
