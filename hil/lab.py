@@ -359,8 +359,12 @@ class Lab:
             log.warning("ready_pool %d reduced to %d: %d MiB available", want, fits, available_mib)
         return min(want, fits)
 
-    def _fill_ready(self) -> None:
-        while len(self._ready) < self.ready_pool_size():
+    def _fill_ready(self, upcoming: int | None) -> None:
+        """Prepare copies ahead: up to the pool size, and no more than ``upcoming`` (the guests
+        the caller knows it will ask for next; None: unknown) -- a copy nobody asks for costs
+        a restore and a destroy, which in a one-test run is all the time it has."""
+        want = self.ready_pool_size() if upcoming is None else min(upcoming, self.ready_pool_size())
+        while len(self._ready) < want:
             self._ready.append(self._filler.submit(self._prepare_ready_copy))
 
     def _prepare_ready_copy(self) -> LinuxGuest:
@@ -374,16 +378,18 @@ class Lab:
         g.sync_clock()
         return g
 
-    def linux_guest(self, label: str = "") -> LinuxGuest:
+    def linux_guest(self, label: str = "", upcoming: int | None = None) -> LinuxGuest:
         """A clean, ready Linux guest (a restored copy, or cold-booted without snapshots),
-        watched for hangs from now on (not while it boots: a slow boot is not a hang)."""
-        g = self._fresh_linux_guest()
+        watched for hangs from now on (not while it boots: a slow boot is not a hang).
+        ``upcoming``: how many more guests the caller knows it will ask for after this one
+        (the pytest plugin looks at the next tests); None: assume the pool's size."""
+        g = self._fresh_linux_guest(upcoming)
         g.hang_timeout_s = self.config.linux.hang_timeout_s or None
         if g.monitor is not None:
             g.monitor.hang_timeout_s = g.hang_timeout_s
         return g
 
-    def _fresh_linux_guest(self) -> LinuxGuest:
+    def _fresh_linux_guest(self, upcoming: int | None) -> LinuxGuest:
         if not self.config.linux.snapshot:
             return self.boot_linux_guest()
         self.snapshot()
@@ -394,10 +400,10 @@ class Lab:
                 log.warning("a ready copy could not be prepared: %s", exc)
                 continue
             if g.state is GuestState.READY:
-                self._fill_ready()  # the next copy gets ready while this one's test runs
+                self._fill_ready(upcoming)  # the next copy gets ready while this one's test runs
                 return g
             self.discard(g)  # it crashed while it waited: never the next test's problem
-        self._fill_ready()  # no copy was ready: the next one starts while this one is made
+        self._fill_ready(upcoming)  # no copy was ready: the next one starts while this one is made
         return self._prepare_ready_copy()
 
     def windows_guest(

@@ -238,11 +238,39 @@ def hil_artifacts(request) -> Path:
     return d
 
 
+_NEXT_ITEM_KEY = pytest.StashKey[object]()
+
+
+@pytest.hookimpl(tryfirst=True)
+def pytest_runtest_protocol(item, nextitem):
+    """Remember which test this process runs next (xdist included): the lab prepares a guest
+    ahead only for a next test that will use one."""
+    item.stash[_NEXT_ITEM_KEY] = nextitem
+
+
+def upcoming_linux_guests(item, most: int = 8) -> int:
+    """How many tests this process will run next, in a row, that ask for ``linux_guest``: the
+    items after ``item`` when this process runs the whole session; under xdist only the next
+    one is known (0 or 1)."""
+    nextitem = item.stash.get(_NEXT_ITEM_KEY, None)
+    if nextitem is None:
+        return 0
+    if _worker(item.config) is not None:
+        return int("linux_guest" in getattr(nextitem, "fixturenames", ()))
+    items = item.session.items
+    count = 0
+    for later in items[items.index(nextitem) :] if nextitem in items else [nextitem]:
+        if count == most or "linux_guest" not in getattr(later, "fixturenames", ()):
+            break
+        count += 1
+    return count
+
+
 @pytest.fixture
 def linux_guest(request, hil_lab, hil_artifacts):
     """A clean, ready Linux guest for this test, destroyed (or kept, if it failed) afterwards."""
     try:
-        guest = hil_lab.linux_guest(label=request.node.name)
+        guest = hil_lab.linux_guest(label=request.node.name, upcoming=upcoming_linux_guests(request.node))
     except HilError as exc:
         pytest.fail(f"kernel-hil: no Linux guest: {exc}", pytrace=False)
     yield from lend_guest(request, hil_lab, guest, hil_artifacts)

@@ -74,3 +74,37 @@ def test_the_snapshot_outlives_the_session():
         g = second.linux_guest()
         assert second.cold_boot_s is None and g.restored
         assert g.run("uname -r").exit_code == 0
+
+
+PLUGIN_DEMAND = """
+def test_first(linux_guest):
+    assert linux_guest.run("true").exit_code == 0
+
+def test_second(linux_guest):
+    assert linux_guest.run("true").exit_code == 0
+
+def test_without_a_guest():
+    pass
+"""
+
+
+def test_the_plugin_prepares_a_guest_ahead_only_for_a_next_test_that_uses_one(tmp_path):
+    """Two guest tests then one without: two restores, not three (a copy nobody asks for costs
+    a restore and a destroy, which in a one-test run is most of its time)."""
+    import json
+    import subprocess
+    import sys
+
+    (tmp_path / "test_demand.py").write_text(PLUGIN_DEMAND)
+    proc = subprocess.run(
+        [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", f"--basetemp={tmp_path / 'bt'}"],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=900,
+    )
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-2000:]
+    steps = json.loads((tmp_path / "reports" / "out" / "timeline-main.json").read_text())["steps"]
+    restores = [s for s in steps if s["name"] == "restore"]
+    destroys = [s for s in steps if s["name"] == "destroy"]
+    assert len(restores) == 2 and len(destroys) == 2, [(s["name"], s["args"]) for s in steps]
