@@ -7,7 +7,12 @@ One ``key: value`` per line, all measured side by side in one run:
 - ``destroy_s``: destroying a used guest;
 - ``visible_reset_s``: on one worker, the gap between the end of one test's body and the start
   of the next one's, over ``--reset-tests`` consecutive tests using ``linux_guest`` (a real
-  pytest run, so it counts everything the plugin and the lab do between two tests);
+  pytest run, so it counts everything the plugin and the lab do between two tests).  Each body
+  runs guest commands for ``--body-s`` seconds (default 2: the shortest test of suites/linux
+  takes 2.0 s in all here, the median 4.9 s), long enough for the next copy to be prepared
+  behind it; ``reset_body_s`` is the bodies' median;
+- ``visible_reset_starved_s``: the same with bodies of a single command (~0.1 s), shorter than
+  preparing a copy takes on this host: what a test sees when the ready pool cannot keep up;
 - ``one_test_run_s``: wall time of a fresh ``pytest <smoke file> -k boot_and_run`` process
   with the snapshot cache warm (a developer running one test);
 - the ratios ``restore_over_cold`` and ``visible_reset_over_cold``.
@@ -33,9 +38,12 @@ RESET_TEST = textwrap.dedent("""
 
     @pytest.mark.parametrize("i", range(int(os.environ["HIL_BENCH_TESTS"])))
     def test_body(linux_guest, i):
+        start = time.monotonic()
         with open(os.environ["HIL_BENCH_TIMES"], "a") as f:
-            f.write(f"start {time.monotonic()}\\n")
+            f.write(f"start {start}\\n")
         linux_guest.run("true").check()
+        while time.monotonic() - start < float(os.environ["HIL_BENCH_BODY_S"]):
+            linux_guest.run("true").check()
         with open(os.environ["HIL_BENCH_TIMES"], "a") as f:
             f.write(f"end {time.monotonic()}\\n")
 """)
@@ -45,6 +53,9 @@ def add_arguments(parser: Any) -> None:
     parser.add_argument("--cold-runs", type=int, default=3, help="cold boots to time (default 3)")
     parser.add_argument("--restore-runs", type=int, default=7, help="restores to time (default 7)")
     parser.add_argument("--reset-tests", type=int, default=21, help="consecutive tests for visible_reset_s")
+    parser.add_argument(
+        "--body-s", type=float, default=2.0, help="how long each of those tests' bodies runs guest commands (default 2)"
+    )
     parser.add_argument("--one-test-runs", type=int, default=3, help="one-test pytest runs to time")
     parser.add_argument("--accel", choices=["auto", "kvm", "tcg"], default=None)
 
@@ -65,16 +76,24 @@ def _pytest(args: list[str], cwd: Path, env: dict[str, str]) -> tuple[float, sub
     return elapsed, proc
 
 
-def visible_resets(tests: int, work: Path) -> list[float]:
-    """Gaps between consecutive test bodies of one real pytest run on one worker."""
+def visible_resets(tests: int, body_s: float, work: Path) -> tuple[list[float], list[float]]:
+    """Gaps between consecutive test bodies of one real pytest run on one worker, and the
+    bodies' durations."""
+    work.mkdir(parents=True, exist_ok=True)
     (work / "test_reset_bench.py").write_text(RESET_TEST)
     times = work / "times.txt"
-    env = {**os.environ, "HIL_BENCH_TESTS": str(tests), "HIL_BENCH_TIMES": str(times)}
+    env = {
+        **os.environ,
+        "HIL_BENCH_TESTS": str(tests),
+        "HIL_BENCH_TIMES": str(times),
+        "HIL_BENCH_BODY_S": str(body_s),
+    }
     _pytest([f"--basetemp={work / 'bt'}", "test_reset_bench.py"], work, env)
     marks = [line.split() for line in times.read_text().splitlines()]
     ends = [float(t) for kind, t in marks if kind == "end"]
     starts = [float(t) for kind, t in marks if kind == "start"]
-    return [s - e for e, s in zip(ends[:-1], starts[1:], strict=True)]
+    gaps = [s - e for e, s in zip(ends[:-1], starts[1:], strict=True)]
+    return gaps, [e - s for s, e in zip(starts, ends, strict=True)]
 
 
 def one_test_runs(runs: int, work: Path) -> list[float]:
@@ -122,7 +141,8 @@ def run(args: Any) -> int:
         accel = lab.accel
     steps = TIMELINE.since(mark)
     with tempfile.TemporaryDirectory(prefix="hil-bench-") as tmp:
-        resets = visible_resets(args.reset_tests, Path(tmp))
+        resets, bodies = visible_resets(args.reset_tests, args.body_s, Path(tmp) / "reset")
+        starved, _ = visible_resets(args.reset_tests, 0.0, Path(tmp) / "starved")
         ones = one_test_runs(args.one_test_runs, Path(tmp))
 
     def median_of(name: str) -> float:
@@ -139,6 +159,8 @@ def run(args: Any) -> int:
     print(f"destroy_s: {statistics.median(destroys):.3f}")
     print(f"visible_reset_s: {reset:.3f}")
     print(f"visible_reset_s_max: {max(resets):.3f}")
+    print(f"reset_body_s: {statistics.median(bodies):.3f}")
+    print(f"visible_reset_starved_s: {statistics.median(starved):.3f}")
     print(f"one_test_run_s: {statistics.median(ones):.3f}")
     print(f"restore_over_cold: {restore / cold:.3f}")
     print(f"visible_reset_over_cold: {reset / cold:.3f}")
