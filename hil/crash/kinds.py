@@ -28,6 +28,7 @@ class CrashKind(enum.StrEnum):
     LOCKUP = "LOCKUP"
     HANG = "HANG"
     SYZ_FAILURE = "SYZ_FAILURE"
+    REBOOT = "REBOOT"
     BSOD = "BSOD"
     WINE = "WINE"
     # non-fatal: the kernel complains and carries on
@@ -84,6 +85,7 @@ DESCRIPTIONS: dict[CrashKind, str] = {
     CrashKind.LOCKUP: "soft or hard lockup: a CPU stopped scheduling",
     CrashKind.HANG: "hung task, RCU stall, a device that never frees, or a guest that stopped answering (NMI)",
     CrashKind.SYZ_FAILURE: "a syzkaller executor failure (SYZFAIL/SYZFATAL) printed on the console",
+    CrashKind.REBOOT: "the guest booted again without a crash report first (a triple fault, a reset): its state is lost",
     CrashKind.BSOD: "Windows bug check (blue screen), named by its stop code",
     CrashKind.WINE: "unhandled exception in a driver (or program) running under Wine: its process is dead",
     CrashKind.WARNING: "WARN_ON and other kernel warnings with a stack trace",

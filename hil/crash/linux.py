@@ -3,6 +3,8 @@
 The rows live in :mod:`hil.crash.linux_table`; this module only interprets them.  Collecting
 the lines of a report from a console stream is :mod:`hil.crash.stream`'s job.
 
+:class:`BootTracker` tells an unexpected reboot from the first boot on a console.
+
 Frame parsing is public so that everything reading a Linux stack uses one parser:
 :func:`frame_of` (one line), :func:`rip_function` (the faulting instruction's function) and
 :func:`interrupted_function` (what an NMI caught a CPU doing: the crash monitor names a hang
@@ -17,7 +19,7 @@ from functools import cache
 
 from hil.crash import linux_table as table
 from hil.crash.kinds import CrashKind
-from hil.crash.normalize import function_name, normalize_text, split_prefix
+from hil.crash.normalize import console_time, function_name, normalize_text, split_prefix
 
 _LEADS = re.compile(table.HEADER_LEADS)
 _MIDLINE_TS = re.compile(r"\[ *\d+\.\d+\](?:\[ *[CT]\d+\])? ")
@@ -47,6 +49,9 @@ _NEUTRAL = re.compile(
     r"LR = |--- interrupt:)"
 )
 _TIMESTAMP_IN_TITLE = re.compile(r"\[ *\d+\.\d+\]")
+_FIRMWARE_BANNER = re.compile(table.FIRMWARE_BANNERS)
+_KERNEL_BANNER = re.compile(table.KERNEL_BANNERS)
+_BOOTED = re.compile(table.BOOTED_MARKERS)
 
 
 @dataclass(frozen=True)
@@ -145,8 +150,12 @@ def has_trace(lines: list[str], implicit: bool = False) -> bool:
     return bool(_trace_frames(lines, implicit))
 
 
-def _after(lines: list[str], trigger: str, span: int | None = None) -> list[str]:
-    """Functions from the first line matching ``trigger`` on (``span`` lines after it at most)."""
+_LOCK_SITE = re.compile(r"\bat: ")
+
+
+def _after(lines: list[str], trigger: str, span: int | None = None, sites: bool = False) -> list[str]:
+    """Functions from the first line matching ``trigger`` on (``span`` lines after it at most;
+    with ``sites``, only the lock-site lines that directly follow it)."""
     rx = _re(trigger)
     out: list[str] = []
     for i, line in enumerate(lines):
@@ -155,6 +164,11 @@ def _after(lines: list[str], trigger: str, span: int | None = None) -> list[str]
             continue
         first = line[m.end() :]
         rest = lines[i + 1 :] if span is None else lines[i + 1 : i + 1 + span]
+        if sites:
+            first, count = "", 0
+            while count < len(rest) and _LOCK_SITE.search(rest[count]):
+                count += 1
+            rest = rest[:count]
         for text in [first] + rest:
             if _QUESTIONABLE.match(text):
                 continue
@@ -224,6 +238,8 @@ def _source(source: str, fmt: table.Format, groups: dict[str, str], lines: list[
         return _after(lines, source[len("after:") :])
     if source.startswith("line:"):
         return _after(lines, source[len("line:") :], span=1)
+    if source.startswith("sites:"):
+        return _after(lines, source[len("sites:") :], sites=True)
     raise ValueError(f"unknown guilty-function source {source!r}")
 
 
@@ -333,3 +349,35 @@ def describe(oops: table.Oops, lines: list[str]) -> Description | None:
             corrupted = True
         return Description(title, fmt.kind, func, corrupted, fmt)
     return None
+
+
+class BootTracker:
+    """Follows a console line by line and says when the guest starts booting again after it
+    had booted: an unexpected reboot (see ``FIRMWARE_BANNERS`` in :mod:`hil.crash.linux_table`).
+
+    A boot banner at the start of a log is the first boot; one after the log showed a booted
+    guest (a line stamped ``BOOT_BANNER_MAX_S`` or later, a ``BOOTED_MARKERS`` line) is a reboot.
+    Only the first banner of a new boot counts: the guest is booting again until it has booted.
+    """
+
+    def __init__(self) -> None:
+        self.booted = False
+
+    def line(self, raw: str, ctx: str, msg: str) -> bool:
+        """Take one console line (``ctx``, ``msg``: its :func:`split_prefix`); True when it is
+        the first sign of an unexpected reboot."""
+        stamp = console_time(raw) if ctx else None
+        if is_boot_banner(ctx, stamp, msg):
+            rebooted, self.booted = self.booted, False
+            return rebooted
+        if (stamp is not None and stamp >= table.BOOT_BANNER_MAX_S) or _BOOTED.search(raw):
+            self.booted = True
+        return False
+
+
+def is_boot_banner(ctx: str, stamp: float | None, message: str) -> bool:
+    """``message`` (a console line without its prefix) is one only a booting machine prints:
+    firmware or decompressor output (no timestamp), or the kernel's first lines (an early one)."""
+    if not ctx:
+        return bool(_FIRMWARE_BANNER.match(message))
+    return stamp is not None and stamp < table.BOOT_BANNER_MAX_S and bool(_KERNEL_BANNER.match(message))

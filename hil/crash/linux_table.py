@@ -12,8 +12,9 @@ frame not matched by :data:`SKIP_FRAMES` (or the row's own ``skip``) is the guil
 - ``"rip"``: the faulting instruction line (``RIP: 0010:f+0x1/0x2``, ``pc : f+...``, ``PC is at f``);
 - ``"trace"``: the frames of the first stack trace (after ``Call Trace:`` / ``backtrace:``);
 - ``"after:REGEX"``: every frame from the first line matching REGEX on;
-- ``"line:REGEX"``: the frames on the first line matching REGEX and the line after it (lockdep's
-  ``is trying to acquire lock:`` / ``at: f+0x1/0x2``);
+- ``"line:REGEX"``: the frames on the first line matching REGEX and the line after it;
+- ``"sites:REGEX"``: the lock sites (``..., at: f+0x1/0x2``, one line per inlined frame) right
+  after the first line matching REGEX (lockdep's ``takes:`` / ``is trying to acquire lock:``);
 - a tuple of sources: alternatives, the first that yields any frame is used.
 
 ``extractor`` replaces "first frame not skipped" by a smarter rule: ``"stall"`` (the caller of
@@ -110,7 +111,10 @@ SKIP_FRAMES: tuple[str, ...] = (
     r"^oops_",
     r"^bad_area",
     r"^no_context",
-    r"page_fault",
+    r"page_fault_oops",
+    r"^handle_page_fault",
+    r"^(?:asm_)?exc_page_fault",
+    r"^page_fault$",
     r"^exc_",
     r"^asm_exc_",
     r"^do_kern_addr_fault",
@@ -329,6 +333,12 @@ SKIP_FRAMES: tuple[str, ...] = (
     r"^mark_usage",
     r"^validate_chain",
     r"^check_prev_add",
+    r"^check_prevs_add",
+    r"^check_noncircular",
+    r"^check_deadlock",
+    r"^check_irq_usage",
+    r"^valid_state$",
+    r"^debug_check_no_locks_freed",
     r"^_*(?:arch_|raw_)?atomic\d*_",
     r"^__?virt_to_phys",
     r"^__phys_addr",
@@ -505,6 +515,23 @@ HEADER_LEADS = (
     r"(?:segment-related |\S+ login: |\d{4}/\d\d/\d\d \d\d:\d\d:\d\d |\[ |Oops: |watchdog: |NMI watchdog: |rcu: |\s+)*"
 )
 
+# An unexpected reboot: the console shows a machine booting again after it had booted (our
+# guests never reboot on their own).  Matched at the start of a console message: firmware and
+# the kernel's decompressor print without a timestamp, the kernel's first lines with an early one
+# (below BOOT_BANNER_MAX_S).  A boot is over once a line is stamped BOOT_BANNER_MAX_S or later,
+# or a line of BOOTED_MARKERS shows; a banner at the very start of a log is the first boot.
+FIRMWARE_BANNERS = (
+    r"(?:\x1b\[[0-9;?=]*[A-Za-z]|\x1b[^\[]|[\x00-\x08\x0b-\x1f])*"  # terminal resets before the banner
+    r"(?:SeaBIOS \(version |Decompressing Linux\.\.\.|Booting the kernel\b|iPXE \(http|"
+    r"BdsDxe: (?:loading|starting) Boot|U-Boot \d{4}\.\d\d)"
+)
+KERNEL_BANNERS = (
+    r"Linux version \d+\.\d+\S* \(|Command line: |BIOS-provided physical RAM map:|Booting Linux on physical CPU "
+)
+BOOT_BANNER_MAX_S = 1.0
+BOOTED_MARKERS = r"Run \S+ as init process|Freeing unused kernel|\S+ login: "
+REBOOT_TITLE = "unexpected kernel reboot"
+
 IRQ_ENTRY = r"apic_timer_interrupt|</IRQ>|gic_handle_irq|el1_interrupt|el1h_64_irq_handler"
 
 OOPSES: tuple[Oops, ...] = (
@@ -576,7 +603,7 @@ OOPSES: tuple[Oops, ...] = (
                 guilty=RIP_TRACE,
             ),
             Format(
-                r"BUG: (?:unable to handle kernel paging request|unable to handle page fault for address|Unable to handle kernel data access)",
+                r"BUG: (?:unable to handle kernel paging request|unable to handle page fault|Unable to handle kernel (?:data access|instruction fetch)|Unable to handle unknown paging fault)",
                 "BUG: unable to handle kernel paging request in {func}",
                 CrashKind.BUG,
                 guilty=RIP_TRACE,
@@ -630,7 +657,7 @@ OOPSES: tuple[Oops, ...] = (
                 guilty=("after:with a lock still held there",),
             ),
             Format(
-                r"BUG: (?P<what>Bad rss-counter state|non-zero nr_ptes on freeing mm|non-zero nr_pmds on freeing mm|MAX_STACK_TRACE_ENTRIES too low!|workqueue lockup)",
+                r"BUG: (?P<what>Bad rss-counter state|non-zero \w+ on freeing mm|MAX_[A-Z_]+ too low!|workqueue lockup)",
                 "BUG: {what}",
                 CrashKind.BUG,
                 no_stack=True,
@@ -642,7 +669,7 @@ OOPSES: tuple[Oops, ...] = (
                 no_stack=True,
             ),
             Format(
-                r"BUG: Bad page (?P<what>state|map)",
+                r"BUG: Bad page (?P<what>\w+)",
                 "BUG: Bad page {what} in {func}",
                 CrashKind.BUG,
                 guilty=("trace",),
@@ -711,7 +738,14 @@ OOPSES: tuple[Oops, ...] = (
             Format(
                 r"BUG: Invalid wait context", "WARNING: locking bug in {func}", CrashKind.LOCKDEP, guilty=("trace",)
             ),
-            Format(r"BUG: (?P<what>.*[^\s\]])\s*$", "BUG: {what}", CrashKind.BUG, needs_trace=True),
+            Format(
+                r"BUG: [Nn]ested lock was not taken",
+                "BUG: nested lock was not taken in {func}",
+                CrashKind.LOCKDEP,
+                guilty=("trace",),
+            ),
+            # Any other BUG: line with a stack, by its text (old lockdep headers end in " ]").
+            Format(r"BUG: (?P<what>.*?[^\s\]])(?:\s*\])?\s*$", "BUG: {what}", CrashKind.BUG, needs_trace=True),
             Format(r"BUG:\s*$", "BUG: corrupted", CrashKind.BUG, corrupted=True),
         ),
         ignores=(r"BUG: no syscalls can create resource",),
@@ -823,7 +857,7 @@ OOPSES: tuple[Oops, ...] = (
                 r"WARNING: inconsistent lock state",
                 "inconsistent lock state in {func}",
                 CrashKind.LOCKDEP,
-                guilty=("line:takes:", "trace"),
+                guilty=("sites:takes:", "trace"),
                 needs_func=True,
             ),
             Format(
@@ -933,7 +967,7 @@ OOPSES: tuple[Oops, ...] = (
                 r"INFO: inconsistent lock state",
                 "inconsistent lock state in {func}",
                 CrashKind.LOCKDEP,
-                guilty=("line:takes:", "trace"),
+                guilty=("sites:takes:", "trace"),
                 needs_func=True,
             ),
             Format(
@@ -985,6 +1019,7 @@ OOPSES: tuple[Oops, ...] = (
                 CrashKind.KASAN,
                 corrupted=True,
             ),
+            Format(r"INFO: (?P<what>.*?[^\s\]])(?:\s*\])?\s*$", "INFO: {what}", CrashKind.INFO, needs_trace=True),
             Format(r"INFO:\s*$", "INFO: corrupted", CrashKind.INFO, corrupted=True),
         ),
         ignores=(
@@ -1157,7 +1192,7 @@ OOPSES: tuple[Oops, ...] = (
                 guilty=RIP_TRACE,
             ),
             Format(
-                r"Unable to handle kernel (?:paging request|execute from non-executable memory|write to read-only memory)",
+                r"Unable to handle kernel \w",  # paging request, a permission fault (read, write, execute)
                 "BUG: unable to handle kernel paging request in {func}",
                 CrashKind.BUG,
                 guilty=RIP_TRACE,

@@ -7,7 +7,7 @@ import re
 # ``<6>[  12.345678][ T123] `` and friends: printk level, timestamp, caller id (task or CPU).
 _PREFIX_RE = re.compile(
     r"^(?:\*\* \d+ printk messages dropped \*\* ?)?(?:.* login: )?(?:<\d+>)?"
-    r"\[ *\d+\.\d+\](?:\[ *(?P<ctx>[CT]\d+)\])? ?"
+    r"\[ *(?P<time>\d+\.\d+)\](?:\[ *(?P<ctx>[CT]\d+)\])? ?"
 )
 
 # Compiler-generated clone suffixes: foo.isra.0, foo.constprop.3, foo.part.1, foo.cold.12...
@@ -31,6 +31,12 @@ def split_prefix(line: str) -> tuple[str, str]:
     if m is None:
         return "", line
     return (m.group("ctx") or "console"), line[m.end() :]
+
+
+def console_time(line: str) -> float | None:
+    """The printk timestamp of a console line in seconds since boot, or None without one."""
+    m = _PREFIX_RE.match(line)
+    return float(m.group("time")) if m else None
 
 
 def function_name(symbol: str) -> str:

@@ -10,6 +10,11 @@ prints caller ids -- until the report is complete enough to name:
 - a row that needs no stack (``Kernel panic - not syncing: ...``) matched, or
 - another crash header, or :data:`MAX_LINES` lines, or :meth:`ConsoleWatcher.flush`.
 
+It also follows the boots on the console (:class:`hil.crash.linux.BootTracker`): a guest that
+starts booting again after it had booted, with no crash report first, is a crash of its own
+(``unexpected kernel reboot``, kind ``REBOOT``); a report still open then is named first, and
+a reboot after a fatal report (``panic=N``) is that report's doing, not a crash of its own.
+
 ``parse``/``parse_all`` run the same machine over a whole text, so a log gives the same title
 whatever the chunking.
 """
@@ -21,7 +26,8 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 from hil.crash import linux
-from hil.crash.linux_table import Oops
+from hil.crash.kinds import CrashKind
+from hil.crash.linux_table import REBOOT_TITLE, Oops
 from hil.crash.normalize import split_prefix
 from hil.crash.report import Report
 
@@ -74,9 +80,11 @@ class _Candidate:
         if "Sending NMI from CPU" in msg or "NMI backtrace for cpu" in msg:
             self.cpu_traceback = True
         # Without printk caller ids, a new header ends the report; with them, another
-        # report's lines are filtered out already and a header of ours is a follow-up.
-        if self.ctx in ("", "console") and linux.match_header(msg) and not linux.is_follow_up(msg):
-            return "next"
+        # report's lines are filtered out already and a header of ours is a follow-up, unless
+        # no row accepts ours yet (a header cut short: ``INFO: t``, then the whole one).
+        if linux.match_header(msg) and not linux.is_follow_up(msg):
+            if self.ctx in ("", "console") or not self.confirmed():
+                return "next"
         self.lines.append(msg.rstrip())
         self.end = line.end
         if linux.is_end(msg, len(self.lines)) or len(self.lines) >= MAX_LINES:
@@ -184,6 +192,8 @@ class ConsoleWatcher(LineWatcher):
     def __init__(self, on_report: Callable[[Report], None] | None = None) -> None:
         super().__init__(on_report)
         self._cand: _Candidate | None = None
+        self._boots = linux.BootTracker()
+        self._fatal_this_boot = False  # a fatal report since the last boot
 
     @property
     def busy(self) -> bool:
@@ -196,6 +206,12 @@ class ConsoleWatcher(LineWatcher):
 
     def _line(self, start: int, end: int, raw: str) -> None:
         ctx, msg = split_prefix(raw)
+        if self._boots.line(raw, ctx, msg):
+            self._end()  # what the previous boot printed is over
+            if not self._fatal_this_boot:  # a reboot after a panic is that panic's doing
+                self._emit(Report(title=REBOOT_TITLE, kind=CrashKind.REBOOT, start=start, end=end, text=msg + "\n"))
+            self._fatal_this_boot = False
+            return
         self._process(_Line(start, end, ctx, msg))
 
     def _process(self, line: _Line) -> None:
@@ -224,11 +240,15 @@ class ConsoleWatcher(LineWatcher):
             for line in cand.raw:
                 self._process(line)
             return
+        self._emit(rep)
+        if pending is not None:
+            self._process(pending)
+
+    def _emit(self, rep: Report) -> None:
+        self._fatal_this_boot = self._fatal_this_boot or rep.fatal
         self.reports.append(rep)
         if self.on_report is not None:
             self.on_report(rep)
-        if pending is not None:
-            self._process(pending)
 
 
 def parse_all(text: str | bytes) -> list[Report]:

@@ -227,6 +227,18 @@ def test_reboot_without_console_report_is_not_a_crash(monitor_of):
     assert not g.dead.is_set()
 
 
+def test_reboot_the_console_shows_kills_like_any_crash(monitor_of):
+    """libvirt's REBOOT event alone proves nothing; the console booting again does."""
+    g, m = monitor_of(grace_s=0.1)
+    m.on_signal(Signal("reboot", g.name, time.monotonic()))
+    g.console((DATA / "reboot-no-panic-direct-kernel.log").read_text(), chunk=97)
+    crash = m.wait(WAIT)
+    assert crash is not None and crash.source == "console" and crash.final
+    assert (crash.title, crash.report.kind) == ("unexpected kernel reboot", "REBOOT")
+    assert g.dead.wait(WAIT) and g.transport.aborted == "unexpected kernel reboot"
+    assert len(m.crashes) == 1
+
+
 def test_warning_taints_and_a_later_bug_kills(monitor_of):
     g, m = monitor_of()
     g.console((DATA / "warn_on.log").read_text())
