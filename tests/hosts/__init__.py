@@ -1,0 +1,1 @@
+"""Several libvirt hosts (issue 16): a simulated second host and its tests."""
