@@ -16,100 +16,15 @@ import pytest
 
 libvirt = pytest.importorskip("libvirt")
 
+from monitor_fakes import FakeConn, FakeGuest  # noqa: E402
+
 from hil.crash import events  # noqa: E402
 from hil.crash.events import EventDispatcher, Signal, classify  # noqa: E402
-from hil.crash.monitor import Crash, CrashMonitor, ExpectedCrash  # noqa: E402
+from hil.crash.monitor import CrashMonitor, ExpectedCrash  # noqa: E402
 from hil.errors import GuestError  # noqa: E402
 
 DATA = Path(__file__).parent / "data"
 WAIT = 5.0  # upper bound for conditions that take milliseconds
-
-
-class FakeConn:
-    def __init__(self):
-        self.callbacks: dict[int, tuple] = {}
-        self._next = 1
-
-    def domainEventRegisterAny(self, dom, event_id, cb, opaque):
-        self.callbacks[self._next] = (event_id, cb)
-        self._next += 1
-        return self._next - 1
-
-    def domainEventDeregisterAny(self, cb_id):
-        del self.callbacks[cb_id]
-
-    def fire_lifecycle(self, name, event, detail):
-        for event_id, cb in list(self.callbacks.values()):
-            if event_id == libvirt.VIR_DOMAIN_EVENT_ID_LIFECYCLE:
-                cb(self, SimpleNamespace(name=lambda: name), event, detail, None)
-
-
-class FakeDomain:
-    def __init__(self):
-        self.nmis = 0
-
-    def injectNMI(self, flags):
-        self.nmis += 1
-
-    def state(self):
-        return [libvirt.VIR_DOMAIN_RUNNING, 0]
-
-
-class FakeTransport:
-    def __init__(self, alive=True):
-        self.alive = alive
-        self.last_reply = 0.0
-        self.aborted = None
-        self.pings = 0
-
-    def ping(self, timeout=2.0):
-        self.pings += 1
-        return self.alive
-
-    def abort(self, reason):
-        self.aborted = reason
-
-
-class FakeGuest:
-    """A hil.crash.monitor.MonitoredGuest: exactly the names CrashMonitor may use."""
-
-    def __init__(self, tmp_path: Path, conn=None, name="g1", alive=True):
-        self.name = name
-        self.conn = conn or FakeConn()
-        self.folder = tmp_path
-        self.console_path = tmp_path / f"{name}.console.log"
-        self.console_path.write_bytes(b"")
-        self.transport = FakeTransport(alive)
-        self.domain = FakeDomain()
-        self.dead = threading.Event()
-        self.tainted: list[Crash] = []
-        self.monitor = None
-
-    def console_text(self):
-        return self.console_path.read_text()
-
-    def on_crash(self, crash):
-        self.transport.abort(crash.title)
-        self.dead.set()
-
-    def on_taint(self, crash):
-        self.tainted.append(crash)
-
-    def is_running(self):
-        return not self.dead.is_set()
-
-    @property
-    def crashes(self):
-        return list(self.monitor.crashes)
-
-    def console(self, text: str, chunk: int = 0) -> None:
-        with open(self.console_path, "a") as f:
-            if not chunk:
-                f.write(text)
-                return
-            for i in range(0, len(text), chunk):
-                f.write(text[i : i + chunk])
-                f.flush()
 
 
 @pytest.fixture(autouse=True)

@@ -11,7 +11,6 @@ guest are small fakes.
 
 from __future__ import annotations
 
-import threading
 import time
 from pathlib import Path
 from types import SimpleNamespace
@@ -20,10 +19,12 @@ import pytest
 
 libvirt = pytest.importorskip("libvirt")
 
+from monitor_fakes import FakeGuest  # noqa: E402
+
 from hil.crash import events  # noqa: E402
 from hil.crash.detectors import WindowsDetector  # noqa: E402
 from hil.crash.kinds import CrashKind  # noqa: E402
-from hil.crash.monitor import Crash, CrashMonitor, ExpectedCrash, windows_monitor_options  # noqa: E402
+from hil.crash.monitor import CrashMonitor, ExpectedCrash, windows_monitor_options  # noqa: E402
 
 WAIT = 5.0
 
@@ -68,31 +69,6 @@ EMS_BLUESCREEN = """\
 """
 
 
-class FakeConn:
-    def __init__(self):
-        self.callbacks: dict[int, tuple] = {}
-        self._next = 1
-
-    def domainEventRegisterAny(self, dom, event_id, cb, opaque):
-        self.callbacks[self._next] = (event_id, cb)
-        self._next += 1
-        return self._next - 1
-
-    def domainEventDeregisterAny(self, cb_id):
-        del self.callbacks[cb_id]
-
-    def panicked(self, name):
-        for event_id, cb in list(self.callbacks.values()):
-            if event_id == libvirt.VIR_DOMAIN_EVENT_ID_LIFECYCLE:
-                cb(
-                    self,
-                    SimpleNamespace(name=lambda: name),
-                    libvirt.VIR_DOMAIN_EVENT_CRASHED,
-                    libvirt.VIR_DOMAIN_EVENT_CRASHED_PANICKED,
-                    None,
-                )
-
-
 class FakeWindowsDomain:
     """A crashed (paused) domain: it can be dumped, and must not be resumed."""
 
@@ -117,38 +93,18 @@ class FakeWindowsDomain:
         Path(path).write_bytes(b"\0" * 4096)
 
 
-class FakeWindowsGuest:
-    """A hil.crash.monitor.MonitoredGuest like the Windows lab guest: a serial log, WinRM (no
-    ping: no hang check), a folder for evidence."""
+class FakeWindowsGuest(FakeGuest):
+    """A ``MonitoredGuest`` like the Windows lab guest: a serial log, WinRM (no ping: no hang
+    check), a folder for evidence."""
 
     def __init__(self, tmp_path: Path, domain=None):
-        self.name = "hil-win-3f2a9c1d"
-        self.conn = FakeConn()
-        self.domain = domain or FakeWindowsDomain()
-        self.folder = tmp_path / "lab"
-        self.folder.mkdir()
-        self.console_path = self.folder / f"{self.name}-serial.log"
-        self.console_path.write_bytes(b"")
-        self.transport = SimpleNamespace(abort=lambda reason: None)
-        self.monitor = None
-        self.dead = threading.Event()
-        self.tainted: list[Crash] = []
-
-    def console_text(self):
-        return self.console_path.read_text()
-
-    def is_running(self):
-        return not self.dead.is_set()
-
-    def on_crash(self, crash):
-        self.dead.set()
-
-    def on_taint(self, crash):
-        self.tainted.append(crash)
-
-    @property
-    def crashes(self):
-        return list(self.monitor.crashes)
+        super().__init__(
+            tmp_path / "lab",
+            name="hil-win-3f2a9c1d",
+            domain=domain or FakeWindowsDomain(),
+            transport=SimpleNamespace(abort=lambda reason: None),
+            console_name="hil-win-3f2a9c1d-serial.log",
+        )
 
 
 @pytest.fixture(autouse=True)
