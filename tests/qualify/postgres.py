@@ -30,9 +30,22 @@ def _pg_version() -> str:
     return versions[-1].name if versions else "15"
 
 
+def _cluster_port() -> str:
+    """The port of the newest ``main`` cluster (Debian gives a cluster the next free port when
+    5432 is taken, e.g. by another PostgreSQL on the machine): ``pg_lsclusters``, else 5432."""
+    if shutil.which("pg_lsclusters"):
+        listed = subprocess.run(["pg_lsclusters", "--no-header"], capture_output=True, text=True, timeout=30)
+        for line in listed.stdout.splitlines():
+            fields = line.split()
+            if len(fields) >= 3 and fields[0] == _pg_version() and fields[1] == "main":
+                return fields[2]
+    return "5432"
+
+
 def _psql(*statements: str, socket: str = PG_SOCKET) -> str:
     """Run SQL as the ``postgres`` superuser through the local socket."""
-    cmd = ["psql", "-X", "-q", "-A", "-t", "-v", "ON_ERROR_STOP=1", "-h", socket, "-d", "postgres"]
+    cmd = ["psql", "-X", "-q", "-A", "-t", "-v", "ON_ERROR_STOP=1", "-h", socket, "-p", _cluster_port()]
+    cmd += ["-d", "postgres"]
     for sql in statements:
         cmd += ["-c", sql]
     if os.geteuid() == 0:
@@ -57,7 +70,7 @@ class PostgresServer:
             pytest.fail(
                 "PostgreSQL is not installed: run `bash scripts/setup.sh` (it installs postgresql)", pytrace=False
             )
-        ready = subprocess.run(["pg_isready", "-h", socket], capture_output=True, text=True)
+        ready = subprocess.run(["pg_isready", "-h", socket, "-p", _cluster_port()], capture_output=True, text=True)
         if ready.returncode != 0:
             pytest.fail(
                 f"PostgreSQL does not answer on {socket} ({ready.stdout.strip()}): start it with "
