@@ -20,6 +20,8 @@ APT_PACKAGES=(
   gcc-mingw-w64-x86-64 mingw-w64-x86-64-dev wine64 wine
   # qualification runs: a team's history server (tested for real), the report in a real browser
   postgresql chromium
+  # the tests' second libvirt host, in network namespaces of their own (tests/hosts)
+  iproute2
 )
 missing=()
 for p in "${APT_PACKAGES[@]}"; do
