@@ -136,12 +136,12 @@ class WineGuest(Guest):
         with step("wine-boot", guest=self.name) as rec:
             self._log_fh = open(self.debug_log, "ab")
             for attempt in (1, 2):
-                start = self.debug_log.stat().st_size
+                start = len(self.console_text())
                 code = self._boot_once()
                 if code == 0:
                     rec.args["attempts"] = str(attempt)
                     return
-                said = self._log_since(start).strip()[-1500:] or "(nothing on its stderr)"
+                said = self.console_text()[start:].strip()[-1500:] or "(nothing on its stderr)"
                 if attempt == 1:
                     log.warning(
                         "wineboot exited %d in %s; restarting the prefix once. Its output: %s", code, self.prefix, said
@@ -176,14 +176,6 @@ class WineGuest(Guest):
             timeout=120,
         )
         return proc.returncode
-
-    def _log_since(self, offset: int) -> str:
-        try:
-            with open(self.debug_log, "rb") as f:
-                f.seek(offset)
-                return f.read().decode(errors="replace")
-        except OSError:
-            return ""
 
     def restart(self) -> None:
         """Kill every process of the prefix and start it again (drivers are not restarted)."""
