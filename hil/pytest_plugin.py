@@ -255,12 +255,18 @@ def upcoming_linux_guests(item, most: int = 8) -> int:
     nextitem = item.stash.get(_NEXT_ITEM_KEY, None)
     if nextitem is None:
         return 0
-    if _worker(item.config) is not None:
-        return int("linux_guest" in getattr(nextitem, "fixturenames", ()))
-    items = item.session.items
+    following = [nextitem]
+    if _worker(item.config) is None:
+        items = item.session.items
+        try:
+            at = items.index(nextitem)
+        except ValueError:  # not one of the session's items: only the next one is known
+            pass
+        else:
+            following = items[at : at + most]
     count = 0
-    for later in items[items.index(nextitem) :] if nextitem in items else [nextitem]:
-        if count == most or "linux_guest" not in getattr(later, "fixturenames", ()):
+    for later in following:
+        if "linux_guest" not in getattr(later, "fixturenames", ()):
             break
         count += 1
     return count
