@@ -48,6 +48,8 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from hil.provision.owner import process_start_time
+
 BASE_DIR = Path("/tmp/hil-second-host")
 SUBNET_POOL = ipaddress.IPv4Network("10.254.0.0/24")  # carved into /30s, the first free one wins
 TCP_PORT = 16509
@@ -92,19 +94,11 @@ def _run(*cmd: str, check: bool = True) -> subprocess.CompletedProcess[str]:
     return proc
 
 
-def _start_time(pid: int) -> str | None:
-    """The process's start time in clock ticks (field 22 of /proc/PID/stat): a pid plus this
-    names one process even after the pid is reused."""
-    try:
-        stat = Path(f"/proc/{pid}/stat").read_text()
-    except OSError:
-        return None
-    return stat.rsplit(")", 1)[1].split()[19]
-
-
 def _alive(owner: dict[str, object]) -> bool:
+    """Is the session that started this host still running? A pid plus its start time names
+    one process even after the pid is reused (the leak sweep's own test)."""
     pid = owner.get("pid")
-    return isinstance(pid, int) and _start_time(pid) == owner.get("start_time")
+    return isinstance(pid, int) and process_start_time(pid) == owner.get("start_time")
 
 
 @dataclass
@@ -355,7 +349,9 @@ def second_host(base: Path = BASE_DIR, timeout: float = 60.0, keep_state: bool =
         )
         host.state_dir.mkdir(mode=0o755)
         (host.state_dir / "owner.json").write_text(
-            json.dumps({"pid": pid, "start_time": _start_time(pid), "veth_host": host.veth_host, "subnet": str(net)})
+            json.dumps(
+                {"pid": pid, "start_time": process_start_time(pid), "veth_host": host.veth_host, "subnet": str(net)}
+            )
         )
         try:
             _network(host, net)
