@@ -33,6 +33,7 @@ _FRAME = re.compile(
     r"^\s*(?:<(?:IRQ|EOI|NMI)>\s*)?(?:\[<?[0-9a-fx]+>?\]\s*){0,2}(?:[0-9]+:)?(?P<func>" + _FN + r")"
     r"(?:\+0x[0-9a-f]+/0x[0-9a-f]+|\s+\S+\.[chsS]:\d+(?::\d+)?\s+\[inline\])"
 )
+_QUESTIONABLE_FRAME = re.compile(r"^\s*(?:\[<[0-9a-f]+>\]\s*)?\?\s+(?P<func>" + _FN + r")\+0x")
 _ARM_FRAME = re.compile(r"^\s*\[<[0-9a-f]+>\] \((?P<func>" + _FN + r")(?:\+0x[0-9a-f]+/0x[0-9a-f]+)?\) from")
 _QUESTIONABLE = re.compile(r"^\s*(?:<(?:IRQ|EOI|NMI)>\s*)?(?:\[<[0-9a-f]+>\]\s*)?\?\s|^.*\(unreliable\)\s*$")
 _RIP = re.compile(
@@ -110,6 +111,12 @@ def frame_of(message: str) -> str | None:
     if m:
         return m.group("func")
     m = _RIP.search(message)
+    return m.group("func") if m else None
+
+
+def _questionable_frame(message: str) -> str | None:
+    """The function of a ``? f+0x1/0x2`` frame line, or None."""
+    m = _QUESTIONABLE_FRAME.match(message)
     return m.group("func") if m else None
 
 
@@ -214,12 +221,15 @@ def interrupted_function(text: str) -> str:
         candidates.append(rip)
     ends = [i for i, line in enumerate(lines) if line.strip() == "</NMI>"]
     if ends:
+        interrupted: list[str] = []
         for line in lines[ends[0] + 1 :]:
             if line.strip() in _TRACE_CLOSE:
                 break
-            func = frame_of(line)
-            if func:
-                candidates.append(func)
+            interrupted.append(line)
+        reliable = [f for f in map(frame_of, interrupted) if f]
+        # An NMI in a retpoline thunk leaves the unwinder nothing reliable: every frame is
+        # "? f", read off the stack from the top, so the thunk's caller comes first.
+        candidates += reliable or [f for f in map(_questionable_frame, interrupted) if f]
     names = [function_name(c) for c in candidates]
     for name in names:
         if not _INTERRUPTED_GENERIC.match(name):

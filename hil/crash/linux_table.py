@@ -469,6 +469,11 @@ INTERRUPTED_GENERIC: tuple[str, ...] = (
     r"do_idle$",
     r"cpuidle_enter\w*$",
     r"arch_cpu_idle\w*$",
+    # retpoline and return thunks: an indirect call or return passes through them
+    r"__x86_indirect_(?:call_|jump_)?thunk\w*$",
+    r"__indirect_thunk_start$",
+    r"__x86_return_thunk$",
+    r"(?:srso|retbleed)_\w*return_thunk$",
 )
 
 # Blocked tasks: these callees mean "the whole system is stuck on X", grouped under one name.
