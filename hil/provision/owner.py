@@ -21,7 +21,8 @@ def process_start_time(pid: int) -> str | None:
     when there is no such process.  A zombie (killed, not yet reaped by its parent: an xdist
     worker right after ``kill -9``) counts as gone: it will never remove its guests."""
     try:
-        stat = open(f"/proc/{pid}/stat").read()
+        with open(f"/proc/{pid}/stat") as f:
+            stat = f.read()
     except OSError:
         return None
     # the command name (field 2) may contain spaces and parentheses: split after the last ')'

@@ -146,17 +146,38 @@ class SnapshotCache:
         )
 
     def _variant(self, snap: Snapshot, index: int) -> tuple[Path, str, str]:
-        name0, uuid0 = save_image.identity(snap.save_file)
+        name0, uuid0 = self._identity(snap)
         if index == 0:
             return snap.save_file, name0, uuid0
         name = f"{name0[:-2]}{index:02d}"
         ident = str(uuid.uuid5(uuid.NAMESPACE_URL, f"kernel-hil/snapshot/{snap.key}/{index}"))
-        path = snap.dir / f"save.{index:02d}"
-        if not path.is_file():
+        path = self._variant_path(snap, index)
+        if not self._has_variant(path):
             with self.locked(snap.key):
-                if not path.is_file():
-                    save_image.copy_with_identity(snap.save_file, path, name, ident)
+                if not self._has_variant(path):
+                    self._make_variant(snap, path, name, ident)
         return path, name, ident
+
+    # --- where an entry's files are: here, this machine's cache (see hil.hosts.remote_snapshots)
+    def _identity(self, snap: Snapshot) -> tuple[str, str]:
+        return save_image.identity(snap.save_file)
+
+    def _variant_path(self, snap: Snapshot, index: int) -> Path:
+        return snap.dir / f"save.{index:02d}"
+
+    def _has_variant(self, path: Path) -> bool:
+        return path.is_file()
+
+    def _make_variant(self, snap: Snapshot, path: Path, name: str, ident: str) -> None:
+        save_image.copy_with_identity(snap.save_file, path, name, ident)
+
+    def disk_file(self, key: str) -> Path:
+        """Where the frozen disk of ``key``'s entry goes (on the guests' host)."""
+        return self.entry_dir(key) / "disk.qcow2"
+
+    def save_file(self, key: str) -> Path:
+        """Where ``key``'s first save image goes (on the guests' host)."""
+        return self.entry_dir(key) / "save.00"
 
     def prune(self, keep: str) -> list[str]:
         """Remove every entry but ``keep`` that no live guest holds (old inputs, old format)."""
