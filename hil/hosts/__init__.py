@@ -1,0 +1,1 @@
+"""Several libvirt hosts (issue 16): which hosts a run uses, and which worker runs where."""
