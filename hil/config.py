@@ -4,6 +4,11 @@ A wrong key, a wrong type, a missing image file: one line naming the problem and
 Every key has a default, so no file at all means the embedded default guest.
 
     libvirt_uri = "qemu:///system"
+    hosts = [                     # several libvirt hosts; set, it overrides libvirt_uri
+        "qemu:///system",         # a URI: weight 1
+        {uri = "qemu+tcp://lab2.example/system", weight = 2, controller_address = "10.0.0.1"},
+    ]                             # weight: the host's share of the xdist workers (-n auto: their sum);
+                                  # controller_address: this machine as that host reaches it (default: found)
     accel = "auto"                # auto | kvm | tcg
     artifacts = "reports/out"     # per-test console logs, transcripts, captures
     history = ""                  # hil qualify's history: "" = SQLite in the data folder, or postgresql://...
@@ -38,6 +43,7 @@ import dataclasses
 import tomllib
 from dataclasses import dataclass, field
 from pathlib import Path
+from urllib.parse import urlsplit
 
 from hil.errors import ConfigError
 
@@ -79,8 +85,24 @@ class DriversConfig:
 
 
 @dataclass
+class HostConfig:
+    """One libvirt host of ``hosts``: its URI, its share of the xdist workers, and the address
+    of this machine as that host reaches it ("" = found by :func:`hil.hosts.placement.controller_address`)."""
+
+    uri: str
+    weight: int = 1
+    controller_address: str = ""
+
+
+HOST_SCHEMES = ("qemu", "qemu+tcp", "qemu+ssh", "qemu+tls", "qemu+unix")
+HOST_PATHS = ("/system", "/session")
+_HOSTS_EXAMPLE = 'for example hosts = ["qemu:///system", {uri = "qemu+tcp://lab2/system", weight = 2}]'
+
+
+@dataclass
 class HilConfig:
     libvirt_uri: str = "qemu:///system"
+    hosts: list[HostConfig] = field(default_factory=list)  # [] = libvirt_uri alone
     accel: str = "auto"
     artifacts: str = "reports/out"
     linux: LinuxGuestConfig = field(default_factory=LinuxGuestConfig)
@@ -89,6 +111,10 @@ class HilConfig:
     history: str = ""
     profiles: dict = field(default_factory=dict)  # name -> hil.qualify.profiles.Profile
     source: str = "defaults"
+
+    def host_list(self) -> list[HostConfig]:
+        """The libvirt hosts of this run: ``hosts``, or ``libvirt_uri`` alone when none is listed."""
+        return list(self.hosts) if self.hosts else [HostConfig(self.libvirt_uri)]
 
     def validate(self) -> HilConfig:
         if self.accel not in ("auto", "kvm", "tcg"):
@@ -133,6 +159,9 @@ def _build(cls, data: dict, where: str, source: str):
         if cls is HilConfig and key == "profiles":
             kwargs[key] = _profiles(value, source)
             continue
+        if cls is HilConfig and key == "hosts":
+            kwargs[key] = _hosts(value, source)
+            continue
         f = known[key]
         if dataclasses.is_dataclass(f.default_factory if f.default_factory is not dataclasses.MISSING else None):
             if not isinstance(value, dict):
@@ -160,6 +189,82 @@ def _profiles(tables, source: str) -> dict:
             'write [profiles.mine] with its keys, e.g. markers = "smoke"',
         )
     return {name: from_table(name, table, source) for name, table in tables.items()}
+
+
+def _hosts(items, source: str) -> list[HostConfig]:
+    """``hosts``: URI strings or ``{uri, weight, controller_address}`` tables, each checked."""
+    if not isinstance(items, list):
+        raise ConfigError(f"{source}: hosts must be a list of libvirt URIs or tables", _HOSTS_EXAMPLE)
+    known = {f.name: f for f in dataclasses.fields(HostConfig)}
+    hosts: list[HostConfig] = []
+    seen: dict[tuple, int] = {}
+    for i, item in enumerate(items):
+        where = f"hosts[{i}]"
+        if isinstance(item, str):
+            item = {"uri": item}
+        elif not isinstance(item, dict):
+            raise ConfigError(
+                f"{source}: {where} is {type(item).__name__}, not a URI string or a table", _HOSTS_EXAMPLE
+            )
+        for key, value in item.items():
+            if key not in known:
+                raise ConfigError(
+                    f"{source}: unknown key {key!r} in {where}", f"known keys there: {', '.join(sorted(known))}"
+                )
+            if key == "weight":
+                if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+                    raise ConfigError(
+                        f"{source}: weight in {where} must be an int >= 1, not {value!r}",
+                        "weight is the host's share of the workers, for example weight = 2",
+                    )
+            elif not isinstance(value, str):
+                raise ConfigError(
+                    f"{source}: {key} in {where} must be str, not {type(value).__name__}",
+                    f'for example {key} = "{"qemu+tcp://lab2/system" if key == "uri" else "10.0.0.1"}"',
+                )
+        if "uri" not in item:
+            raise ConfigError(f"{source}: {where} has no uri", 'write {uri = "qemu+tcp://HOST/system", weight = 1}')
+        host = HostConfig(**item)
+        same = _host_identity(host.uri, f"{source}: {where}")
+        if same in seen:
+            raise ConfigError(
+                f"{source}: {where} = {host.uri!r} is the same host as hosts[{seen[same]}]",
+                "list each host once; a larger weight gives it more workers",
+            )
+        seen[same] = i
+        hosts.append(host)
+    return hosts
+
+
+def _host_identity(uri: str, where: str) -> tuple:
+    """Check a host's URI; what makes two URIs the same host (scheme family, host, port, path)."""
+    fix = "write qemu:///system, qemu+tcp://HOST/system, qemu+tls://HOST/system or qemu+ssh://USER@HOST/system"
+    try:
+        parts = urlsplit(uri)
+        port = parts.port
+    except ValueError:
+        raise ConfigError(f"{where} = {uri!r} is not a valid URI", fix) from None
+    scheme = parts.scheme.lower()
+    if scheme not in HOST_SCHEMES:
+        raise ConfigError(
+            f"{where} = {uri!r}: the scheme {parts.scheme or '(none)'!r} is not one of {', '.join(HOST_SCHEMES)}",
+            fix,
+        )
+    if parts.path not in HOST_PATHS:
+        raise ConfigError(
+            f"{where} = {uri!r}: the path {parts.path or '(none)'!r} is not /system or /session",
+            f"end the URI with /system (or /session): {fix}",
+        )
+    host = (parts.hostname or "").lower()
+    if scheme in ("qemu+tcp", "qemu+tls", "qemu+ssh") and not host:
+        raise ConfigError(f"{where} = {uri!r} names no host", fix)
+    if scheme == "qemu+unix" and host:
+        raise ConfigError(f"{where} = {uri!r}: qemu+unix reaches this machine only; it takes no host", fix)
+    if not host:  # qemu:/// and qemu+unix:/// are the same local daemon
+        return ("local", "", 0, parts.path)
+    family = "ssh" if scheme == "qemu+ssh" else scheme
+    default_port = {"ssh": 22, "qemu+tcp": 16509}.get(family, 16514)  # qemu://HOST is TLS
+    return (family, host, port or default_port, parts.path)
 
 
 def load_config(path: str | Path | None = None, start: Path | None = None) -> HilConfig:

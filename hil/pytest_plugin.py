@@ -2,7 +2,8 @@
 
 Options (group ``hil``): ``--hil-config``, ``--hil-accel``, ``--hil-keep-failed``,
 ``--hil-artifacts``, ``--hil-profile``, ``--hil-results``.  Fixtures: ``hil_config``,
-``hil_lab`` (session; one per xdist worker),
+``hil_lab`` (session; one per xdist worker), ``hil_hosts`` (session: this worker's libvirt hosts,
+its own first; see :mod:`hil.hosts.pytest_hosts`, which also sizes ``-n auto`` to the hosts),
 ``linux_guest`` (a clean guest per test), ``hil_artifacts`` (the test's artifact folder),
 ``hil_profile`` (the run's qualification profile: stress sizes, soak length),
 ``collector`` (the reference collector on 127.0.0.1, see :mod:`hil.collector`), ``kmod``
@@ -36,6 +37,8 @@ from hil.collector.pytest_fixtures import collector  # noqa: F401  (re-exported 
 from hil.deploy.pytest_fixtures import kmod  # noqa: F401  (re-exported fixture)
 from hil.errors import HilError
 from hil.guest.fixture import GUESTS_KEY, REPORTS_KEY, lend_guest
+from hil.hosts import pytest_hosts
+from hil.hosts.pytest_hosts import hil_hosts  # noqa: F401  (re-exported fixture)
 from hil.windows.pytest_fixtures import windows_guest  # noqa: F401  (re-exported fixture)
 from hil.wine.pytest_fixtures import mingw, win_build, wine_driver, wine_guest  # noqa: F401  (re-exported fixtures)
 
@@ -110,6 +113,7 @@ def pytest_configure(config):
         config.stash[PROFILE_KEY] = resolve(config.getoption("--hil-profile"), config._hil_config.profiles)
     except HilError as exc:
         raise pytest.UsageError(f"kernel-hil: {exc}") from None
+    pytest_hosts.configure(config)  # probes several or remote hosts once, on the controller
     if _worker(config) is None and config.pluginmanager.hasplugin("xdist"):
         config.pluginmanager.register(DeadWorkerSweeper(config), "hil-dead-worker-sweeper")
     results = config.getoption("--hil-results")
@@ -125,6 +129,12 @@ def pytest_configure(config):
             pass
 
 
+@pytest.hookimpl(tryfirst=True, optionalhook=True)
+def pytest_xdist_auto_num_workers(config):
+    """``-n auto`` with ``hosts`` in hil.toml: as many workers as the reachable hosts' weights."""
+    return pytest_hosts.auto_num_workers(config)
+
+
 class DeadWorkerSweeper:
     """On the xdist controller: a worker that died (``kill -9``, the OOM killer) cannot remove
     its guests, and libvirtd keeps them running.  Sweep them the moment xdist reports the node
@@ -136,22 +146,29 @@ class DeadWorkerSweeper:
     def pytest_testnodedown(self, node, error) -> None:
         if error is None:
             return  # a worker that ended normally removed its own guests
+        from hil.hosts.placement import open_host
         from hil.paths import runtime_dir
-        from hil.provision.daemons import open_connection
         from hil.provision.sweep import sweep
 
         tr = self.config.pluginmanager.get_plugin("terminalreporter")
         worker = getattr(getattr(node, "gateway", None), "id", "?")
-        try:
-            conn = open_connection(self.config._hil_config.libvirt_uri)
+        nowhere = Path("/nonexistent")  # each host's domains first; this machine's folders once, after
+        domains: list[str] = []
+        for host in pytest_hosts.reachable_hosts(self.config):
             try:
-                swept = sweep(conn, runtime_dir())
-            finally:
-                conn.close()
-        except HilError as exc:
-            if tr:
-                tr.write_line(f"kernel-hil: worker {worker} died; its guests could not be swept: {exc}")
-            return
+                conn = open_host(host.uri)
+                try:
+                    domains += sweep(conn, nowhere, wine_run_dir=nowhere).domains
+                finally:
+                    conn.close()
+            except Exception as exc:  # one host's failure is one line; the others are still swept
+                if tr:
+                    tr.write_line(
+                        f"kernel-hil: worker {worker} died; its guests on {host.uri} could not be swept: "
+                        f"{getattr(exc, 'problem', exc)}"
+                    )
+        swept = sweep(None, runtime_dir())
+        swept.domains = domains
         if tr and (swept.domains or swept.dirs):
             tr.write_line(
                 f"kernel-hil: worker {worker} died; removed its guests {', '.join(swept.domains) or '-'} "
