@@ -30,14 +30,14 @@ import inspect
 import itertools
 import json
 import logging
+import random
 import shutil
-import subprocess
 import threading
 from collections import deque
 from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 
-from hil.config import HilConfig
+from hil.config import HilConfig, HostConfig
 from hil.deploy.artifacts import check_kernel
 from hil.deploy.kmod import kernel_release
 from hil.errors import EnvironmentProblem, GuestError, HilError
@@ -47,11 +47,12 @@ from hil.guest.linux import LinuxGuest
 from hil.guest.state import GuestState
 from hil.guest.windows_lab import WINRM_GUEST_PORT, WindowsLabGuest
 from hil.guest.wine import WineGuest
+from hil.hosts.host import GuestHost, HostLost, remote_accel
+from hil.hosts.sweep import sweep_host_files
 from hil.images.linux_image import LinuxImage, ensure_linux_image
 from hil.paths import ensure_dir, runtime_dir
 from hil.provision import domain_xml as dx
 from hil.provision.accel import choose_accel
-from hil.provision.daemons import open_connection
 from hil.provision.owner import Owner
 from hil.provision.snapshot_cache import Snapshot, SnapshotCache, base_name, snapshot_key
 from hil.provision.spec import GuestSpec, free_local_port
@@ -62,20 +63,33 @@ log = logging.getLogger("hil.lab")
 
 
 class Lab:
-    def __init__(self, config: HilConfig, owner: Owner | None = None, accel: str | None = None):
+    """config; owner: whose guests these are; accel: overrides the config's; hosts: the libvirt
+    hosts in this process's order of preference (the pytest plugin places each xdist worker:
+    :func:`hil.hosts.placement.assign`), the first one used until it is lost; default: the
+    config's hosts in their order."""
+
+    def __init__(
+        self,
+        config: HilConfig,
+        owner: Owner | None = None,
+        accel: str | None = None,
+        hosts: list[HostConfig] | None = None,
+    ):
         self.config = config
         self.owner = owner or Owner.current()
         self.requested_accel = accel or config.accel
-        self._conn = None
+        self.hosts = [GuestHost(h, on_lost=self._host_lost) for h in (hosts or config.host_list())]
+        self.host = self.hosts[0]
+        self._swept_hosts: set[str] = set()
         self._accel: str | None = None
         self.dir: Path | None = None
         self.guests: list[Guest] = []
         self._counter = itertools.count(1)
         self._image: LinuxImage | None = None
+        self._image_files: tuple[Path, Path | None, Path | None] | None = None
         self._snapshot: Snapshot | None = None
         self._snapshot_error: HilError | None = None
         self.cold_boot_s: float | None = None
-        self.snapshot_cache = SnapshotCache()
         self._lock = threading.Lock()  # guests is touched by the filler and reaper threads too
         self._ready: deque[Future[LinuxGuest]] = deque()  # paused copies, restored ahead of need
         self._filler = ThreadPoolExecutor(1, thread_name_prefix="hil-ready")
@@ -98,20 +112,69 @@ class Lab:
 
     @property
     def conn(self):
-        """The libvirt connection, opened (and dead sessions' domains swept) on first use."""
-        if self._conn is None:
-            with step("libvirt-connect", uri=self.config.libvirt_uri):
-                self._conn = open_connection(self.config.libvirt_uri)
-                swept = sweep(self._conn, runtime_dir(), wine_run_dir=Path("/nonexistent"))
-            if swept.domains:
-                log.warning("removed dead sessions' domains: %s", ", ".join(swept.domains))
-        return self._conn
+        """The current host's libvirt connection, opened (and dead sessions' domains and
+        files on that host swept) on first use."""
+        host = self._current_host()
+        if host.uri not in self._swept_hosts:
+            with step("libvirt-connect", uri=host.uri):
+                swept = sweep(host.conn, runtime_dir(), wine_run_dir=Path("/nonexistent"))
+                files = sweep_host_files(host, runtime_dir()) if host.remote else []
+            self._swept_hosts.add(host.uri)
+            if swept.domains or files:
+                log.warning(
+                    "removed dead sessions' leftovers on %s: %s",
+                    host.uri,
+                    ", ".join(swept.domains + files),
+                )
+        return host.conn
+
+    @property
+    def listen_address(self) -> str:
+        """Where a server of this machine listens for the current host's guests to reach it
+        (127.0.0.1 for this machine's guests; see :mod:`hil.hosts.host`)."""
+        return self._current_host().listen_address
+
+    @property
+    def snapshot_cache(self) -> SnapshotCache:
+        return self._current_host().snapshot_cache
+
+    def _current_host(self) -> GuestHost:
+        """The host guests go to: the first of :attr:`hosts` not lost."""
+        if self.host.lost is None:
+            return self.host
+        lost = self.host
+        for host in self.hosts:
+            if host.lost is None:
+                log.warning("libvirt host %s is lost (%s): this worker goes on on %s", lost.uri, lost.lost, host.uri)
+                self.host = host
+                self._accel = None
+                self._image_files = None
+                self._snapshot, self._snapshot_error = None, None
+                for fut in self._ready:  # copies made on the lost host
+                    fut.cancel()
+                self._ready.clear()
+                return host
+        raise HostLost(
+            f"every libvirt host of this run is lost ({', '.join(f'{h.uri}: {h.lost}' for h in self.hosts)})",
+            "look at libvirtd on those hosts; `hil doctor --uri URI` checks one",
+        )
+
+    def _host_lost(self, host: GuestHost) -> None:
+        """A host's connection closed: its guests fail at once with that reason (their crash
+        monitors stop: a vanished host is not a guest crash)."""
+        with self._lock:
+            guests = [g for g in self.guests if isinstance(g, LibvirtGuest) and g.host_uri == host.uri]
+        for g in guests:
+            g.mark_host_lost(host.lost or "lost")
 
     @property
     def accel(self) -> str:
-        """``kvm`` where it really works, else ``tcg`` (resolved once)."""
+        """``kvm`` where it really works, else ``tcg`` (resolved once per host)."""
         if self._accel is None:
-            self._accel = choose_accel(self.requested_accel)
+            host = self._current_host()
+            self._accel = (
+                remote_accel(host.conn, self.requested_accel) if host.remote else choose_accel(self.requested_accel)
+            )
         return self._accel
 
     def close(self) -> None:
@@ -132,19 +195,18 @@ class Lab:
                 g.destroy()
             except Exception as exc:  # keep cleaning the others
                 log.error("could not destroy %s: %s", g.name, exc)
+                continue
+            if isinstance(g, LibvirtGuest) and g.host_uri and self._remote(g.host_uri):
+                self._remove_files(g)  # a local guest's files go with the runtime folder
         self.guests.clear()
+        for host in self.hosts:
+            host.close()
         if self.dir is not None and self.dir.exists():
             if kept:
                 owner = {**self.owner.as_dict(), "keep": "1"}
                 (self.dir / OWNER_FILE).write_text(json.dumps(owner))
             else:
                 shutil.rmtree(self.dir, ignore_errors=True)
-        if self._conn is not None:
-            try:
-                self._conn.close()
-            except Exception:
-                pass
-            self._conn = None
         atexit.unregister(self.close)
 
     def __enter__(self) -> Lab:
@@ -187,42 +249,63 @@ class Lab:
         return f"{self.owner.prefix()}{next(self._counter)}"
 
     def _overlay(self, backing: Path, name: str) -> Path:
-        return self._overlay_at(backing, self._dir() / f"{name}.qcow2")
+        host = self._current_host()
+        return host.overlay(backing, host.file(f"{name}.qcow2", self._dir()))
 
-    @staticmethod
-    def _overlay_at(backing: Path, path: Path) -> Path:
-        try:
-            subprocess.run(
-                ["qemu-img", "create", "-q", "-f", "qcow2", "-F", "qcow2", "-b", str(backing), str(path)],
-                check=True,
-                capture_output=True,
-                text=True,
-                stdin=subprocess.DEVNULL,
-            )
-        except FileNotFoundError:
-            raise EnvironmentProblem("qemu-img is not installed", "apt-get install qemu-utils") from None
-        except subprocess.CalledProcessError as exc:
-            raise HilError(
-                f"cannot create an overlay on {backing}: {exc.stderr.strip()}",
-                "check that the image exists and is a qcow2 file",
-            ) from None
-        return path
+    def _host_image(self) -> tuple[Path, Path | None, Path | None]:
+        """The image's disk, kernel and initrd as the current host sees them (uploaded once
+        per content to a remote host, with progress)."""
+        if self._image_files is None:
+            img, host = self.linux_image(), self._current_host()
+            progress = Progress(f"upload to {host.uri}") if host.remote else None
+            with step("host-image", uri=host.uri):
+                self._image_files = (
+                    host.upload(img.disk, "image", ".qcow2", progress) or img.disk,
+                    host.upload(img.kernel, "kernel", progress=progress),
+                    host.upload(img.initrd, "initrd", progress=progress),
+                )
+        return self._image_files
 
     def _linux_spec(self, name: str, disk: Path, instance: str | None = None) -> GuestSpec:
         img = self.linux_image()
+        _, kernel, initrd = self._host_image()
         return GuestSpec(
             name=name,
             instance=instance or name,
             disk=disk,
-            console_log=self._dir() / f"{instance or name}.console.log",
             accel=self.accel,
             memory_mib=self.config.linux.memory_mib,
             vcpus=self.config.linux.vcpus,
-            kernel=img.kernel,
-            initrd=img.initrd,
+            kernel=kernel,
+            initrd=initrd,
             cmdline=img.cmdline if img.kernel else None,
             owner=self.owner.as_dict(),
+            **self._host_side(instance or name),
         )
+
+    def _host_side(self, instance: str) -> dict:
+        """The spec's fields that depend on the host: console log paths, forwards' address."""
+        host = self._current_host()
+        console = f"{instance}.console.log"
+        return {
+            "console_log": host.file(console, self._dir()),
+            "console_local": self._dir() / console if host.remote else None,
+            "forward_address": host.forward_address,
+        }
+
+    def _on_host(self, g: LibvirtGuest) -> LibvirtGuest:
+        """Tell a new guest where it runs; a remote host's console log is created there and
+        followed into the local file from now on."""
+        host = self._current_host()
+        g.host_uri = host.uri
+        g.controller_address, g.listen_address = host.controller_address, host.listen_address
+        if host.remote:
+            assert g.spec.console_local is not None
+            host.store.empty_file(g.spec.console_log.name)
+            g.console_mirror = host.store.mirror(g.spec.console_log.name, g.spec.console_local).start()
+        with self._lock:
+            self.guests.append(g)
+        return g
 
     def _guest(self, spec: GuestSpec) -> LinuxGuest:
         img = self.linux_image()
@@ -233,15 +316,13 @@ class Lab:
             kernel_release=img.kernel_release,
             kbuild_dir=img.kbuild_dir,
         )
-        with self._lock:
-            self.guests.append(g)
+        self._on_host(g)
         return g
 
     def boot_linux_guest(self, name: str | None = None, disk: Path | None = None) -> LinuxGuest:
         """A cold-booted guest, on a fresh overlay of the base image unless ``disk`` is given."""
-        img = self.linux_image()
         name = name or self._new_name()
-        g = self._guest(self._linux_spec(name, disk or self._overlay(img.disk, name)))
+        g = self._guest(self._linux_spec(name, disk or self._overlay(self._host_image()[0], name)))
         g.boot()
         assert g.transport is not None
         usual, g.transport.agent_timeout = g.transport.agent_timeout, 60.0  # booting: slow answers
@@ -264,8 +345,9 @@ class Lab:
             return [str(path), st.st_size, st.st_mtime_ns]
 
         template = self._linux_spec(base_name("0" * 16), Path("/disk.qcow2"))
-        template.console_log, template.owner = Path("/console.log"), {}
+        template.console_log, template.console_local, template.owner = Path("/console.log"), None, {}
         return {
+            "host": self._current_host().uri if self._current_host().remote else "local",
             "image": identity(img.disk),
             "kernel": identity(img.kernel),
             "initrd": identity(img.initrd),
@@ -282,6 +364,7 @@ class Lab:
         A failure is remembered: every later test gets the same error at once instead of
         another doomed boot.
         """
+        self._current_host()
         if self._snapshot_error is not None:
             raise self._snapshot_error
         if self._snapshot is None:
@@ -300,14 +383,17 @@ class Lab:
         return self._snapshot
 
     def _make_snapshot(self, key: str) -> Snapshot:
-        entry = self.snapshot_cache.prepare(key)
-        disk = entry / "disk.qcow2"
-        self._overlay_at(self.linux_image().disk, disk)
+        cache, host = self.snapshot_cache, self._current_host()
+        cache.prepare(key)
+        disk = host.overlay(self._host_image()[0], cache.disk_file(key))
         g = self.boot_linux_guest(name=base_name(key), disk=disk)
-        xml = g.save(entry / "save.00")
+        xml = g.save(cache.save_file(key))
+        if g.console_mirror is not None:
+            g.console_mirror.stop()
+            host.remove(g.spec.console_log)
         with self._lock:
             self.guests.remove(g)
-        return self.snapshot_cache.store(key, xml)
+        return cache.store(key, xml)
 
     def _restore_copy(self, paused: bool) -> LinuxGuest:
         """A restored copy of the snapshot on a fresh overlay, under a variant identity this
@@ -383,13 +469,19 @@ class Lab:
         watched for hangs from now on (not while it boots: a slow boot is not a hang).
         ``upcoming``: how many more guests the caller knows it will ask for after this one
         (the pytest plugin looks at the next tests); None: assume the pool's size."""
-        g = self._fresh_linux_guest(upcoming)
+        try:
+            g = self._fresh_linux_guest(upcoming)
+        except HilError:
+            if self.host.check_alive():
+                raise
+            g = self._fresh_linux_guest(upcoming)  # the host went away meanwhile: on the next one
         g.hang_timeout_s = self.config.linux.hang_timeout_s or None
         if g.monitor is not None:
             g.monitor.hang_timeout_s = g.hang_timeout_s
         return g
 
     def _fresh_linux_guest(self, upcoming: int | None) -> LinuxGuest:
+        self._current_host()  # a lost host's snapshot and ready copies are dropped here
         if not self.config.linux.snapshot:
             return self.boot_linux_guest()
         self.snapshot()
@@ -426,21 +518,22 @@ class Lab:
                 f"Windows image {image} does not exist", "build one as described in guests/windows/README.md"
             )
         name = self._new_name()
+        host = self._current_host()
+        side = self._host_side(name)
         spec = GuestSpec(
             name=name,
             instance=name,
             os="windows",
-            disk=self._overlay(image.resolve(), name),
-            console_log=self._dir() / f"{name}.console.log",
+            disk=self._overlay(host.upload(image.resolve(), "windows", ".qcow2") or image, name),
             accel=self.accel,
             memory_mib=memory_mib,
             vcpus=vcpus,
-            forwards=[(free_local_port(), WINRM_GUEST_PORT)],
+            forwards=[(free_local_port() if not host.remote else random.randrange(20000, 60000), WINRM_GUEST_PORT)],
             owner=self.owner.as_dict(),
+            **side,
         )
         g = WindowsLabGuest(self.conn, spec, user=user, password=password, boot_timeout=boot_timeout)
-        with self._lock:
-            self.guests.append(g)
+        self._on_host(g)
         if wait:
             g.boot()
         else:
@@ -477,7 +570,23 @@ class Lab:
             if guest in self.guests:
                 self.guests.remove(guest)
         if isinstance(guest, LibvirtGuest):
-            guest.spec.disk.unlink(missing_ok=True)
+            self._remove_files(guest)
+
+    def _remove_files(self, guest: LibvirtGuest) -> None:
+        """A finished guest's overlay (and on a remote host its console log: the local mirror
+        stays with the runtime folder)."""
+        host = next((h for h in self.hosts if h.uri == guest.host_uri), None)
+        if host is None or host.lost is not None:
+            return
+        try:
+            host.remove(guest.spec.disk)
+            if host.remote:
+                host.remove(guest.spec.console_log)
+        except HilError as exc:
+            log.warning("could not remove %s's files on %s: %s", guest.name, host.uri, exc)
+
+    def _remote(self, uri: str) -> bool:
+        return any(h.uri == uri and h.remote for h in self.hosts)
 
 
 def _domain_exists(conn, name: str, libvirt) -> bool:

@@ -228,12 +228,14 @@ def hil_profile(pytestconfig):
 
 
 @pytest.fixture(scope="session")
-def hil_lab(hil_config, worker_id):
-    """One lab per xdist worker: its own libvirt connection, guests, names, ports, snapshot."""
+def hil_lab(hil_config, worker_id, pytestconfig):
+    """One lab per xdist worker: its own libvirt connection, guests, names, ports, snapshot,
+    on its own host first (``hil_hosts``: the others take over if that one is lost)."""
     from hil.lab import Lab
     from hil.provision.owner import Owner
 
-    lab = Lab(hil_config, owner=Owner.current(worker=None if worker_id == "master" else worker_id))
+    owner = Owner.current(worker=None if worker_id == "master" else worker_id)
+    lab = Lab(hil_config, owner=owner, hosts=pytest_hosts.hosts_for(pytestconfig))
     try:
         lab.start()
     except HilError as exc:

@@ -25,6 +25,7 @@ def collector(request, tmp_path_factory):
     worker = os.environ.get("PYTEST_XDIST_WORKER", "main")
     capture_dir = tmp_path_factory.mktemp(f"collector-{worker}")
     options = {
+        "host": _listen_address(request),
         "capture_dir": capture_dir,
         "interval": float(os.environ.get("HIL_COLLECTOR_INTERVAL", "0.5")),
         **getattr(request, "param", {}),
@@ -38,3 +39,11 @@ def collector(request, tmp_path_factory):
                 request.node.user_properties.append(("collector_capture", str(path)))
             if c.protocol_errors:
                 request.node.user_properties.append(("collector_protocol_errors", str(c.protocol_errors)))
+
+
+def _listen_address(request) -> str:
+    """Where the collector listens: 127.0.0.1, unless the test's Linux guest runs on a remote
+    libvirt host; then on this machine's address as that host reaches it (hil.hosts.host)."""
+    if "linux_guest" not in request.fixturenames:
+        return "127.0.0.1"
+    return str(request.getfixturevalue("hil_lab").listen_address)

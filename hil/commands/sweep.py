@@ -1,4 +1,5 @@
-"""``hil sweep``: remove guests and runtime folders left by sessions that no longer run."""
+"""``hil sweep``: remove guests and runtime folders left by sessions that no longer run, on
+every libvirt host of the configuration (``hosts``, or ``libvirt_uri``)."""
 
 from __future__ import annotations
 
@@ -7,21 +8,39 @@ HELP = "remove domains, overlays and save files left behind by dead sessions (ne
 
 def add_arguments(parser) -> None:
     parser.add_argument("--kept", action="store_true", help="also remove guests kept by --hil-keep-failed")
-    parser.add_argument("--uri", default=None, help="libvirt URI (default: from the config)")
+    parser.add_argument("--uri", default=None, help="one libvirt URI (default: every host of the config)")
 
 
 def run(args) -> int:
-    from hil.config import load_config
+    from hil.config import HostConfig, load_config
+    from hil.errors import HilError
+    from hil.hosts.host import GuestHost
+    from hil.hosts.sweep import sweep_host_files
     from hil.paths import runtime_dir
-    from hil.provision.daemons import open_connection
     from hil.provision.sweep import sweep
 
-    uri = args.uri or load_config().libvirt_uri
-    result = sweep(open_connection(uri), runtime_dir(), include_kept=args.kept)
-    for d in result.domains:
-        print(f"removed domain {d}")
-    for d in result.dirs:
-        print(f"removed folder {d}")
-    if not (result.domains or result.dirs):
+    hosts = [HostConfig(args.uri)] if args.uri else load_config().host_list()
+    removed, rc = 0, 0
+    for hc in hosts:
+        host = None
+        try:
+            host = GuestHost(hc)
+            result = sweep(host.conn, runtime_dir(), include_kept=args.kept)
+            files = sweep_host_files(host, runtime_dir()) if host.remote else []
+        except HilError as exc:
+            print(f"{hc.uri}: not swept: {exc}")
+            rc = 1
+            continue
+        finally:
+            if host is not None:
+                host.close()
+        for d in result.domains:
+            print(f"{hc.uri}: removed domain {d}")
+        for f in files:
+            print(f"{hc.uri}: removed file {f}")
+        for d in result.dirs:
+            print(f"removed folder {d}")
+        removed += len(result.domains) + len(files) + len(result.dirs)
+    if not removed and not rc:
         print("nothing to remove")
-    return 0
+    return rc

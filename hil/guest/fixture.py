@@ -24,6 +24,8 @@ REPORTS_KEY = pytest.StashKey[dict]()
 
 def lend_guest(request: Any, lab: Any, guest: Guest, artifacts: Path) -> Iterator[Guest]:
     request.node.stash.setdefault(GUESTS_KEY, []).append(guest)
+    if getattr(guest, "host_uri", ""):
+        request.node.user_properties.append(("hil_host", guest.host_uri))  # type: ignore[attr-defined]
     try:
         yield guest
     finally:
@@ -45,7 +47,7 @@ def _kept_message(request: Any, lab: Any, guest: Guest) -> str:
     lines.append(f"  console: tail -f {guest.console_path}")
     if guest.kind.value == "linux":
         lines.append(
-            f"  agent:   virsh -c {lab.config.libvirt_uri} qemu-agent-command {guest.name} "
+            f"  agent:   virsh -c {getattr(guest, 'host_uri', '') or lab.config.libvirt_uri} qemu-agent-command {guest.name} "
             '\'{"execute":"guest-ping"}\''
         )
     lines.append("  remove:  hil sweep --kept\n")
@@ -53,6 +55,7 @@ def _kept_message(request: Any, lab: Any, guest: Guest) -> str:
 
 
 def _collect_guest_artifacts(request: Any, guest: Guest, folder: Path) -> None:
+    guest.console_text()  # a remote host's console: its last bytes into the mirror
     sources = (("console.log", guest.console_path), ("agent.log", getattr(guest, "transcript_path", None)))
     for kind, src in sources:
         if not src or not Path(src).exists():

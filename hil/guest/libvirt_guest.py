@@ -10,10 +10,11 @@ from __future__ import annotations
 
 import abc
 import logging
+import random
 from pathlib import Path
 from typing import Any
 
-from hil.errors import GuestError
+from hil.errors import GuestError, HilError
 from hil.guest.base import Guest
 from hil.guest.state import GuestState
 from hil.provision.domain_xml import HIL_NS, NETDEV_ID, domain_xml
@@ -28,12 +29,25 @@ class LibvirtGuest(Guest):
     """conn: the lab's libvirt connection; spec: the domain's description."""
 
     def __init__(self, conn: Any, spec: GuestSpec):
-        super().__init__(spec.name, spec.console_log.parent)
+        super().__init__(spec.name, (spec.console_local or spec.console_log).parent)
         self.conn = conn
         self.spec = spec
         self.domain: Any = None
         self.forwards: dict[int, int] = {g: h for h, g in spec.forwards}
         self.hang_timeout_s: float | None = None  # see CrashMonitor; set before boot/restore
+        # where a process of this guest reaches this machine (a collector, a test's server) and
+        # where such a server listens: QEMU user networking's 10.0.2.2 is the guest's host, which
+        # is this machine only for a local guest (see hil.hosts.host)
+        self.controller_address = "10.0.2.2"
+        self.listen_address = "127.0.0.1"
+        self.host_uri = ""
+        self.host_lost: str | None = None  # why the guest's libvirt host went away, if it did
+        self.console_mirror: Any = None  # a remote host's console log, followed into console_path
+
+    @property
+    def forward_host(self) -> str:
+        """The address this machine connects to for a port :meth:`forward_port` forwarded."""
+        return self.spec.forward_address
 
     @property
     def instance(self) -> str:
@@ -41,11 +55,16 @@ class LibvirtGuest(Guest):
 
     @property
     def console_path(self) -> Path:
-        return self.spec.console_log
+        return self.spec.console_local or self.spec.console_log
 
     def console_text(self) -> str:
+        if self.console_mirror is not None and self.host_lost is None:
+            try:
+                self.console_mirror.sync()
+            except HilError:
+                pass  # the host went away: what was mirrored is all there is
         try:
-            return self.spec.console_log.read_text(errors="replace")
+            return self.console_path.read_text(errors="replace")
         except OSError:
             return ""
 
@@ -89,6 +108,10 @@ class LibvirtGuest(Guest):
     def destroy(self) -> None:
         if self.state is GuestState.DESTROYED:
             return
+        if self.host_lost is not None:  # nothing left to destroy, nobody to ask
+            self._set_state(GuestState.DESTROYED)
+            self.domain = None
+            return
         import libvirt
 
         self._stop_monitor()
@@ -104,6 +127,8 @@ class LibvirtGuest(Guest):
                 except libvirt.libvirtError as exc:
                     if exc.get_error_code() not in (libvirt.VIR_ERR_NO_DOMAIN, libvirt.VIR_ERR_OPERATION_INVALID):
                         raise
+        if self.console_mirror is not None:
+            self.console_mirror.stop()  # its last bytes, then no more polling
         self._set_state(GuestState.DESTROYED)
         self.domain = None
 
@@ -118,6 +143,14 @@ class LibvirtGuest(Guest):
             self.domain.setMetadata(
                 libvirt.VIR_DOMAIN_METADATA_ELEMENT, f"<owner {attrs}/>", "hil", HIL_NS, libvirt.VIR_DOMAIN_AFFECT_LIVE
             )
+
+    def mark_host_lost(self, why: str) -> None:
+        """The guest's libvirt host went away: stop watching (a vanished host is not a guest
+        crash) and fail every later call with ``why``."""
+        self.host_lost = why
+        self._stop_monitor()
+        if self.console_mirror is not None:
+            self.console_mirror.stop()
 
     def is_running(self) -> bool:
         return super().is_running() and self.domain is not None
@@ -136,6 +169,13 @@ class LibvirtGuest(Guest):
     def _raise_if_crashed(self, doing: str) -> None:
         import libvirt
 
+        if self.host_lost is None and self.host_uri and not _connection_alive(self.conn):
+            self.mark_host_lost("the connection to it closed")  # before the close callback said so
+        if self.host_lost is not None:
+            raise GuestError(
+                f"guest {self.name} is gone with its libvirt host {self.host_uri}: {self.host_lost}",
+                "the run goes on on the other hosts; look at libvirtd on that host",
+            )
         if self.monitor is not None:
             self.monitor.poll()
         st = self.domain_state()
@@ -144,7 +184,8 @@ class LibvirtGuest(Guest):
         super()._raise_if_crashed(doing)
 
     def forward_port(self, guest_port: int) -> int:
-        """Forward a fresh 127.0.0.1 port on the host to ``guest_port``; returns the host port.
+        """Forward a fresh port of the guest's host to ``guest_port``; returns that port, on
+        :attr:`forward_host` (127.0.0.1 here, a remote host's own address there).
 
         Connections through it reach the guest from 10.0.2.2 (QEMU user networking).
         """
@@ -154,14 +195,23 @@ class LibvirtGuest(Guest):
 
         self._require(GuestState.READY, GuestState.BOOTED)
         last = ""
+        local = self.spec.forward_address == "127.0.0.1"
         for _ in range(8):
-            host_port = free_local_port()
+            # a remote host's free ports are not ours to see: a random one, another if taken
+            host_port = free_local_port() if local else random.randrange(20000, 60000)
             last = libvirt_qemu.qemuMonitorCommand(
                 self.domain,
-                f"hostfwd_add {NETDEV_ID} tcp:127.0.0.1:{host_port}-:{guest_port}",
+                f"hostfwd_add {NETDEV_ID} tcp:{self.spec.forward_address}:{host_port}-:{guest_port}",
                 libvirt_qemu.VIR_DOMAIN_QEMU_MONITOR_COMMAND_HMP,
             ).strip()
             if not last:
                 self.forwards[guest_port] = host_port
                 return host_port
         raise GuestError(f"guest {self.name}: cannot forward a host port to guest port {guest_port}: {last}")
+
+
+def _connection_alive(conn: Any) -> bool:
+    try:
+        return bool(conn.isAlive())
+    except Exception:
+        return False

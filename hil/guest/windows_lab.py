@@ -42,7 +42,7 @@ class WindowsLabGuest(LibvirtGuest):
         if WINRM_GUEST_PORT not in self.forwards:
             raise ValueError("a Windows lab guest's spec must forward a host port to WinRM (5985)")
         self.boot_timeout = boot_timeout
-        self.winrm = WinRMTransport("127.0.0.1", self.forwards[WINRM_GUEST_PORT], user, password)
+        self.winrm = WinRMTransport(self.forward_host, self.forwards[WINRM_GUEST_PORT], user, password)
         from hil.deploy.deployers import WindowsServiceDeployer
 
         self.deployer = WindowsServiceDeployer(self)

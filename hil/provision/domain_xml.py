@@ -7,7 +7,8 @@ Linux parts (``spec.os == "linux"``), choices measured on the target machines:
 - q35: the isa panic device gets an ACPI node there, so ``pvpanic-mmio`` binds and libvirt
   sees CRASHED/PANICKED; on i440fx no event ever comes.
 - QEMU user networking through ``<qemu:commandline>`` (libvirt 9.0 has no port-forward
-  element for it), on an explicit free PCIe slot; forwards bind 127.0.0.1 only.
+  element for it), on an explicit free PCIe slot; forwards bind one address only (127.0.0.1,
+  or a remote host's own address).
 - ``on_crash=preserve`` so a panicked guest stays inspectable until we destroy it.
 
 Windows parts (``spec.os == "windows"``, a lab's image): Hyper-V enlightenments (Windows runs
@@ -52,7 +53,7 @@ HYPERV_FEATURES = (
 
 
 def netdev_arg(spec: GuestSpec) -> str:
-    fwd = "".join(f",hostfwd=tcp:127.0.0.1:{h}-:{g}" for h, g in spec.forwards)
+    fwd = "".join(f",hostfwd=tcp:{spec.forward_address}:{h}-:{g}" for h, g in spec.forwards)
     return f"user,id={NETDEV_ID}{fwd}"
 
 

@@ -23,7 +23,11 @@ class GuestSpec:
     console_log   file that receives the serial console (via virtlogd)
     accel         ``kvm`` or ``tcg`` (already resolved, see :mod:`hil.provision.accel`)
     kernel/initrd/cmdline  direct kernel boot; all None to boot from the disk
-    forwards      (host_port, guest_port) TCP forwards, bound to 127.0.0.1 only
+    forwards      (host_port, guest_port) TCP forwards, bound to ``forward_address`` only
+    forward_address  where forwards listen on the guest's host: 127.0.0.1 on this machine, the
+                  host's own address on a remote host (the only one the controller reaches)
+    console_local where the controller reads the console: ``console_log`` itself on this
+                  machine; a mirror of it for a remote host's guest (None: ``console_log``)
     owner         metadata written into the domain so the leak sweep can find dead owners
     os            ``linux`` or ``windows``: picks the per-OS parts of the domain XML
                   (see :mod:`hil.provision.domain_xml`)
@@ -45,3 +49,5 @@ class GuestSpec:
     pcap: Path | None = None
     uuid: str | None = None
     instance: str = ""  # names this guest's files; differs from ``name`` for restored copies
+    forward_address: str = "127.0.0.1"
+    console_local: Path | None = None

@@ -68,7 +68,7 @@ def test_spawned_processes_appear_once_with_pid_path_size_and_sha256(linux_guest
 
 def test_agent_reconnects_after_collector_restart_and_loses_nothing(linux_guest, start_agent, kmod, tmp_path):
     linux_guest.run("cp /bin/true /tmp/hil-before && cp /bin/true /tmp/hil-during").check()
-    first = Collector(interval=0.5, capture_dir=tmp_path / "first").start()
+    first = Collector(linux_guest.listen_address, interval=0.5, capture_dir=tmp_path / "first").start()
     port = first.port
     second = None
     try:
@@ -87,7 +87,7 @@ def test_agent_reconnects_after_collector_restart_and_loses_nothing(linux_guest,
         st = kmod.stats("hil_agent")
         assert st["connected"] == 0 and st["buffered_bytes"] > 0
 
-        second = Collector(port=port, interval=0.5, capture_dir=tmp_path / "second").start()
+        second = Collector(linux_guest.listen_address, port=port, interval=0.5, capture_dir=tmp_path / "second").start()
         assert second.wait_for_agent(kind="linux-kmod", timeout=60) == agent
         second.flush()
         got = [r.pid for r in second.records(kind="created", image_path="/tmp/hil-during")]
@@ -103,7 +103,7 @@ def test_agent_reconnects_after_collector_restart_and_loses_nothing(linux_guest,
 
 def test_full_buffer_drops_are_counted_and_reported(linux_guest, start_agent, kmod, tmp_path):
     # a port with no collector yet: the agent buffers, then its 16 KiB buffer overflows
-    probe = Collector(interval=0.5).start()
+    probe = Collector(linux_guest.listen_address, interval=0.5).start()
     port = probe.port
     probe.stop()
     start_agent(port, buffer_kb=16, backoff_max_ms=500)
@@ -113,7 +113,7 @@ def test_full_buffer_drops_are_counted_and_reported(linux_guest, start_agent, km
     dropped_before = kmod.stats("hil_agent")["dropped"]
     assert dropped_before > 0
 
-    with Collector(port=port, interval=0.5, capture_dir=tmp_path / "c") as collector:
+    with Collector(linux_guest.listen_address, port=port, interval=0.5, capture_dir=tmp_path / "c") as collector:
         agent = collector.wait_for_agent(kind="linux-kmod", timeout=60)
         collector.flush()
         reported = collector.stats(agent).dropped_by_agent

@@ -268,7 +268,7 @@ class TrickleCollector:
     HELLO, asks for its records with one REQUEST, then reads what comes ``rate`` bytes per
     second, one byte per recv(), through small receive buffers and segments."""
 
-    def __init__(self, rate: int):
+    def __init__(self, rate: int, host: str = "127.0.0.1"):
         self.rate = rate
         self.received = 0
         self.error: str | None = None
@@ -277,7 +277,7 @@ class TrickleCollector:
         # small buffers and segments: the window reopens in small steps as the bytes trickle out
         self.srv.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
         self.srv.setsockopt(socket.IPPROTO_TCP, socket.TCP_MAXSEG, 536)
-        self.srv.bind(("127.0.0.1", 0))
+        self.srv.bind((host, 0))
         self.srv.listen(1)
         self.port = self.srv.getsockname()[1]
         self.conn: socket.socket | None = None
@@ -373,7 +373,7 @@ def test_rmmod_finishes_promptly_while_a_host_collector_reads_one_byte_per_secon
     # socket, QEMU's user networking, the host's socket).  Seen from the guest this collector is
     # stalled rather than slow: the buffers between drain in bursts minutes apart.
     linux_guest.run("sysctl -qw net.ipv4.tcp_wmem='4096 4096 4096'").check()
-    trickle = TrickleCollector(rate=1)
+    trickle = TrickleCollector(rate=1, host=linux_guest.listen_address)
     try:
         start_agent(trickle.port, backoff_max_ms=500, buffer_kb=16384)
         # connected through the listen backlog; waits for a REQUEST while records pile up

@@ -54,7 +54,7 @@ def _hostile(guest, port: int, *args: str, timeout: float = 300) -> dict:
     """Run one attack as user nobody; its JSON report."""
     argv = " ".join(shlex.quote(a) for a in args)
     res = guest.run(
-        f"runuser -u nobody -- python3 /tmp/hostile_agent.py 10.0.2.2 {port} {argv}", timeout=timeout
+        f"runuser -u nobody -- python3 /tmp/hostile_agent.py {guest.controller_address} {port} {argv}", timeout=timeout
     ).check()
     return json.loads(res.stdout.decode().strip().splitlines()[-1])
 
@@ -124,7 +124,10 @@ def test_a_hostile_guest_process_is_bounded_and_the_agent_loses_nothing(
     assert len(collector.agents()) <= MAX_AGENTS, said
     assert held["opened"] == 100, said
     assert held["still_open"] <= collector.max_connections_per_peer - 1, said  # the agent has one
-    assert collector.error_counts().get("ResourceLimit", 0) >= held["closed_by_collector"] > 0, said
+    # over the cap: refused at once; within it but silent: closed after the HELLO deadline (a
+    # busy host makes the attack outlast that deadline)
+    bounded = collector.error_counts().get("ResourceLimit", 0) + collector.error_counts().get("StalledPeer", 0)
+    assert bounded >= held["closed_by_collector"] > 0, said
     assert peak < RSS_BOUND, said
 
 

@@ -56,7 +56,7 @@ def test_host_client_arrives_as_10_0_2_2_and_gets_replies_and_files(linux_guest,
         assert c.request(b"hello") == ("OK", b"pong: kernel says hi")
         # while connected, the guest sees the host's connection coming from 10.0.2.2
         ss = linux_guest.run(f"ss -tnH state established '( sport = :{ks.guest_port} )'").check().stdout.decode()
-        assert "10.0.2.2:" in ss, ss
+        assert f"{linux_guest.controller_address}:" in ss, ss
         for name, data in files.items():
             body = c.get_file(name)
             assert hashlib.sha256(body).hexdigest() == sums[name], name
@@ -74,7 +74,7 @@ def test_client_not_on_allow_list_is_refused_and_logged(linux_guest, start_kserv
         assert c.read_response() == ("ERR", b"forbidden")
         assert c.read_response() == ("EOF", b"")
     log = wait_until(
-        lambda: "refused client 10.0.2.2" in (t := kmods.dmesg(linux_guest)) and t,
+        lambda: f"refused client {linux_guest.controller_address}" in (t := kmods.dmesg(linux_guest)) and t,
         timeout=10,
         what="kserver's refusal in dmesg",
     )
@@ -155,7 +155,7 @@ def test_oversize_lines_and_binary_garbage_do_no_harm(linux_guest, start_kserver
                 assert (status, body) == ("ERR", b"toolong")
         assert c.request(b"after garbage") == ("OK", b"hello from kserver")
     # a client that vanishes in the middle of a line
-    s = socket.create_connection(("127.0.0.1", ks.host_port))
+    s = socket.create_connection((ks.host, ks.host_port))
     s.sendall(b"half a line without newline" * 50)
     s.close()
     with ks.client() as c:
@@ -266,6 +266,6 @@ def test_unload_under_load_neither_hangs_nor_oopses(linux_guest, start_kserver, 
     assert not kmods.is_loaded(linux_guest, "kserver")
     assert kmod.console_problems() == []
     # the port is free again and a fresh load serves at once
-    kmod.load(kserver_ko, port=ks.guest_port, allow="10.0.2.2", root=SERVE_DIR)
+    kmod.load(kserver_ko, port=ks.guest_port, allow=linux_guest.controller_address, root=SERVE_DIR)
     with ks.client() as c:
         assert c.request(b"back") == ("OK", b"hello from kserver")

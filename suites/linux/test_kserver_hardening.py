@@ -144,7 +144,7 @@ def test_the_deadline_is_per_line_not_per_connection(linux_guest, start_kserver)
 
 
 def test_clients_beyond_max_per_addr_are_refused_per_address(linux_guest, start_kserver):
-    ks = start_kserver(max_per_addr=2, max_clients=8, allow="10.0.2.2,127.0.0.1")
+    ks = start_kserver(max_per_addr=2, max_clients=8, allow=f"{linux_guest.controller_address},127.0.0.1")
     held = [ks.client(timeout=10) for _ in range(2)]
     try:
         for c in held:
@@ -322,7 +322,7 @@ def test_message_framing_refusals_and_limits(linux_guest, start_kserver):
     assert _raw_exchange(ks.host_port, b"FILE:../etc/passwd") == b"ERR denied\n"
     assert _raw_exchange(ks.host_port, b"FILE:private/file.txt") == b"ERR denied\n"
     assert _raw_exchange(ks.host_port, b"A" * 300) == b"ERR toolong\n"  # then closed
-    with socket.create_connection(("127.0.0.1", ks.host_port), timeout=15) as s:
+    with socket.create_connection((ks.host, ks.host_port), timeout=15) as s:
         for msg in (b"one", b"two\n", b"\x00\xff binary", b"A" * 256):
             s.sendall(msg)
             assert s.recv(1024) == REPLY, msg
