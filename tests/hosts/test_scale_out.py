@@ -35,7 +35,7 @@ SELECTION = "smoke or agent"
 
 def _config(tmp_path: Path, uri: str) -> Path:
     cfg = tmp_path / "hil.toml"
-    cfg.write_text(f'hosts = ["qemu:///system", "{uri}"]\nartifacts = "{tmp_path / "artifacts"}"\n')
+    cfg.write_text(f'hosts = ["qemu:///system", "{uri}"]\n')
     return cfg
 
 
@@ -49,6 +49,7 @@ def _pytest(tmp_path: Path, cfg: Path, name: str, *args: str) -> list[str]:
         "no:cacheprovider",
         f"--hil-config={cfg}",
         f"--junitxml={tmp_path / f'{name}.xml'}",
+        f"--hil-artifacts={tmp_path / name}",
         f"--basetemp={tmp_path / f'{name}-bt'}",
         "-n",
         "2",
@@ -140,7 +141,7 @@ def test_suites_run_one_worker_per_host_upload_once_and_leave_no_guest(
     on_second = [n for n, r in results.items() if r["props"].get("hil_host") == second_libvirt_host.uri]
     record_property("tests_on_second_host", str(len(on_second)))
     assert any("test_agent" in n for n in on_second) or any("smoke" in n for n in on_second)
-    for key, value in _figures(tmp_path / "artifacts", second_libvirt_host.uri).items():
+    for key, value in _figures(tmp_path / "first", second_libvirt_host.uri).items():
         record_property(key, value)
     uploaded = _image_volumes(second_conn)
     assert len([n for n in uploaded if n.startswith("image-")]) == 1, uploaded
@@ -156,6 +157,8 @@ def test_suites_run_one_worker_per_host_upload_once_and_leave_no_guest(
     )
     assert second.returncode == 0, second.stdout[-6000:] + second.stderr[-3000:]
     assert _image_volumes(second_conn) == uploaded, "the second run wrote the image to the second host again"
+    for key, value in _figures(tmp_path / "second", second_libvirt_host.uri).items():
+        record_property(f"second_run_{key}", value)
     assert _our_leftovers(main_conn) == [] and second_conn.listAllDomains() == []
 
 
