@@ -246,3 +246,22 @@ def test_a_lost_host_fails_only_its_test_and_its_worker_goes_on_here(doomed_host
     record_property("kill_to_end_s", f"{time.monotonic() - killed_at:.1f}")
     assert _our_leftovers(main_conn) == []
     assert json.dumps(results)  # keep the parsed results in the failure output when it fails
+
+
+def test_the_agent_suite_passes_with_its_guests_on_the_second_host(second_libvirt_host, second_conn, tmp_path):
+    """The agent suite, every guest on the second host (the only host configured): records
+    cross from the remote guest to this machine's collector, restarts and drops included."""
+    cfg = tmp_path / "hil.toml"
+    cfg.write_text(f'hosts = ["{second_libvirt_host.uri}"]\n')
+    cmd = _pytest(tmp_path, cfg, "agent")
+    cmd[3] = str(REPO / "suites" / "linux" / "test_agent.py")
+    cmd.remove("-n")
+    cmd.remove("2")
+    run = subprocess.run(cmd, cwd=tmp_path, stdin=subprocess.DEVNULL, capture_output=True, text=True, timeout=1800)
+    assert run.returncode == 0, run.stdout[-6000:] + run.stderr[-3000:]
+    results = _results(tmp_path / "agent.xml")
+    assert len(results) >= 4
+    assert {r["props"].get("hil_host") for r in results.values()} == {second_libvirt_host.uri}
+    assert all(r["outcome"] == "passed" for r in results.values()), results
+    owners = [read_owner(d.XMLDesc(0)) or {} for d in second_conn.listAllDomains()]
+    assert [o for o in owners if not Owner.is_alive(o)] == []
