@@ -51,9 +51,13 @@ class Outcome:
 
 
 def workers_for(profile: Profile, config: HilConfig) -> int:
-    """xdist workers: the profile's, else one per core while the guests fit in memory."""
+    """xdist workers: the profile's; with ``hosts`` configured, the hosts' capacity (their
+    weights: the plugin places the workers over the reachable ones); else one per core while
+    the guests fit in memory."""
     if profile.workers:
         return profile.workers
+    if config.hosts:
+        return sum(h.weight for h in config.hosts)
     cores = os.cpu_count() or 1
     try:
         avail_kib = next(

@@ -129,3 +129,12 @@ def test_flaky_alone_passes_unless_the_profile_says_otherwise_and_pytest_must_en
     assert crashed.reason == "no test ran (pytest exit code 3)"
     empty = model.Run("r", "p", "h", "0", "", None, None)
     assert verdict(empty, {}, pytest_exit=5).reason == "no test ran (the profile selected none)"
+
+
+def test_workers_are_the_hosts_capacity_when_hosts_are_configured():
+    from hil.config import HilConfig, HostConfig
+    from hil.qualify.profiles import resolve
+    from hil.qualify.runner import workers_for
+
+    config = HilConfig(hosts=[HostConfig("qemu:///system", 2), HostConfig("qemu+tcp://lab2/system", 3)])
+    assert workers_for(resolve("nightly", {}), config) == 5
