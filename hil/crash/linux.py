@@ -98,6 +98,13 @@ def is_follow_up(message: str) -> bool:
     return bool(_FOLLOW_UPS.search(message))
 
 
+def continues(message: str, header: str) -> bool:
+    """``message`` is a header that continues the report whose header line is ``header``, when
+    it comes right after it (kmemleak's ``unreferenced object`` after ``BUG: memory leak``)."""
+    found = match_header(message)
+    return found is not None and bool(found[0].continues) and bool(_re(found[0].continues).match(header))
+
+
 def is_end(message: str, lines_so_far: int) -> bool:
     """The line closes a report (``---[ end trace``, KASAN's closing ``====`` line)."""
     return bool(_END.search(message)) or (lines_so_far > 3 and bool(_SEPARATOR.match(message)))

@@ -61,14 +61,41 @@ class Format:
 
 @dataclass(frozen=True)
 class Oops:
-    """A header (regex at the start of a console message), its rows, and look-alikes to ignore."""
+    """A header (regex at the start of a console message), its rows, and look-alikes to ignore.
+
+    ``continues``: a header (regex) this one continues when it comes right after it, so the two
+    make one report (syzkaller prints ``BUG: memory leak`` before kmemleak's own header).
+    """
 
     header: str
     formats: tuple[Format, ...]
     ignores: tuple[str, ...] = field(default=())
+    continues: str = ""
 
 
 RIP_TRACE = ("rip", "trace")
+KASAN_FREE_SKIP = ("kmem_", "slab_", "kfree", "vunmap", "vfree")
+# kmemleak: the allocation's backtrace starts in kmemleak and the allocators; the caller leaked.
+LEAK_SKIP = (
+    "kmemleak",
+    "kmalloc",
+    "kcalloc",
+    "kzalloc",
+    "vmalloc",
+    "mmap",
+    "kmem",
+    "slab",
+    "alloc",
+    "create_object",
+    "idr_get",
+    "list_lru_init",
+    "kasprintf",
+    "kvasprintf",
+    "pcpu_create",
+    "strdup",
+    "strndup",
+    "memdup",
+)
 QUEUE_WORK = ("^process_one_work$", "^worker_thread$")  # lockdep's lock site for work items
 WARN_STACK = ("rip", "trace")
 HEADER_TRACE = ("header", "trace")
@@ -543,12 +570,15 @@ OOPSES: tuple[Oops, ...] = (
     Oops(
         r"BUG:",
         (
+            # syzkaller's KASAN titles (the bug, the access, the function): a team's dashboards
+            # and the corpus both speak them.  6.1 says "use-after-free" where 6.3+ says
+            # "slab-use-after-free"; each kernel's own word is kept.
             Format(
                 r"BUG: KASAN: (?:double-free or invalid-free|double-free|invalid-free) in " + FUNC,
                 "KASAN: invalid-free in {func}",
                 CrashKind.KASAN,
                 guilty=HEADER_TRACE,
-                skip=("kmem_", "slab_", "kfree", "vunmap", "vfree"),
+                skip=KASAN_FREE_SKIP,
             ),
             Format(
                 r"BUG: KASAN: (?P<bug>[a-z\-]+) in " + FUNC,
@@ -713,26 +743,7 @@ OOPSES: tuple[Oops, ...] = (
                 "memory leak in {func}",
                 CrashKind.LEAK,
                 guilty=("trace",),
-                skip=(
-                    "kmemleak",
-                    "kmalloc",
-                    "kcalloc",
-                    "kzalloc",
-                    "vmalloc",
-                    "mmap",
-                    "kmem",
-                    "slab",
-                    "alloc",
-                    "create_object",
-                    "idr_get",
-                    "list_lru_init",
-                    "kasprintf",
-                    "kvasprintf",
-                    "pcpu_create",
-                    "strdup",
-                    "strndup",
-                    "memdup",
-                ),
+                skip=LEAK_SKIP,
             ),
             Format(
                 r"BUG: (?:TASK )?stack guard page was hit at",
@@ -1248,6 +1259,20 @@ OOPSES: tuple[Oops, ...] = (
                 skip=("rust_begin_unwind", "panicking", "^_RNvNtCs\\w*4core"),
             ),
         ),
+    ),
+    # kmemleak's report (/sys/kernel/debug/kmemleak): one object, its allocation's backtrace
+    Oops(
+        r"unreferenced object 0x[0-9a-f]+ \(size \d+\):",
+        (
+            Format(
+                r"unreferenced object",
+                "memory leak in {func}",
+                CrashKind.LEAK,
+                guilty=("trace",),
+                skip=LEAK_SKIP,
+            ),
+        ),
+        continues=r"BUG: memory leak\s*$",
     ),
     Oops(
         r"SYZFAIL:|.*SYZFATAL:",

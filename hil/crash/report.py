@@ -13,7 +13,7 @@ class Report:
 
     Arguments:
         title: stable name of the bug, ``<kind> in <function>`` where a function is known
-            (``KASAN: use-after-free Read in foo``), addresses and numbers normalised so the
+            (``KASAN: slab-use-after-free in foo``), addresses and numbers normalised so the
             same bug always gets the same title.
         kind: class of the crash (:class:`~hil.crash.kinds.CrashKind`; a plain name such as
             ``"PANIC"`` is converted, an unknown one raises :class:`ValueError`).

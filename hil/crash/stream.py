@@ -83,7 +83,9 @@ class _Candidate:
         # report's lines are filtered out already and a header of ours is a follow-up, unless
         # no row accepts ours yet (a header cut short: ``INFO: t``, then the whole one).
         if linux.match_header(msg) and not linux.is_follow_up(msg):
-            if self.ctx in ("", "console") or not self.confirmed():
+            if len(self.lines) == 1 and linux.continues(msg, self.lines[0]):
+                pass  # the header's second line (kmemleak's report after "BUG: memory leak")
+            elif self.ctx in ("", "console") or not self.confirmed():
                 return "next"
         self.lines.append(msg.rstrip())
         self.end = line.end

@@ -16,6 +16,24 @@
  *   freeze    every CPU spins with interrupts off for spin_s seconds: a silent, unresponsive
  *             guest (only an NMI gets through)  -> hil_crash_freeze_cpu
  *
+ * Seeded bugs for a debug kernel (KASAN, lockdep, DEBUG_ATOMIC_SLEEP, kmemleak, UBSAN): each is
+ * reported there and the kernel goes on.  A stock kernel mostly does not notice them (double_free
+ * may trip the allocator's own checks; sleep_atomic and abba are silent without their debug
+ * options):
+ *   uaf          kmalloc, kfree, then read the object          -> hil_crash_use_after_free
+ *   oob          kmalloc(N), then read byte [N]                -> hil_crash_out_of_bounds
+ *   double_free  kfree the same object twice                   -> hil_crash_double_free
+ *   abba         take mutex A then B, later B then A, in one thread: lockdep's "possible
+ *                circular locking dependency" (no real deadlock) -> hil_crash_abba
+ *   sleep_atomic might_sleep() under a spinlock                -> hil_crash_sleep_in_atomic
+ *   leak         kmalloc and drop the only pointer (kmemleak reports it on a scan, see
+ *                /sys/kernel/debug/kmemleak)                   -> hil_crash_leak
+ *   ubsan_index  an array indexed past its end with a runtime index (inside its struct, so
+ *                only UBSAN's bounds check sees it)            -> hil_crash_array_index
+ * KASAN reports only its first bug per boot (unless booted with kasan_multi_shot), and lockdep
+ * turns itself off after its first report or once the kernel is tainted (a KASAN report): one
+ * KASAN bug per boot, abba before it.
+ *
  * Also at load time: insmod hil_crash.ko crash=<command>.
  */
 #include <linux/module.h>
@@ -28,6 +46,10 @@
 #include <linux/delay.h>
 #include <linux/kthread.h>
 #include <linux/err.h>
+#include <linux/slab.h>
+#include <linux/mutex.h>
+#include <linux/spinlock.h>
+#include <linux/compiler.h>
 
 static unsigned int spin_s = 8;
 module_param(spin_s, uint, 0644);
@@ -44,6 +66,19 @@ MODULE_PARM_DESC(crash, "a command to run at load time (see the source)");
 /* volatile so the compiler cannot see the NULL and turn the store into a trap */
 static int *volatile hil_crash_ptr;
 static DECLARE_COMPLETION(hil_crash_never);
+
+/* Runtime sizes and indexes, so the compiler can neither see nor warn about the bugs. */
+static volatile size_t hil_crash_size = 100;
+static volatile int hil_crash_index = 4;
+static DEFINE_MUTEX(hil_crash_lock_a);
+static DEFINE_MUTEX(hil_crash_lock_b);
+static DEFINE_SPINLOCK(hil_crash_spinlock);
+
+/* An array with a neighbour: [4] is past the array (UBSAN) but inside the struct (not KASAN). */
+static struct {
+	int slots[4];
+	int after;
+} hil_crash_table;
 
 static noinline void hil_crash_null_deref(void)
 {
@@ -97,6 +132,86 @@ static noinline int hil_crash_freeze_cpu(void *unused)
 	return 0;
 }
 
+static noinline void hil_crash_use_after_free(void)
+{
+	char *p = kmalloc(hil_crash_size, GFP_KERNEL);
+
+	if (!p)
+		return;
+	pr_info("hil_crash: read after kfree\n");
+	kfree(p);
+	OPTIMIZER_HIDE_VAR(p);
+	pr_info("hil_crash: read 0x%x\n", READ_ONCE(p[0]));
+}
+
+static noinline void hil_crash_out_of_bounds(void)
+{
+	size_t n = hil_crash_size;
+	char *p = kmalloc(n, GFP_KERNEL);
+
+	if (!p)
+		return;
+	pr_info("hil_crash: read byte %zu of a %zu-byte object\n", n, n);
+	OPTIMIZER_HIDE_VAR(p);
+	pr_info("hil_crash: read 0x%x\n", READ_ONCE(p[n]));
+	kfree(p);
+}
+
+static noinline void hil_crash_double_free(void)
+{
+	char *p = kmalloc(hil_crash_size, GFP_KERNEL);
+
+	if (!p)
+		return;
+	pr_info("hil_crash: kfree twice\n");
+	kfree(p);
+	OPTIMIZER_HIDE_VAR(p);
+	kfree(p);
+	/* a call after the second kfree: as a tail call it would leave this frame off the stack */
+	pr_info("hil_crash: freed twice\n");
+}
+
+static noinline void hil_crash_abba(void)
+{
+	pr_info("hil_crash: lock A then B, then B then A\n");
+	mutex_lock(&hil_crash_lock_a);
+	mutex_lock(&hil_crash_lock_b);
+	mutex_unlock(&hil_crash_lock_b);
+	mutex_unlock(&hil_crash_lock_a);
+
+	mutex_lock(&hil_crash_lock_b);
+	mutex_lock(&hil_crash_lock_a);
+	mutex_unlock(&hil_crash_lock_a);
+	mutex_unlock(&hil_crash_lock_b);
+}
+
+static noinline void hil_crash_sleep_in_atomic(void)
+{
+	pr_info("hil_crash: might_sleep() under a spinlock\n");
+	spin_lock(&hil_crash_spinlock);
+	might_sleep();
+	spin_unlock(&hil_crash_spinlock);
+}
+
+static noinline void hil_crash_leak(void)
+{
+	void *p = kmalloc(hil_crash_size, GFP_KERNEL);
+
+	if (!p)
+		return;
+	OPTIMIZER_HIDE_VAR(p);	/* else the compiler drops the memset of memory nobody reads */
+	memset(p, 0x4c, hil_crash_size);
+	pr_info("hil_crash: leaked %zu bytes\n", (size_t)hil_crash_size);
+}
+
+static noinline void hil_crash_array_index(void)
+{
+	int i = hil_crash_index;
+
+	pr_info("hil_crash: slots[%d] of %zu\n", i, ARRAY_SIZE(hil_crash_table.slots));
+	hil_crash_table.slots[i] = 1;
+}
+
 static int hil_crash_run(const char *cmd)
 {
 	if (sysfs_streq(cmd, "null"))
@@ -116,7 +231,21 @@ static int hil_crash_run(const char *cmd)
 	else if (sysfs_streq(cmd, "freeze")) {
 		pr_info("hil_crash: freezing every CPU for %u s\n", spin_s);
 		stop_machine(hil_crash_freeze_cpu, NULL, cpu_online_mask);
-	} else
+	} else if (sysfs_streq(cmd, "uaf"))
+		hil_crash_use_after_free();
+	else if (sysfs_streq(cmd, "oob"))
+		hil_crash_out_of_bounds();
+	else if (sysfs_streq(cmd, "double_free"))
+		hil_crash_double_free();
+	else if (sysfs_streq(cmd, "abba"))
+		hil_crash_abba();
+	else if (sysfs_streq(cmd, "sleep_atomic"))
+		hil_crash_sleep_in_atomic();
+	else if (sysfs_streq(cmd, "leak"))
+		hil_crash_leak();
+	else if (sysfs_streq(cmd, "ubsan_index"))
+		hil_crash_array_index();
+	else
 		return -EINVAL;
 	return 0;
 }
@@ -144,7 +273,7 @@ static int __init hil_crash_init(void)
 {
 	if (!proc_create("hil_crash", 0200, NULL, &hil_crash_ops))
 		return -ENOMEM;
-	pr_info("hil_crash: loaded; commands: null bug warn lockup hung freeze\n");
+	pr_info("hil_crash: loaded; commands: null bug warn lockup hung freeze uaf oob double_free abba sleep_atomic leak ubsan_index\n");
 	if (crash[0] && hil_crash_run(crash)) {
 		remove_proc_entry("hil_crash", NULL);
 		return -EINVAL;
