@@ -19,6 +19,9 @@ Every key has a default, so no file at all means the embedded default guest.
     initrd = ""
     cmdline = ""
     kbuild_dir = ""               # your kernel's headers tree, for building modules
+    flavour = "stock"             # the embedded guest's kernel: "stock" (Debian's) or "debug"
+                                  # (the same source with KASAN, lockdep, ...: hil.images.debug_kernel);
+                                  # --hil-kernel and a profile's flavour override it
     memory_mib = 1024
     vcpus = 2
     boot_timeout_s = 300
@@ -43,9 +46,14 @@ import dataclasses
 import tomllib
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 from urllib.parse import urlsplit
 
 from hil.errors import ConfigError
+
+FLAVOURS = ("stock", "debug")
+"""The embedded guest's kernels: Debian's own (``stock``), or the same source rebuilt with the
+kernel's debug options (``debug``, see :mod:`hil.images.debug_kernel`)."""
 
 
 @dataclass
@@ -55,6 +63,7 @@ class LinuxGuestConfig:
     initrd: str = ""
     cmdline: str = ""
     kbuild_dir: str = ""
+    flavour: str = "stock"  # one of FLAVOURS: the embedded guest's kernel
     memory_mib: int = 1024
     vcpus: int = 2
     boot_timeout_s: float = 300.0
@@ -123,6 +132,7 @@ class HilConfig:
                 'set accel = "auto" (KVM where it really works, TCG otherwise)',
             )
         lx = self.linux
+        check_flavour(lx.flavour, f"{self.source}: linux.flavour", lx.image)
         if lx.image != "embedded":
             self._must_exist("linux.image", lx.image, 'build the embedded guest instead: image = "embedded"')
             for key in ("kernel", "initrd", "kbuild_dir"):
@@ -146,6 +156,35 @@ class HilConfig:
     def _must_exist(self, key: str, value: str, fix: str) -> None:
         if not Path(value).exists():
             raise ConfigError(f"{self.source}: {key} = {value!r} does not exist", fix)
+
+
+def check_flavour(flavour: str, where: str, image: str = "embedded") -> None:
+    """One clear error for a flavour that is not one of :data:`FLAVOURS`, or ``debug`` with a
+    team's own image (the debug kernel is the embedded guest's kernel rebuilt)."""
+    if flavour not in FLAVOURS:
+        raise ConfigError(
+            f"{where} = {flavour!r} is not one of {', '.join(FLAVOURS)}",
+            'use "stock" (Debian\'s kernel) or "debug" (the same source with KASAN, lockdep, UBSAN, ...)',
+        )
+    if flavour == "debug" and image != "embedded":
+        raise ConfigError(
+            f"{where} = 'debug' is the embedded guest's kernel rebuilt, but linux.image is your own image",
+            "point linux.kernel and linux.kbuild_dir at your own debug kernel instead, or use the embedded image",
+        )
+
+
+def choose_flavour(config: HilConfig, option: str | None = None, profile: Any = None) -> str:
+    """The run's guest kernel flavour: ``--hil-kernel``, else the profile's ``flavour`` (when it
+    sets one), else ``[linux] flavour``.  Checked, and set on ``config.linux.flavour``."""
+    if option:
+        flavour, where = option, "--hil-kernel"
+    elif profile is not None and profile.flavour:
+        flavour, where = profile.flavour, f"profile {profile.name}: flavour"
+    else:
+        flavour, where = config.linux.flavour, f"{config.source}: linux.flavour"
+    check_flavour(flavour, where, config.linux.image)
+    config.linux.flavour = flavour
+    return flavour
 
 
 def _build(cls, data: dict, where: str, source: str):

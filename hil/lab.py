@@ -25,6 +25,7 @@ libvirt daemon.
 from __future__ import annotations
 
 import atexit
+import dataclasses
 import hashlib
 import inspect
 import itertools
@@ -49,6 +50,7 @@ from hil.guest.windows_lab import WINRM_GUEST_PORT, WindowsLabGuest
 from hil.guest.wine import WineGuest
 from hil.hosts.host import GuestHost, HostLost, remote_accel
 from hil.hosts.sweep import sweep_host_files
+from hil.images.debug_kernel import DebugKernel, ensure_debug_kernel, install_modules
 from hil.images.linux_image import LinuxImage, ensure_linux_image
 from hil.paths import ensure_dir, runtime_dir
 from hil.provision import domain_xml as dx
@@ -87,6 +89,7 @@ class Lab:
         self._counter = itertools.count(1)
         self._image: LinuxImage | None = None
         self._image_files: tuple[Path, Path | None, Path | None] | None = None
+        self._debug_kernel: DebugKernel | None = None
         self._snapshot: Snapshot | None = None
         self._snapshot_error: HilError | None = None
         self.cold_boot_s: float | None = None
@@ -221,6 +224,11 @@ class Lab:
             lx = self.config.linux
             if lx.image == "embedded":
                 self._image = ensure_linux_image(progress=Progress("image linux"))
+                if lx.flavour == "debug":  # the same disk, booted on the debug kernel built for it
+                    k = self._debug_kernel = ensure_debug_kernel(Progress("debug kernel"), image=self._image)
+                    self._image = dataclasses.replace(
+                        self._image, kernel=k.bzimage, initrd=None, kernel_release=k.release, kbuild_dir=k.kbuild_dir
+                    )
             else:
                 self._image = LinuxImage(
                     dir=Path(lx.image).parent,
@@ -328,6 +336,8 @@ class Lab:
         usual, g.transport.agent_timeout = g.transport.agent_timeout, 60.0  # booting: slow answers
         with step("cold-boot-ready", guest=name) as rec:
             g.wait_ready(self.config.linux.boot_timeout_s)
+            if self._debug_kernel is not None:
+                install_modules(g, self._debug_kernel)  # once: every restored copy has them
             _settle(g)
         g.transport.agent_timeout = usual
         self.cold_boot_s = rec.duration

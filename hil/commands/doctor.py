@@ -97,8 +97,15 @@ def checks(uri: str, config=None) -> list[Check]:
             required=False,
         )
     )
+    debug, kernel_release = debug_kernel_checks(img, config), img.kernel_release if img else ""
+    out += debug
+    if config is not None and config.linux.flavour == "debug":
+        from hil.images.debug_kernel import debug_kernel_state
+
+        built = debug_kernel_state(img).kernel
+        kernel_release = built.release if built else ""  # the guests run the debug kernel
     if config is not None:
-        out += driver_checks(config, img.kernel_release if img else "")
+        out += driver_checks(config, kernel_release)
     tool("wine", "wine64", required=False, why=" (Windows drivers under Wine)")
     tool(
         "x86_64-w64-mingw32-gcc",
@@ -120,6 +127,37 @@ def checks(uri: str, config=None) -> list[Check]:
         )
     )
     return out
+
+
+def debug_kernel_checks(img, config=None) -> list[Check]:
+    """The debug kernel flavour: built or not (and the command that builds it), and whether this
+    host has the packages its build needs.  Required only when the configuration selects it."""
+    from hil.images.debug_kernel import BUILD_COMMAND, apt_install_line, debug_kernel_state, missing_build_packages
+
+    wanted = config is not None and config.linux.flavour == "debug"
+    state = debug_kernel_state(img)
+    plan, kernel = state.plan, state.kernel
+    if plan is None:
+        check = Check("debug kernel", False, state.problem, "hil image build linux", required=wanted)
+    elif kernel is None:
+        check = Check(
+            "debug kernel",
+            False,
+            f"{plan.key} not built yet ({plan.pin}, ~30 min once)",
+            BUILD_COMMAND,
+            required=wanted,
+        )
+    else:
+        check = Check("debug kernel", True, f"{kernel.release} in {kernel.dir}")
+    missing = missing_build_packages()
+    deps = Check(
+        "debug kernel build deps",
+        not missing,
+        "all present" if not missing else f"missing {', '.join(missing)}",
+        apt_install_line(missing),
+        required=wanted and kernel is None,
+    )
+    return [check, deps]
 
 
 def driver_checks(config, kernel_release: str) -> list[Check]:

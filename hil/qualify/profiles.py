@@ -17,11 +17,16 @@ adds or overrides profiles in hil.toml; every key is optional and starts from ``
     reruns = 2                          # a failed test is run again on a fresh guest this often
     fail_on_flaky = false               # a fail-then-pass does not fail the run
     workers = 0                         # xdist workers; 0: sized to the machine
-    flavour = "stock"                   # the guest kernel (a debug flavour comes later)
+    flavour = "debug"                   # the guest kernel: "stock" | "debug"; unset: [linux] flavour
 
 The stress fixtures read the sizes of the run's profile (``--hil-profile``); the environment
 variables ``HIL_STORM_EXECS``, ``HIL_STORM_CONNECTIONS``, ``HIL_STORM_CONCURRENCY`` and
 ``HIL_SOAK_S`` still override them for one run.
+
+The guest kernel of a run: ``--hil-kernel`` if given, else the profile's ``flavour`` if it sets
+one (``prerelease`` sets ``debug``: KASAN, lockdep, UBSAN, ... on the same Debian source), else
+``[linux] flavour`` (:func:`hil.config.choose_flavour`, applied by the pytest plugin, so
+``hil qualify --profile prerelease`` and ``pytest --hil-profile prerelease`` agree).
 """
 
 from __future__ import annotations
@@ -30,10 +35,10 @@ import dataclasses
 import os
 from dataclasses import dataclass
 
+from hil.config import check_flavour
 from hil.errors import ConfigError
 
 SUITES_PREFIX = "suites:"
-FLAVOURS = ("stock",)
 ENV_OVERRIDES = {
     "execs": "HIL_STORM_EXECS",
     "connections": "HIL_STORM_CONNECTIONS",
@@ -55,7 +60,7 @@ class Profile:
     reruns: int = 1
     fail_on_flaky: bool = False
     workers: int = 0
-    flavour: str = "stock"
+    flavour: str = ""  # "" = the configuration's [linux] flavour; else one of hil.config.FLAVOURS
 
     def size(self, key: str) -> int:
         """A stress size, with the environment's override (one clear error when it is not a number)."""
@@ -72,7 +77,9 @@ class Profile:
 BUILTIN: dict[str, Profile] = {
     "smoke": Profile("smoke", markers="smoke", soak_s=0, reruns=1),
     "nightly": Profile("nightly"),
-    "prerelease": Profile("prerelease", execs=100000, connections=20000, concurrency=32, soak_s=1800, reruns=2),
+    "prerelease": Profile(
+        "prerelease", execs=100000, connections=20000, concurrency=32, soak_s=1800, reruns=2, flavour="debug"
+    ),
 }
 DEFAULT = "nightly"
 
@@ -116,11 +123,8 @@ def check(profile: Profile, source: str) -> None:
     for key in ("execs", "connections", "concurrency", "soak_s", "reruns", "workers"):
         if getattr(profile, key) < 0:
             raise ConfigError(f"{where} {key} = {getattr(profile, key)} is negative", f"give {key} >= 0")
-    if profile.flavour not in FLAVOURS:
-        raise ConfigError(
-            f"{where} flavour = {profile.flavour!r} is not one of {', '.join(FLAVOURS)}",
-            'use flavour = "stock" (the debug kernel flavour is not built yet)',
-        )
+    if profile.flavour:
+        check_flavour(profile.flavour, f"{where} flavour")
     if not profile.paths:
         raise ConfigError(f"{where} paths is empty", 'select something, e.g. paths = ["suites:"]')
 

@@ -39,7 +39,7 @@ def test_a_team_profile_starts_from_the_builtin_of_its_name_or_nightly(tmp_path)
         ("[profiles.x]\nexecz = 5\n", "unknown key 'execz' in \\[profiles.x\\]"),
         ('[profiles.x]\npaths = "tests"\n', "paths in \\[profiles.x\\] must be a list of strings"),
         ("[profiles.x]\nreruns = -1\n", "reruns = -1 is negative"),
-        ('[profiles.x]\nflavour = "debug"\n', "flavour = 'debug' is not one of stock"),
+        ('[profiles.x]\nflavour = "kasan"\n', "flavour = 'kasan' is not one of stock, debug"),
         ("profiles = 3\n", "profiles must be tables"),
     ],
 )

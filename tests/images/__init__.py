@@ -1,0 +1,1 @@
+"""The guest images and the debug kernel flavour (issue 15)."""
