@@ -68,6 +68,10 @@ log = logging.getLogger("hil.crash.monitor")
 EXCERPT_LINES = 80
 RESUME_AFTER_S = 0.3  # an event with no console report this long after: resume to let it print
 HANG_GRACE_S = 20.0  # after an NMI: time for the kernel to react and print (8 s was too short on a loaded 2-core host)
+# A report with no end line (lockdep's, "sleeping function called from invalid context": they
+# end with their stack) is complete only when something follows it; a console quiet this long
+# after one names it (a non-fatal report: a guest that crashed is the signals' business).
+QUIET_REPORT_S = 2.0
 EVIDENCE_TIMEOUT_S = 300.0  # a memory dump of a big guest on a slow disk: stop()/quiesce() wait this long at most
 
 
@@ -241,7 +245,7 @@ class CrashMonitor:
         self._watcher: ConsoleParser = self.detector.console_parser(self._on_report)
         self._file: IO[bytes] | None = None
         self._offset = 0
-        self._last_life = time.monotonic()
+        self._last_life = self._last_output = time.monotonic()
         self._thread: threading.Thread | None = None
         self._resumed = False
         self._dispatcher: EventDispatcher | None = None
@@ -355,8 +359,15 @@ class CrashMonitor:
         data = self._file.read()
         if data:
             self._offset += len(data)
-            self._last_life = time.monotonic()
+            self._last_life = self._last_output = time.monotonic()
             self._watcher.feed(data)
+        elif (
+            self._watcher.busy
+            and self.crash is None
+            and not self._signals
+            and time.monotonic() - self._last_output >= QUIET_REPORT_S
+        ):
+            self._watcher.flush()  # the report's stack was its last line: it is complete
 
     def _handle_signals(self) -> None:
         signals, self._signals = self._signals, []

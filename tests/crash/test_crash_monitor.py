@@ -330,3 +330,13 @@ def test_polling_while_another_thread_stops_the_monitor(monitor_of):
         t.join()
         assert errors == []
         assert m.poll() is None  # a stopped monitor answers from what it read
+
+
+def test_a_report_that_ends_with_its_stack_is_named_when_the_console_goes_quiet(monitor_of):
+    """lockdep's report has no end line: its last line is the stack's ``</TASK>``.  Real
+    console of the debug kernel; nothing follows it, and the monitor still names it."""
+    g, m = monitor_of()
+    g.console((DATA / "debug-kernel-abba.log").read_text())
+    crash = m.wait(WAIT)
+    assert crash is not None and crash.report.title == "possible deadlock in hil_crash_abba"
+    assert crash.source == "console" and not g.dead.is_set()
