@@ -1,7 +1,8 @@
 """The pytest plugin: options, a few fixtures, hooks.  All real work lives in the library.
 
 Options (group ``hil``): ``--hil-config``, ``--hil-accel``, ``--hil-keep-failed``,
-``--hil-artifacts``, ``--hil-profile``, ``--hil-results``.  Fixtures: ``hil_config``,
+``--hil-artifacts``, ``--hil-profile``, ``--hil-kernel``, ``--hil-coverage`` (see
+:mod:`hil.deploy.coverage`), ``--hil-results``.  Fixtures: ``hil_config``,
 ``hil_lab`` (session; one per xdist worker), ``hil_hosts`` (session: this worker's libvirt hosts,
 its own first; see :mod:`hil.hosts.pytest_hosts`, which also sizes ``-n auto`` to the hosts),
 ``linux_guest`` (a clean guest per test), ``hil_artifacts`` (the test's artifact folder),
@@ -77,6 +78,19 @@ def pytest_addoption(parser):
         "prerelease or a [profiles.NAME] of hil.toml; default nightly)",
     )
     group.addoption(
+        "--hil-kernel",
+        choices=["stock", "debug"],
+        default=None,
+        help="the embedded guest's kernel: Debian's (stock) or the same source with KASAN, lockdep, "
+        "UBSAN, kmemleak, ... (debug; built once, ~30 min); default: the profile's, else [linux] flavour",
+    )
+    group.addoption(
+        "--hil-coverage",
+        action="store_true",
+        help="build the modules under test with gcov profiling, collect their line coverage after each "
+        "test and write a merged report (coverage/index.html in the artifacts); selects the debug kernel",
+    )
+    group.addoption(
         "--hil-results",
         metavar="FILE",
         default=None,
@@ -93,6 +107,7 @@ def pytest_configure(config):
         "hil_windows: the test uses a libvirt Windows guest",
         "smoke: part of the smoke profile (boot, deploy, a collector round trip, a crash)",
         "soak: runs for the profile's soak_s (deselect with -m 'not soak')",
+        "debug_kernel: needs the debug kernel flavour (--hil-kernel debug); skipped on the stock kernel",
         "expect_crash(kind=None, function=None, timeout=10): the test crashes its guest on "
         "purpose; it fails unless a matching crash is detected",
     ):
@@ -107,10 +122,13 @@ def pytest_configure(config):
         config._hil_config.accel = config.getoption("--hil-accel")
     artifacts = config.getoption("--hil-artifacts") or config._hil_config.artifacts
     config.stash[ARTIFACTS_KEY] = Path(artifacts).resolve()
+    from hil.config import choose_flavour
     from hil.qualify.profiles import resolve
 
+    _configure_coverage(config)
     try:
         config.stash[PROFILE_KEY] = resolve(config.getoption("--hil-profile"), config._hil_config.profiles)
+        choose_flavour(config._hil_config, config.getoption("--hil-kernel"), config.stash[PROFILE_KEY])
     except HilError as exc:
         raise pytest.UsageError(f"kernel-hil: {exc}") from None
     pytest_hosts.configure(config)  # probes several or remote hosts once, on the controller
@@ -127,6 +145,20 @@ def pytest_configure(config):
             signal.signal(signal.SIGTERM, _terminate)
         except ValueError:  # not the main thread
             pass
+
+
+def _configure_coverage(config) -> None:
+    """``--hil-coverage``: modules are built with gcov profiling (:mod:`hil.deploy.coverage`),
+    which needs a kernel with ``CONFIG_GCOV_KERNEL``: the embedded guest's debug flavour."""
+    from hil.deploy import coverage
+
+    on = bool(config.getoption("--hil-coverage"))
+    coverage.set_enabled(on)
+    if not on or config._hil_config.linux.image != "embedded":
+        return  # a team's own image: its kernel must have CONFIG_GCOV_KERNEL (checked at build)
+    if config.getoption("--hil-kernel") == "stock":
+        raise pytest.UsageError("kernel-hil: --hil-coverage needs the debug kernel (CONFIG_GCOV_KERNEL), not stock")
+    config.option.hil_kernel = "debug"
 
 
 @pytest.hookimpl(tryfirst=True, optionalhook=True)
@@ -213,6 +245,46 @@ def pytest_sessionfinish(session):
             if out and tr:
                 tr.ensure_newline()
                 tr.write_line(f"kernel-hil {what}: {out}")
+        _render_coverage(session, folder, tr)
+
+
+_COVERAGE_KEY = pytest.StashKey[list]()  # the terminal summary's last lines
+
+
+def _render_coverage(session, folder: Path, tr) -> None:
+    """``--hil-coverage``, on the controller: merge the tests' coverage data of this session into
+    ``coverage/index.html`` and keep the per-source lines for the end of the terminal summary."""
+    from hil.deploy import coverage
+
+    if not session.config.getoption("--hil-coverage"):
+        return
+    try:
+        summary = coverage.render(folder, since=session.config.stash.get(SESSION_START_KEY, 0.0))
+    except (HilError, OSError) as exc:
+        session.config.stash[_COVERAGE_KEY] = [f"coverage: no report: {exc}"]
+        return
+    if summary is None:
+        session.config.stash[_COVERAGE_KEY] = ["coverage: no data (no test loaded a module built with coverage)"]
+        return
+    if tr:
+        tr.ensure_newline()
+        tr.write_line(f"kernel-hil coverage: {summary.index}")
+    notes = [f"coverage: {note}" for note in summary.notes]
+    session.config.stash[_COVERAGE_KEY] = notes + coverage.summary_lines(summary.files)
+
+
+@pytest.hookimpl(wrapper=True, tryfirst=True)
+def pytest_terminal_summary(terminalreporter, exitstatus, config):
+    """The coverage lines (``--hil-coverage``) end the summary, one per source: the outermost
+    wrapper writes them after everything else, pytest's short summary included."""
+    try:
+        return (yield)
+    finally:
+        lines = config.stash.get(_COVERAGE_KEY, [])
+        if lines:
+            terminalreporter.ensure_newline()
+            for line in lines:
+                terminalreporter.write_line(line)
 
 
 @pytest.fixture(scope="session")

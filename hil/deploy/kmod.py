@@ -36,6 +36,7 @@ from pathlib import Path
 from typing import Protocol
 
 from hil.crash import parse_all
+from hil.deploy import coverage as coverage_mod
 from hil.deploy.host_build import compile_c, compiler_messages
 from hil.errors import EnvironmentProblem, GuestError, HilError
 from hil.paths import cache_root
@@ -105,11 +106,13 @@ def _source_files(src_dir: Path) -> list[Path]:
     return files
 
 
-def build_key(src_dir: Path, kbuild_dir: Path, extra_sources: Iterable[Path] = ()) -> str:
+def build_key(src_dir: Path, kbuild_dir: Path, extra_sources: Iterable[Path] = (), *, coverage: bool = False) -> str:
     src_dir = Path(src_dir)
     h = hashlib.sha256()
     h.update(b"kbuild\0" + kbuild_identity(kbuild_dir).encode())
     h.update(b"layout 2\0")  # bump when the build recipe changes (2: debug info stripped)
+    if coverage:
+        h.update(b"coverage 1\0")  # gcov profiling, built in place (hil.deploy.coverage)
     for p in _source_files(src_dir):
         h.update(b"src\0" + str(p.relative_to(src_dir)).encode() + b"\0")
         h.update(hashlib.sha256(p.read_bytes()).digest())
@@ -151,12 +154,15 @@ def build_module(
     make: str = "make",
     timeout: float = 600.0,
     strip_debug: bool = True,
+    coverage: bool | None = None,
 ) -> Path:
     """Build the out-of-tree module in ``src_dir`` against ``kbuild_dir``; return the ``.ko``.
 
     ``extra_sources`` are copied next to the module's own files (flat, by file name), so its
     Kbuild can name them as objects: this is how the agent compiles the shared protocol codec
     without forking it. ``name`` picks the ``.ko`` when a directory builds several.
+    ``coverage`` (default: :func:`hil.deploy.coverage.enabled`, ``--hil-coverage``) builds with
+    gcov profiling, a ``.gcno`` beside each object (see :mod:`hil.deploy.coverage`).
     Raises :class:`HilError` with the compiler's messages when the build fails.
     """
     src_dir = Path(src_dir)
@@ -170,9 +176,13 @@ def build_module(
     if shutil.which(make) is None:
         raise EnvironmentProblem(f"'{make}' not found", "apt-get install -y make gcc")
 
-    key = build_key(src_dir, kbuild_dir, extra)
+    cov = coverage_mod.enabled() if coverage is None else coverage
+    make_extra = coverage_mod.make_arguments(kbuild_dir) if cov else []
+    key = build_key(src_dir, kbuild_dir, extra, coverage=cov)
     base = cache_root() / "kmod"
     final = base / key
+    if cov:
+        return _build_in_place(final, src_dir, kbuild_dir, extra, name, make, timeout, strip_debug, make_extra)
     ko = _find_ko(final, name)
     if ko is not None:
         return ko
@@ -180,36 +190,7 @@ def build_module(
     base.mkdir(parents=True, exist_ok=True)
     work = Path(tempfile.mkdtemp(prefix=f"{key}.build-", dir=base))
     try:
-        for p in _source_files(src_dir):
-            dest = work / p.relative_to(src_dir)
-            dest.parent.mkdir(parents=True, exist_ok=True)
-            shutil.copy2(p, dest)
-        for p in extra:
-            shutil.copy2(p, work / p.name)
-        with step("kmod.build", module=src_dir.name, release=kernel_release(kbuild_dir)):
-            try:
-                proc = subprocess.run(
-                    [make, *make_arguments(kbuild_dir), f"M={work}", "modules"],
-                    capture_output=True,
-                    text=True,
-                    timeout=timeout,
-                )
-            except subprocess.TimeoutExpired as exc:
-                raise HilError(f"building {src_dir.name} took more than {timeout:.0f} s") from exc
-        output = proc.stdout + proc.stderr
-        (work / "build.log").write_text(output)
-        if proc.returncode != 0:
-            raise HilError(
-                f"building module {src_dir.name} against {kbuild_dir} failed "
-                f"(make exit {proc.returncode}):\n{compiler_messages(output)}",
-                "fix the compiler errors above",
-            )
-        if _find_ko(work, name) is None:
-            raise HilError(f"building {src_dir.name} produced no .ko:\n{compiler_messages(output)}")
-        if strip_debug and shutil.which("objcopy"):
-            # like INSTALL_MOD_STRIP=1: a tenth of the size to copy into every guest
-            for ko_file in work.glob("*.ko"):
-                subprocess.run(["objcopy", "--strip-debug", str(ko_file)], check=False, capture_output=True)
+        _make_module(work, src_dir, kbuild_dir, extra, name, make, timeout, strip_debug)
         try:
             os.rename(work, final)
         except OSError:
@@ -222,6 +203,78 @@ def build_module(
     ko = _find_ko(final, name)
     assert ko is not None
     return ko
+
+
+def _build_in_place(
+    final: Path,
+    src_dir: Path,
+    kbuild_dir: Path,
+    extra: list[Path],
+    name: str | None,
+    make: str,
+    timeout: float,
+    strip_debug: bool,
+    make_extra: list[str],
+) -> Path:
+    """A coverage build: in its final folder (the objects' paths name their counters in the
+    guest), one builder at a time, complete once :func:`hil.deploy.coverage.mark_complete` ran."""
+    with coverage_mod.build_lock(final):
+        if not (coverage_mod.is_complete(final) and _find_ko(final, name) is not None):
+            shutil.rmtree(final, ignore_errors=True)  # an interrupted build's leftovers
+            final.mkdir(parents=True)
+            try:
+                _make_module(final, src_dir, kbuild_dir, extra, name, make, timeout, strip_debug, make_extra)
+            except BaseException:
+                shutil.rmtree(final, ignore_errors=True)
+                raise
+            coverage_mod.mark_complete(final, src_dir)
+    ko = _find_ko(final, name)
+    assert ko is not None
+    return ko
+
+
+def _make_module(
+    work: Path,
+    src_dir: Path,
+    kbuild_dir: Path,
+    extra: list[Path],
+    name: str | None,
+    make: str,
+    timeout: float,
+    strip_debug: bool,
+    make_extra: Iterable[str] = (),
+) -> None:
+    """Copy the sources into ``work`` and build the module there with kbuild."""
+    for p in _source_files(src_dir):
+        dest = work / p.relative_to(src_dir)
+        dest.parent.mkdir(parents=True, exist_ok=True)
+        shutil.copy2(p, dest)
+    for p in extra:
+        shutil.copy2(p, work / p.name)
+    with step("kmod.build", module=src_dir.name, release=kernel_release(kbuild_dir)):
+        try:
+            proc = subprocess.run(
+                [make, *make_arguments(kbuild_dir), f"M={work}", *make_extra, "modules"],
+                capture_output=True,
+                text=True,
+                timeout=timeout,
+            )
+        except subprocess.TimeoutExpired as exc:
+            raise HilError(f"building {src_dir.name} took more than {timeout:.0f} s") from exc
+    output = proc.stdout + proc.stderr
+    (work / "build.log").write_text(output)
+    if proc.returncode != 0:
+        raise HilError(
+            f"building module {src_dir.name} against {kbuild_dir} failed "
+            f"(make exit {proc.returncode}):\n{compiler_messages(output)}",
+            "fix the compiler errors above",
+        )
+    if _find_ko(work, name) is None:
+        raise HilError(f"building {src_dir.name} produced no .ko:\n{compiler_messages(output)}")
+    if strip_debug and shutil.which("objcopy"):
+        # like INSTALL_MOD_STRIP=1: a tenth of the size to copy into every guest
+        for ko_file in work.glob("*.ko"):
+            subprocess.run(["objcopy", "--strip-debug", str(ko_file)], check=False, capture_output=True)
 
 
 def _find_ko(directory: Path, name: str | None) -> Path | None:

@@ -433,6 +433,28 @@ def _figures(run: Run) -> str:
     return f'<h2 id="figures">Figures</h2><table><tr><th>figure</th><th>value</th><th>test</th></tr>{rows}</table>'
 
 
+def _coverage(index: Path | None, links: _Links) -> str:
+    """``--hil-coverage``: each source's line coverage over the run, and the link to gcovr's
+    report (``coverage/index.html`` in the artifacts, :mod:`hil.deploy.coverage`)."""
+    if index is None:
+        return ""
+    from hil.deploy.coverage import read_summary
+
+    rows = "".join(
+        f'<tr data-coverage="{_esc(f.module)}/{_esc(f.file)}"><td><code>{_esc(f.module)}/{_esc(f.file)}</code></td>'
+        f'<td class="num" data-percent="{f.percent:.1f}">{f.percent:.1f}%</td>'
+        f'<td class="num">{f.covered}/{f.total}</td></tr>'
+        for f in read_summary(index.parent)
+    )
+    body = (
+        f"<table><tr><th>source</th><th>lines</th><th>covered/total</th></tr>{rows}</table>"
+        if rows
+        else '<p class="muted">no source in the coverage report</p>'
+    )
+    link = f'<a id="coverage-report" href="{links.href(index)}">coverage/index.html</a>'
+    return f'<h2 id="coverage">Line coverage · {link}</h2>{body}'
+
+
 def _timeline(timeline: Path | None, links: _Links) -> str:
     """The lab timeline's picture and table, taken from its page (``hil.report.timeline``
     writes them after its ``<h1>``); a link only when the page is not one of those."""
@@ -525,6 +547,7 @@ def write_report(
     timeline: Path | None = None,
     latency: Path | None = None,
     verdict_: Verdict | None = None,
+    coverage: Path | None = None,
 ) -> Path:
     """Write the run's report to ``out`` and return it.
 
@@ -532,6 +555,7 @@ def write_report(
     ``trends``: the profile's last runs, oldest first, this run included.
     ``timeline`` / ``latency``: the run folder's ``timeline.html`` / ``latency.html``, if drawn.
     ``verdict_``: the run's verdict as ``hil qualify`` decided it (default: :func:`verdict`).
+    ``coverage``: the run's line coverage report (``coverage/index.html``), with ``--hil-coverage``.
     """
     v = verdict_ or verdict(run, known_crashes)
     links = _Links(run, out)
@@ -542,6 +566,7 @@ def write_report(
         ("trends", "Trends"),
         ("latency", "Latency"),
         ("figures", "Figures"),
+        *([("coverage", "Coverage")] if coverage is not None else []),
         ("timeline", "Timeline"),
         ("tests", "All tests"),
     ]
@@ -559,6 +584,7 @@ def write_report(
         _trends(trends),
         _latency(run, latency, links),
         _figures(run),
+        _coverage(coverage, links),
         _timeline(timeline, links),
         _all_tests(run),
         f'<p class="muted">kernel-hil {_esc(run.version)} · '

@@ -31,6 +31,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 from hil.config import HilConfig
+from hil.errors import HilError
 from hil.qualify import model
 from hil.qualify.profiles import Profile, pytest_selection
 from hil.qualify.results import PhaseReport, read
@@ -340,12 +341,30 @@ def qualify(
         timeline=_existing(art / "timeline.html"),
         latency=_existing(art / "latency.html"),
         verdict_=decided,
+        coverage=_coverage_report(art, len(attempts)),
     )
     return Outcome(run, decided, report)
 
 
 def _existing(p: Path) -> Path | None:
     return p if p.is_file() else None
+
+
+def _coverage_report(art: Path, attempts: int) -> Path | None:
+    """With ``--hil-coverage`` among the pytest arguments: the run's coverage report.  Each
+    attempt's session merged only its own tests' data, so after reruns every attempt's is
+    merged again (a rerun test's folder holds its last attempt's data)."""
+    from hil.deploy import coverage
+
+    index = art / coverage.FOLDER / "index.html"
+    if not coverage.data_sets(art):
+        return None
+    if attempts > 1 or not index.is_file():
+        try:
+            coverage.render(art)
+        except HilError as exc:
+            print(f"hil qualify: merging the coverage data failed: {exc}", flush=True)
+    return _existing(index)
 
 
 def _failed_tests(phases: list[PhaseReport]) -> list[str]:
