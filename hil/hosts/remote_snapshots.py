@@ -11,7 +11,9 @@ frozen disk, the save images and the entry's record are volumes of the host's po
                             ``.ok`` mark once the copy is whole
     snap-<key>.json         the record, written last: an entry without it is not a snapshot
 
-A variant costs no transfer: the host copies the save image itself and only the head (a few
+Removing an entry (a new key, a failed restore, a prune) deletes its volumes with the
+controller's lease folder; the prune walks only those folders, so entries another controller
+made on a shared host are left alone.  A variant costs no transfer: the host copies the save image itself and only the head (a few
 KiB: the header and the domain XML) crosses the network.
 """
 
@@ -19,7 +21,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import shutil
 from pathlib import Path
 from typing import Any
 
@@ -61,21 +62,10 @@ class RemoteSnapshotCache(SnapshotCache):
         assert snap is not None
         return snap
 
-    def prepare(self, key: str) -> Path:
-        self._delete_entry(key)
-        d = self.entry_dir(key)
-        shutil.rmtree(d, ignore_errors=True)
-        d.mkdir(parents=True)
-        return d
-
-    def drop(self, key: str) -> None:
-        with self.locked(key):
-            self._delete_entry(key)
-            shutil.rmtree(self.entry_dir(key), ignore_errors=True)
-
-    def _delete_entry(self, key: str) -> None:
+    def _remove_entry(self, key: str) -> None:
         prefix = f"snap-{key}."
         self.files.delete_matching(lambda name: name.startswith(prefix))
+        super()._remove_entry(key)  # the controller's lease folder
 
     def _identity(self, snap: Snapshot) -> tuple[str, str]:
         return save_image.identity_in(self._head(snap), str(snap.save_file))
@@ -94,12 +84,3 @@ class RemoteSnapshotCache(SnapshotCache):
     def _make_variant(self, snap: Snapshot, path: Path, name: str, ident: str) -> None:
         head = save_image.with_identity(self._head(snap), name, ident, str(snap.save_file))
         self.files.clone_with_head(snap.save_file.name, path.name, head)
-
-    def prune(self, keep: str) -> list[str]:
-        """Remove the entries of other keys that no live guest of ours holds: the controller's
-        lease folders, then their volumes on the host.  Entries this controller never made
-        (another controller's, on a shared host) are left alone."""
-        removed = super().prune(keep)
-        for key in removed:
-            self._delete_entry(key)
-        return removed

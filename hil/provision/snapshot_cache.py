@@ -114,15 +114,19 @@ class SnapshotCache:
 
     def prepare(self, key: str) -> Path:
         """An empty entry folder to create ``key`` in (call under :meth:`locked`)."""
+        self._remove_entry(key)
         d = self.entry_dir(key)
-        shutil.rmtree(d, ignore_errors=True)
         d.mkdir(parents=True)
         return d
 
     def drop(self, key: str) -> None:
         """Forget ``key`` (a restore from it failed: it is rebuilt next time)."""
         with self.locked(key):
-            shutil.rmtree(self.entry_dir(key), ignore_errors=True)
+            self._remove_entry(key)
+
+    def _remove_entry(self, key: str) -> None:
+        """Delete everything of ``key``'s entry (call under :meth:`locked`)."""
+        shutil.rmtree(self.entry_dir(key), ignore_errors=True)
 
     def lease(self, snap: Snapshot, skip: set[int] | frozenset[int] = frozenset()) -> Lease:
         """The first variant nobody holds (made on first use), held until released."""
@@ -192,7 +196,7 @@ class SnapshotCache:
                     fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
                     if _any_lease_held(d):
                         continue
-                    shutil.rmtree(d, ignore_errors=True)
+                    self._remove_entry(d.name)
                     removed.append(d.name)
             except BlockingIOError:
                 continue  # being created or extended right now
