@@ -3,9 +3,9 @@
 Every ``data/debug-kernel-<command>.log`` is real output of the prototype debug flavour of the
 guest kernel (6.1.176-hil-debug: KASAN, PROVE_LOCKING, DEBUG_ATOMIC_SLEEP, KMEMLEAK, UBSAN)
 after ``echo <command> > /proc/hil_crash``: a console excerpt, and for ``leak`` the text of
-``/sys/kernel/debug/kmemleak`` after two scans.  Each is named ``<kind> in <function>`` with
-the seeded function, whatever words the kernel used (6.1 says ``use-after-free`` for a freed
-slab object, 6.3+ ``slab-use-after-free``: one title for both).
+``/sys/kernel/debug/kmemleak`` after two scans.  Each is named after the seeded function with
+syzkaller's title: KASAN keeps the kernel's own bug word and the access (6.1 says
+``use-after-free`` for a freed slab object, 6.3+ ``slab-use-after-free``).
 """
 
 from __future__ import annotations
@@ -13,8 +13,9 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
+from console_chunks import streamed_reports  # tests/crash is on sys.path
 
-from hil.crash import ConsoleWatcher, parse_all
+from hil.crash import parse_all
 from hil.crash.kinds import CrashKind
 
 DATA = Path(__file__).parent / "data"
@@ -43,14 +44,6 @@ def _log(command: str) -> str:
     return (DATA / f"debug-kernel-{command}.log").read_text()
 
 
-def _streamed(text: str, chunk: int) -> list:
-    w = ConsoleWatcher()
-    for i in range(0, len(text), chunk):
-        w.feed(text[i : i + chunk])
-    w.flush()
-    return w.reports
-
-
 @pytest.mark.parametrize("command", sorted(SEEDED))
 def test_seeded_bug_is_named_after_its_function(command):
     kind, function, title = SEEDED[command]
@@ -59,7 +52,7 @@ def test_seeded_bug_is_named_after_its_function(command):
     assert not reports[0].corrupted
     assert not reports[0].fatal, "the debug kernel reports these and carries on"
     # the same whatever the console's chunking (the monitor reads it as it comes)
-    assert [r.title for r in _streamed(_log(command), 97)] == [title]
+    assert [r.title for r in streamed_reports(_log(command), 97)] == [title]
 
 
 def test_kasan_titles_are_syzkallers_with_each_kernels_own_word():
@@ -97,7 +90,7 @@ LOCKDEP_OFF = """[  112.763596] Disabling lock debugging due to kernel taint
 def test_kasan_report_keeps_its_title_when_lockdep_turns_off_after_it(command):
     kind, function, title = SEEDED[command]
     text = _log(command) + LOCKDEP_OFF
-    for reports in (parse_all(text), _streamed(text, 61)):
+    for reports in (parse_all(text), streamed_reports(text, 61)):
         assert (reports[0].title, reports[0].kind, reports[0].function) == (title, kind, function)
         assert "turning off the locking correctness validator" not in reports[0].text
         assert [r.kind for r in reports[1:]] == [CrashKind.BUG]  # lockdep's own message, apart

@@ -10,19 +10,12 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
+from console_chunks import streamed_reports  # tests/crash is on sys.path
 
-from hil.crash import ConsoleWatcher, parse, parse_all
+from hil.crash import parse, parse_all
 from hil.crash.kinds import CrashKind
 
 DATA = Path(__file__).parent / "data"
-
-
-def _streamed(text: str, chunk: int) -> list:
-    w = ConsoleWatcher()
-    for i in range(0, len(text), chunk):
-        w.feed(text[i : i + chunk])
-    w.flush()
-    return w.reports
 
 
 # --- (1) unexpected reboots ------------------------------------------------------------------
@@ -36,7 +29,7 @@ def test_a_guest_that_boots_again_without_a_panic_has_crashed(log):
     # the report points at the first sign of the new boot: the firmware, else the kernel banner
     first = text[rep.start : rep.end]
     assert "SeaBIOS (version" in first or "Linux version 6.1.0-18-amd64" in first
-    assert [r.title for r in _streamed(text, 53)] == ["unexpected kernel reboot"]
+    assert [r.title for r in streamed_reports(text, 53)] == ["unexpected kernel reboot"]
 
 
 def test_the_first_boot_is_not_a_reboot():
