@@ -50,6 +50,7 @@ from hil.guest.windows_lab import WINRM_GUEST_PORT, WindowsLabGuest
 from hil.guest.wine import WineGuest
 from hil.hosts.host import GuestHost, HostLost, remote_accel
 from hil.hosts.sweep import sweep_host_files
+from hil.images.debug_kernel import BOOT_PARAMETERS as DEBUG_BOOT_PARAMETERS
 from hil.images.debug_kernel import DebugKernel, ensure_debug_kernel, install_modules
 from hil.images.linux_image import LinuxImage, ensure_linux_image
 from hil.paths import ensure_dir, runtime_dir
@@ -227,7 +228,12 @@ class Lab:
                 if lx.flavour == "debug":  # the same disk, booted on the debug kernel built for it
                     k = self._debug_kernel = ensure_debug_kernel(Progress("debug kernel"), image=self._image)
                     self._image = dataclasses.replace(
-                        self._image, kernel=k.bzimage, initrd=None, kernel_release=k.release, kbuild_dir=k.kbuild_dir
+                        self._image,
+                        kernel=k.bzimage,
+                        initrd=None,
+                        cmdline=f"{self._image.cmdline} {DEBUG_BOOT_PARAMETERS}",
+                        kernel_release=k.release,
+                        kbuild_dir=k.kbuild_dir,
                     )
             else:
                 self._image = LinuxImage(
