@@ -22,6 +22,9 @@ APT_PACKAGES=(
   postgresql chromium
   # the tests' second libvirt host, in network namespaces of their own (tests/hosts)
   iproute2
+  # the debug kernel flavour, built from Debian's kernel source when asked for
+  # (hil image build linux --flavour debug; hil/images/debug_kernel.py BUILD_TOOLS)
+  bc bison flex libelf-dev libssl-dev xz-utils perl
 )
 missing=()
 for p in "${APT_PACKAGES[@]}"; do

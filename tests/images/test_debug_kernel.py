@@ -288,6 +288,15 @@ def test_missing_build_packages_are_one_apt_line(monkeypatch, tmp_path):
     assert e.value.fix == "apt-get install -y bison flex libelf-dev"
 
 
+def test_setup_installs_every_package_the_build_needs():
+    """CI builds the debug kernel right after scripts/setup.sh: nothing may be left to install."""
+    setup = (Path(__file__).parents[2] / "scripts" / "setup.sh").read_text()
+    listed = set(re.findall(r"^APT_PACKAGES=\((.*?)^\)", setup, re.M | re.S)[0].split())
+    essential = {"apt", "dpkg", "tar"}  # in every Debian root
+    needed = set(dk.BUILD_TOOLS.values()) | set(dk.BUILD_HEADERS.values())
+    assert needed - essential - listed == set()
+
+
 # ---- the headers tree and the guest's /lib/modules ---------------------------------------------------
 
 
