@@ -26,8 +26,8 @@
  *   abba         take mutex A then B, later B then A, in one thread: lockdep's "possible
  *                circular locking dependency" (no real deadlock) -> hil_crash_abba
  *   sleep_atomic might_sleep() under a spinlock                -> hil_crash_sleep_in_atomic
- *   leak         kmalloc and drop the only pointer (kmemleak reports it on a scan, see
- *                /sys/kernel/debug/kmemleak)                   -> hil_crash_leak
+ *   leak         kmalloc 8 objects and drop the only pointers (kmemleak reports them on a
+ *                scan, see /sys/kernel/debug/kmemleak)         -> hil_crash_leak
  *   ubsan_index  an array indexed past its end with a runtime index (inside its struct, so
  *                only UBSAN's bounds check sees it)            -> hil_crash_array_index
  * KASAN reports only its first bug per boot (unless booted with kasan_multi_shot), and lockdep
@@ -198,8 +198,12 @@ static noinline void hil_crash_sleep_in_atomic(void)
  * and it scans every task's stack whole, a dead task's cached stack too (stacks are zeroed only
  * when reused).  kmalloc's own frames leave the address below hil_crash_leak's: without this the
  * seeded leak went unreported about one run in five.  The debug flavour boots with init_on_alloc=1
- * for the other stale copy (the free-list link in the object allocated before it).
+ * for the other stale copy (the free-list link in the object allocated before it).  A copy can
+ * still lie where nothing here reaches (a register an interrupt saved on a per-CPU stack), so the
+ * command leaks HIL_CRASH_LEAKS objects and a test needs one of them reported.
  */
+#define HIL_CRASH_LEAKS 8
+
 static noinline void hil_crash_scrub_stack(unsigned int frames)
 {
 	char words[384];
@@ -212,13 +216,17 @@ static noinline void hil_crash_scrub_stack(unsigned int frames)
 
 static noinline void hil_crash_leak(void)
 {
-	void *p = kmalloc(hil_crash_size, GFP_KERNEL);
+	int i;
 
-	if (!p)
-		return;
-	OPTIMIZER_HIDE_VAR(p);	/* else the compiler drops the memset of memory nobody reads */
-	memset(p, 0x4c, hil_crash_size);
-	pr_info("hil_crash: leaked %zu bytes\n", (size_t)hil_crash_size);
+	for (i = 0; i < HIL_CRASH_LEAKS; i++) {
+		void *p = kmalloc(hil_crash_size, GFP_KERNEL);
+
+		if (!p)
+			return;
+		OPTIMIZER_HIDE_VAR(p);	/* else the compiler drops the memset of memory nobody reads */
+		memset(p, 0x4c, hil_crash_size);
+	}
+	pr_info("hil_crash: leaked %d objects of %zu bytes\n", HIL_CRASH_LEAKS, (size_t)hil_crash_size);
 }
 
 static noinline void hil_crash_array_index(void)
