@@ -16,6 +16,10 @@ One ``key: value`` per line, all measured side by side in one run:
 - ``one_test_run_s``: wall time of a fresh ``pytest <smoke file> -k boot_and_run`` process
   with the snapshot cache warm (a developer running one test);
 - the ratios ``restore_over_cold`` and ``visible_reset_over_cold``.
+
+``--flavour debug`` measures the same on the debug kernel's guest (KASAN, lockdep, kmemleak:
+slower to boot, and what each test of a ``prerelease`` run pays); the default is the
+configuration's flavour.
 """
 
 from __future__ import annotations
@@ -58,6 +62,9 @@ def add_arguments(parser: Any) -> None:
     )
     parser.add_argument("--one-test-runs", type=int, default=3, help="one-test pytest runs to time")
     parser.add_argument("--accel", choices=["auto", "kvm", "tcg"], default=None)
+    parser.add_argument(
+        "--flavour", choices=["stock", "debug"], default=None, help="the guest kernel (default: the configuration's)"
+    )
 
 
 def _pytest(args: list[str], cwd: Path, env: dict[str, str]) -> tuple[float, subprocess.CompletedProcess[str]]:
@@ -76,7 +83,7 @@ def _pytest(args: list[str], cwd: Path, env: dict[str, str]) -> tuple[float, sub
     return elapsed, proc
 
 
-def visible_resets(tests: int, body_s: float, work: Path) -> tuple[list[float], list[float]]:
+def visible_resets(tests: int, body_s: float, work: Path, flavour: str = "stock") -> tuple[list[float], list[float]]:
     """Gaps between consecutive test bodies of one real pytest run on one worker, and the
     bodies' durations."""
     work.mkdir(parents=True, exist_ok=True)
@@ -88,7 +95,7 @@ def visible_resets(tests: int, body_s: float, work: Path) -> tuple[list[float], 
         "HIL_BENCH_TIMES": str(times),
         "HIL_BENCH_BODY_S": str(body_s),
     }
-    _pytest([f"--basetemp={work / 'bt'}", "test_reset_bench.py"], work, env)
+    _pytest([f"--basetemp={work / 'bt'}", f"--hil-kernel={flavour}", "test_reset_bench.py"], work, env)
     marks = [line.split() for line in times.read_text().splitlines()]
     ends = [float(t) for kind, t in marks if kind == "end"]
     starts = [float(t) for kind, t in marks if kind == "start"]
@@ -96,25 +103,28 @@ def visible_resets(tests: int, body_s: float, work: Path) -> tuple[list[float], 
     return gaps, [e - s for s, e in zip(starts, ends, strict=True)]
 
 
-def one_test_runs(runs: int, work: Path) -> list[float]:
+def one_test_runs(runs: int, work: Path, flavour: str = "stock") -> list[float]:
     from hil.paths import bundled
 
     smoke = bundled("suites") / "linux" / "test_smoke.py"
     out = []
     for i in range(runs):
         elapsed, _ = _pytest(
-            [f"--basetemp={work / f'one{i}'}", str(smoke), "-k", "boot_and_run"], work, dict(os.environ)
+            [f"--basetemp={work / f'one{i}'}", f"--hil-kernel={flavour}", str(smoke), "-k", "boot_and_run"],
+            work,
+            dict(os.environ),
         )
         out.append(elapsed)
     return out
 
 
 def run(args: Any) -> int:
-    from hil.config import load_config
+    from hil.config import choose_flavour, load_config
     from hil.lab import Lab
     from hil.steps import TIMELINE
 
     config = load_config()
+    flavour = choose_flavour(config, args.flavour)
     config.linux.snapshot = True
     config.linux.ready_pool = 0  # restore_s: a copy restored when asked, nothing ahead
     mark = time.time()
@@ -141,9 +151,9 @@ def run(args: Any) -> int:
         accel = lab.accel
     steps = TIMELINE.since(mark)
     with tempfile.TemporaryDirectory(prefix="hil-bench-") as tmp:
-        resets, bodies = visible_resets(args.reset_tests, args.body_s, Path(tmp) / "reset")
-        starved, _ = visible_resets(args.reset_tests, 0.0, Path(tmp) / "starved")
-        ones = one_test_runs(args.one_test_runs, Path(tmp))
+        resets, bodies = visible_resets(args.reset_tests, args.body_s, Path(tmp) / "reset", flavour)
+        starved, _ = visible_resets(args.reset_tests, 0.0, Path(tmp) / "starved", flavour)
+        ones = one_test_runs(args.one_test_runs, Path(tmp), flavour)
 
     def median_of(name: str) -> float:
         durations = [r.duration for r in steps if r.name == name and r.duration is not None]
@@ -151,6 +161,7 @@ def run(args: Any) -> int:
 
     cold, restore, reset = statistics.median(colds), statistics.median(restores), statistics.median(resets)
     print(f"accel: {accel}")
+    print(f"flavour: {flavour}")
     print(f"cold_boot_runs: {len(colds)}")
     print(f"restore_runs: {len(restores)}")
     print(f"reset_tests: {args.reset_tests}")

@@ -38,3 +38,4 @@ def test_bench_provision_prints_every_figure(tmp_path):
         value = float(figures[name])
         assert math.isfinite(value) and value > 0, (name, figures)
     assert float(figures["reset_body_s"]) >= 0.5
+    assert figures["flavour"] == "stock"  # the configuration's default; --flavour debug measures the debug kernel
