@@ -59,6 +59,7 @@ class GuestHost:
         self._store: Any = None
         self._snapshot_cache: SnapshotCache | None = None
         self._lock = threading.Lock()
+        self._lost_lock = threading.Lock()
         if self.remote:
             self.forward_address = _resolve(host_address(self.uri))
             self.controller_address = config.controller_address or controller_address(self.uri)
@@ -98,12 +99,16 @@ class GuestHost:
         }.get(reason)
         if why is None:
             return  # closed by us
-        self.mark_lost(why)
+        # libvirt runs this on the thread whose call saw the connection drop (a console mirror's
+        # pull, a guest command) and holds the connection until it returns; failing the guests
+        # stops their mirrors and calls into libvirt again, so that runs on a thread of its own
+        threading.Thread(target=self.mark_lost, args=(why,), name=f"hil-host-lost {self.uri}", daemon=True).start()
 
     def mark_lost(self, why: str) -> None:
-        if self.lost is not None:
-            return
-        self.lost = why
+        with self._lost_lock:
+            if self.lost is not None:
+                return
+            self.lost = why
         log.error("libvirt host %s lost (%s): its guests fail, this worker goes on elsewhere", self.uri, why)
         if self._on_lost is not None:
             self._on_lost(self)

@@ -452,7 +452,9 @@ class ConsoleMirror:
         """Stop following, after one last pull (whose errors are ignored: the host may be gone)."""
         self._stop.set()
         thread, self._thread = self._thread, None
-        if thread is not None and thread is not threading.current_thread():
+        if thread is threading.current_thread():
+            return  # from inside this mirror's own pull (a close callback libvirt ran there): it ends after it
+        if thread is not None:
             thread.join(STOP_JOIN_S)
             if thread.is_alive():  # stuck in a call to a host that does not answer
                 log.warning("console mirror of %s on %s: still waiting for the host", self.name, self.store.uri)

@@ -331,6 +331,42 @@ def test_the_console_mirror_follows_the_log_and_a_truncation(store, second_libvi
     assert mirror.lost is None
 
 
+def test_a_host_lost_inside_the_mirrors_own_pull_stops_it_without_a_deadlock(
+    store, second_libvirt_host, tmp_path, monkeypatch
+):
+    """libvirt runs a connection's close callback on the thread whose call saw the connection
+    drop: here the mirror's own pull.  The callback fails the host's guests, which stops their
+    mirrors: this one too, from inside its own pull.  (That hung a CI run: the pull held the
+    mirror's lock and stop() pulled once more; the worker's teardown then waited on libvirt.)"""
+    from hil.config import HostConfig
+    from hil.hosts.host import GuestHost
+
+    store.empty_file("dying.console.log")
+    second_libvirt_host.host_path(store.host_path("dying.console.log")).write_bytes(b"last\n")
+    mirror = store.mirror("dying.console.log", tmp_path / "dying.log", interval_s=0.05)
+    host = GuestHost(HostConfig(second_libvirt_host.uri), on_lost=lambda h: mirror.stop())
+    dying, lost_on = threading.Event(), []
+    real_size = store.size
+
+    def size_then_the_close_callback(name):
+        size = real_size(name)
+        if name == "dying.console.log" and not dying.is_set():
+            dying.set()
+            lost_on.append(threading.current_thread())
+            host._closed(None, libvirt.VIR_CONNECT_CLOSE_REASON_EOF, None)  # as libvirt calls it, in the call
+        return size
+
+    monkeypatch.setattr(store, "size", size_then_the_close_callback)
+    mirror.start()
+    thread = mirror._thread
+    assert thread is not None
+    _wait_for(lambda: host.lost is not None)
+    thread.join(5)
+    assert not thread.is_alive(), "the mirror's thread hangs in its own stop()"
+    assert lost_on == [thread] and host.lost == "libvirtd closed the connection"
+    mirror.stop()  # and once more from the outside: nothing left to wait for
+
+
 def test_the_mirror_is_lost_when_the_connection_closes_or_the_host_goes(tmp_path):
     """Closed on our side or broken by the host going away: ``lost`` says why, the thread
     stops, stop() does not raise, and the local file keeps what was mirrored."""
