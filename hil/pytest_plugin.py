@@ -82,7 +82,7 @@ def pytest_addoption(parser):
         choices=["stock", "debug"],
         default=None,
         help="the embedded guest's kernel: Debian's (stock) or the same source with KASAN, lockdep, "
-        "UBSAN, kmemleak, ... (debug; built once, ~30 min); default: the profile's, else [linux] flavour",
+        "UBSAN, kmemleak, ... (debug; built once and cached); default: the profile's, else [linux] flavour",
     )
     group.addoption(
         "--hil-coverage",

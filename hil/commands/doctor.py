@@ -132,7 +132,13 @@ def checks(uri: str, config=None) -> list[Check]:
 def debug_kernel_checks(img, config=None) -> list[Check]:
     """The debug kernel flavour: built or not (and the command that builds it), and whether this
     host has the packages its build needs.  Required only when the configuration selects it."""
-    from hil.images.debug_kernel import BUILD_COMMAND, apt_install_line, debug_kernel_state, missing_build_packages
+    from hil.images.debug_kernel import (
+        BUILD_COMMAND,
+        BUILD_TIME,
+        apt_install_line,
+        debug_kernel_state,
+        missing_build_packages,
+    )
 
     wanted = config is not None and config.linux.flavour == "debug"
     state = debug_kernel_state(img)
@@ -143,7 +149,7 @@ def debug_kernel_checks(img, config=None) -> list[Check]:
         check = Check(
             "debug kernel",
             False,
-            f"{plan.key} not built yet ({plan.pin}, ~30 min once)",
+            f"{plan.key} not built yet ({plan.pin}; {BUILD_TIME}, once)",
             BUILD_COMMAND,
             required=wanted,
         )

@@ -14,7 +14,7 @@ def add_arguments(parser) -> None:
         choices=["stock", "debug"],
         default=None,
         help="build/path: the image (stock, default) or its debug kernel (debug: Debian's source of the "
-        "guest kernel with KASAN, lockdep, UBSAN, ...; ~30 min once); show: both unless given",
+        "guest kernel with KASAN, lockdep, UBSAN, ...; built once); show: both unless given",
     )
     parser.add_argument("--rebuild", action="store_true", help="build again even if cached")
 
@@ -68,7 +68,7 @@ def run(args) -> int:
 def debug_kernel_lines(state) -> list[str]:
     """``hil image show``'s lines for the debug kernel: built (release, files) or not (key, the
     pinned source, the command, whether this host has the build's packages)."""
-    from hil.images.debug_kernel import BUILD_COMMAND, missing_build_packages
+    from hil.images.debug_kernel import BUILD_COMMAND, BUILD_TIME, missing_build_packages
 
     plan, k = state.plan, state.kernel
     if plan is None:
@@ -76,7 +76,7 @@ def debug_kernel_lines(state) -> list[str]:
     if k is None:
         missing = missing_build_packages()
         return [
-            f"debug kernel {plan.key}: not built (run `{BUILD_COMMAND}`, ~30 min once)",
+            f"debug kernel {plan.key}: not built (run `{BUILD_COMMAND}`: {BUILD_TIME}, once)",
             f"  source {plan.pin} (the guest kernel {plan.guest_release})",
             f"  build deps: missing {', '.join(missing)}" if missing else "  build deps: all present",
         ]

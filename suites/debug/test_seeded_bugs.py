@@ -12,6 +12,8 @@ from __future__ import annotations
 
 import pytest
 
+from hil.images.debug_kernel import BUILD_TIME
+
 pytestmark = [pytest.mark.hil_linux, pytest.mark.debug_kernel]
 
 DETECT_S = 60.0  # a KASAN kernel under TCG prints a report with its stacks in seconds, not ms
@@ -34,7 +36,7 @@ SEEDED = {
 @pytest.fixture(autouse=True)
 def _debug_flavour_only(hil_config):
     if hil_config.linux.flavour != "debug":
-        pytest.skip("needs the debug kernel flavour: --hil-kernel debug (built once, about 25 min)")
+        pytest.skip(f"needs the debug kernel flavour: --hil-kernel debug (built once: {BUILD_TIME})")
 
 
 @pytest.mark.parametrize("command", list(SEEDED))

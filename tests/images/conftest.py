@@ -6,6 +6,6 @@ from __future__ import annotations
 def pytest_configure(config):
     config.addinivalue_line(
         "markers",
-        "debug_kernel_build: builds the debug kernel for real (~30 min on 2 cores, once; then cached); "
+        "debug_kernel_build: builds the debug kernel for real (about 22 min on 2 cores, once; then cached); "
         "skipped unless HIL_DEBUG_KERNEL_BUILD=1",
     )

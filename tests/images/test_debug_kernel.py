@@ -1,6 +1,6 @@
 """The debug kernel flavour (hil.images.debug_kernel), fast: its cache key, the config check, the
 progress parser on captured make output, the cache's completeness rule, the source version and
-the host checks.  The real build (~30 min) is ``test_debug_kernel_build.py``, opt-in."""
+the host checks.  The real build (about 22 min) is ``test_debug_kernel_build.py``, opt-in."""
 
 from __future__ import annotations
 
