@@ -83,6 +83,7 @@ def debug_kernel_lines(state) -> list[str]:
     return [
         f"debug kernel {plan.key}: {k.dir}",
         f"  release {k.release} (source {plan.pin})",
+        *([f"  built {k.built_at} in {k.build_s / 60:.1f} min"] if k.build_s and k.built_at else []),
         f"  bzImage {k.bzimage}",
         f"  kbuild {k.kbuild_dir}",
         f"  modules {k.modules_dir}",

@@ -201,6 +201,8 @@ class DebugKernel:
     modules_dir: Path  # the guest's /lib/modules/<release>
     config: Path
     log: Path
+    build_s: float | None = None  # how long the build took, and when it ended (UTC)
+    built_at: str | None = None
 
     @classmethod
     def from_dir(cls, d: Path) -> DebugKernel:
@@ -216,6 +218,8 @@ class DebugKernel:
             modules_dir=d / "lib" / "modules" / release,
             config=d / "config",
             log=d / "build.log",
+            build_s=m.get("build_s"),
+            built_at=m.get("built_at"),
         )
 
 

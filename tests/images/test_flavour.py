@@ -129,7 +129,13 @@ def fake_cache(tmp_path, monkeypatch):
 
 def _built(plan):
     plan.dir.mkdir(parents=True)
-    manifest = {"key": plan.key, "release": "6.1.176-hil-debug", "source_version": plan.source_version}
+    manifest = {
+        "key": plan.key,
+        "release": "6.1.176-hil-debug",
+        "source_version": plan.source_version,
+        "build_s": 1323.7,
+        "built_at": "2026-11-27T23:29:08Z",
+    }
     (plan.dir / "manifest.json").write_text(json.dumps(manifest))
 
 
@@ -150,6 +156,7 @@ def test_hil_image_show_tells_the_debug_kernels_state(fake_cache, capsys):
     assert (
         f"debug kernel {plan.key}: {plan.dir}\n  release 6.1.176-hil-debug (source linux-source-6.1=6.1.176-1)" in out
     )
+    assert "\n  built 2026-11-27T23:29:08Z in 22.1 min\n" in out
     assert f"  kbuild {plan.dir}/kbuild/linux-headers-6.1.176-hil-debug" in out
     assert f"  modules {plan.dir}/lib/modules/6.1.176-hil-debug" in out
 
