@@ -22,6 +22,7 @@ import time
 import xml.etree.ElementTree as ET
 from pathlib import Path
 
+import libvirt
 import pytest
 
 from hil.provision.domain_xml import read_owner
@@ -79,9 +80,14 @@ def _our_leftovers(conn) -> list[str]:
     """Domains of ours whose owner process is gone: what a finished run must not leave."""
     left = []
     for dom in conn.listAllDomains():
-        owner = read_owner(dom.XMLDesc(0))
+        try:
+            name, owner = dom.name(), read_owner(dom.XMLDesc(0))
+        except libvirt.libvirtError as exc:  # another worker's guest, destroyed since the listing
+            if exc.get_error_code() == libvirt.VIR_ERR_NO_DOMAIN:
+                continue
+            raise
         if owner is not None and not Owner.is_alive(owner):
-            left.append(dom.name())
+            left.append(name)
     return left
 
 
