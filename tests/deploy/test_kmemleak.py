@@ -10,15 +10,14 @@ that of the ``.ko`` loaded there (built against the debug kernel's headers, whic
 from __future__ import annotations
 
 import shlex
-from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
+from command_result import CommandResult
 
 from hil.crash.kinds import CrashKind
 from hil.deploy import kmemleak
 from hil.deploy.module_session import ModuleSession
-from hil.errors import GuestError
 
 LISTING_AFTER_RMMOD = """\
 unreferenced object 0xffff888007790600 (size 128):
@@ -99,16 +98,6 @@ unreferenced object 0xffff888009a57e00 (size 256):
 """
 
 
-@dataclass
-class _Res:
-    exit_code: int
-    stdout: bytes = b""
-    stderr: bytes = b""
-
-    def check(self):
-        if self.exit_code:
-            raise GuestError(f"exit {self.exit_code}")
-        return self
 
 
 class FakeGuest:
@@ -129,18 +118,18 @@ class FakeGuest:
         self.cmds.append(cmd)
         if cmd.startswith("echo ") and cmd.endswith("> /dev/kmsg"):
             self.log.append(shlex.split(cmd[5 : -len("> /dev/kmsg")])[0])
-            return _Res(0)
+            return CommandResult(0)
         if cmd == "dmesg":
-            return _Res(0, ("\n".join(self.log) + "\n").encode())
+            return CommandResult(0, ("\n".join(self.log) + "\n").encode())
         if cmd.startswith(f"test -e {kmemleak.KMEMLEAK}"):
             if self.listing is None:
-                return _Res(3)
-            return _Res(2, self.sections.encode())  # grep: "." and ".." are directories
+                return CommandResult(3)
+            return CommandResult(2, self.sections.encode())  # grep: "." and ".." are directories
         if cmd == f"echo scan > {kmemleak.KMEMLEAK}":
-            return _Res(0)
+            return CommandResult(0)
         if cmd.startswith(f"echo scan > {kmemleak.KMEMLEAK} && cat"):
-            return _Res(0, (self.listing or "").encode())
-        return _Res(0)  # insmod, rmmod
+            return CommandResult(0, (self.listing or "").encode())
+        return CommandResult(0)  # insmod, rmmod
 
     def put(self, local, remote):
         pass
@@ -230,7 +219,7 @@ def test_a_kmemleak_that_turned_itself_off_is_not_a_failure(tmp_path, ko, fast, 
         def run(self, cmd, timeout=60.0):
             if cmd == f"echo scan > {kmemleak.KMEMLEAK}":
                 self.cmds.append(cmd)
-                return _Res(1, b"", b"sh: 1: echo: echo: I/O error")
+                return CommandResult(1, b"", b"sh: 1: echo: echo: I/O error")
             return super().run(cmd, timeout)
 
     guest = Off(listing=LISTING_AFTER_RMMOD)
@@ -288,7 +277,7 @@ def test_module_code_without_the_ko_uses_kallsyms():
             out += "ffffffffc00d20c0 t hil_crash_leak\t[hil_crash]\n"
             out += "ffffffffc00d20e0 t hil_crash_run\t[hil_crash]\n"
             out += "ffffffffc00d5020 d hil_crash_table\t[hil_crash]\n"
-            return _Res(0, out.encode())
+            return CommandResult(0, out.encode())
 
     code = kmemleak.module_code(Guest(listing=""), "hil_crash", None)
     assert code is not None

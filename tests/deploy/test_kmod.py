@@ -5,10 +5,10 @@ from __future__ import annotations
 
 import glob
 import shlex
-from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
+from command_result import CommandResult
 
 from hil.deploy import kmod
 from hil.errors import GuestError, HilError
@@ -108,16 +108,6 @@ def test_parse_counters():
     assert kmod.parse_counters("accepted=3 refused=1 junk x=-2\n") == {"accepted": 3, "refused": 1, "x": -2}
 
 
-@dataclass
-class _Res:
-    exit_code: int
-    stdout: bytes = b""
-    stderr: bytes = b""
-
-    def check(self):
-        if self.exit_code:
-            raise GuestError("failed")
-        return self
 
 
 class FakeGuest:
@@ -134,17 +124,17 @@ class FakeGuest:
         self.cmds.append(cmd)
         if cmd.startswith("echo ") and cmd.endswith("> /dev/kmsg"):
             self.log.append(shlex.split(cmd[5 : -len("> /dev/kmsg")])[0])
-            return _Res(0)
+            return CommandResult(0)
         if cmd == "dmesg":
-            return _Res(0, ("\n".join(self.log) + "\n").encode())
+            return CommandResult(0, ("\n".join(self.log) + "\n").encode())
         if cmd.startswith("insmod"):
             if self.insmod_log:
                 self.log.append(self.insmod_log)
-            return _Res(self.insmod_rc, b"", b"insmod: ERROR: could not insert module" if self.insmod_rc else b"")
+            return CommandResult(self.insmod_rc, b"", b"insmod: ERROR: could not insert module" if self.insmod_rc else b"")
         if cmd.startswith("rmmod"):
             self.log.append("[9.0] kserver: stopped")
-            return _Res(0)
-        return _Res(0)
+            return CommandResult(0)
+        return CommandResult(0)
 
     def put(self, local, remote):
         self.files[remote] = Path(local).read_bytes()
