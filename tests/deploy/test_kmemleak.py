@@ -98,8 +98,6 @@ unreferenced object 0xffff888009a57e00 (size 256):
 """
 
 
-
-
 class FakeGuest:
     """Answers what a module session asks: the kernel log, insmod/rmmod, and (when
     ``listing`` is not None) kmemleak: the module's sections, scans, the listing."""

@@ -108,8 +108,6 @@ def test_parse_counters():
     assert kmod.parse_counters("accepted=3 refused=1 junk x=-2\n") == {"accepted": 3, "refused": 1, "x": -2}
 
 
-
-
 class FakeGuest:
     """Records commands; keeps a fake kernel log that /dev/kmsg writes append to."""
 
@@ -130,7 +128,9 @@ class FakeGuest:
         if cmd.startswith("insmod"):
             if self.insmod_log:
                 self.log.append(self.insmod_log)
-            return CommandResult(self.insmod_rc, b"", b"insmod: ERROR: could not insert module" if self.insmod_rc else b"")
+            return CommandResult(
+                self.insmod_rc, b"", b"insmod: ERROR: could not insert module" if self.insmod_rc else b""
+            )
         if cmd.startswith("rmmod"):
             self.log.append("[9.0] kserver: stopped")
             return CommandResult(0)
